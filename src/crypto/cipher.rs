@@ -1,0 +1,298 @@
+//! The two field ciphers, each built once per key and shared across threads:
+//! randomized AES-256-GCM (random 96-bit nonce from the thread-local CSPRNG, no
+//! syscall per nonce) and deterministic AES-256-SIV. Both append a complete field
+//! ciphertext (see [`super::format`]) to an output buffer without allocating.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_siv::siv::Aes256Siv;
+use rand::RngCore;
+
+use super::format::{
+    associated_data, Algorithm, Header, KeyId, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN, SIV_IV_LEN,
+};
+use super::CryptoError;
+
+thread_local! {
+    static AD: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(128));
+}
+
+/// A randomized-mode key: AES-256-GCM with its key schedule expanded once.
+/// The schedule is zeroized when the key is dropped.
+pub struct RandomizedKey {
+    id: KeyId,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for RandomizedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RandomizedKey({})", hex::encode(self.id))
+    }
+}
+
+impl RandomizedKey {
+    /// Builds the cipher from 32 key bytes.
+    pub fn new(id: KeyId, key: &[u8]) -> Result<Self, CryptoError> {
+        let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::KeyLength("AES-256-GCM"))?;
+        Ok(RandomizedKey { id, cipher })
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// Appends the ciphertext of `plaintext` for field `context` to `out`.
+    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        self.seal_with_nonce(&nonce, context, plaintext, out);
+    }
+
+    /// As [`seal_into`](Self::seal_into) with a caller-chosen nonce. Only for golden
+    /// vectors: reusing a nonce under one key destroys GCM's security.
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        context: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        let header = Header {
+            algorithm: Algorithm::Aes256Gcm,
+            key_id: self.id,
+        }
+        .to_bytes();
+        out.reserve(plaintext.len() + Algorithm::Aes256Gcm.overhead());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(nonce);
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = AD.with(|ad| {
+            let mut ad = ad.borrow_mut();
+            let ad = associated_data(&header, context, &mut ad);
+            // Cannot fail: GCM only rejects plaintexts over 64 GiB, and Avro fields
+            // are bounded far below that by the input that carried them.
+            self.cipher
+                .encrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut out[body..])
+                .unwrap_or_default()
+        });
+        out.extend_from_slice(&tag);
+    }
+
+    /// Appends the plaintext of `ct` (for field `context`) to `out`. On failure
+    /// `out` is left as it was.
+    pub fn open_into(&self, context: &str, ct: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let header = Header::parse(ct)?;
+        if header.algorithm != Algorithm::Aes256Gcm {
+            return Err(CryptoError::Malformed("not an AES-256-GCM ciphertext".into()));
+        }
+        if header.key_id != self.id {
+            return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
+        }
+        let nonce = &ct[HEADER_LEN..HEADER_LEN + GCM_NONCE_LEN];
+        let body = &ct[HEADER_LEN + GCM_NONCE_LEN..ct.len() - GCM_TAG_LEN];
+        let tag = Tag::from_slice(&ct[ct.len() - GCM_TAG_LEN..]);
+        let start = out.len();
+        out.extend_from_slice(body);
+        let ok = AD.with(|ad| {
+            let mut ad = ad.borrow_mut();
+            let ad = associated_data(&ct[..HEADER_LEN], context, &mut ad);
+            self.cipher
+                .decrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut out[start..], tag)
+                .is_ok()
+        });
+        if !ok {
+            out.truncate(start);
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
+    }
+}
+
+/// A deterministic-mode key: AES-256-SIV (512-bit key). The cipher needs `&mut` per
+/// message, so each key keeps a small pool of instances, one per core, picked
+/// without contention in the common case.
+pub struct DeterministicKey {
+    id: KeyId,
+    pool: Box<[Mutex<Aes256Siv>]>,
+}
+
+impl std::fmt::Debug for DeterministicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeterministicKey({})", hex::encode(self.id))
+    }
+}
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+impl DeterministicKey {
+    /// Builds the cipher from 64 key bytes (MAC key, then encryption key).
+    pub fn new(id: KeyId, key: &[u8]) -> Result<Self, CryptoError> {
+        use aes_siv::KeyInit as _;
+        if key.len() != 64 {
+            return Err(CryptoError::KeyLength("AES-256-SIV"));
+        }
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64);
+        let pool = (0..n)
+            .map(|_| {
+                Aes256Siv::new_from_slice(key)
+                    .map(Mutex::new)
+                    .map_err(|_| CryptoError::KeyLength("AES-256-SIV"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DeterministicKey {
+            id,
+            pool: pool.into_boxed_slice(),
+        })
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Aes256Siv) -> R) -> R {
+        let n = self.pool.len();
+        let start = SLOT.with(|s| *s) % n;
+        for i in 0..n {
+            if let Ok(mut siv) = self.pool[(start + i) % n].try_lock() {
+                return f(&mut siv);
+            }
+        }
+        let mut siv = self.pool[start].lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut siv)
+    }
+
+    /// Appends the deterministic ciphertext of `plaintext` for `context` to `out`.
+    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+        let header = Header {
+            algorithm: Algorithm::Aes256Siv,
+            key_id: self.id,
+        }
+        .to_bytes();
+        out.reserve(plaintext.len() + Algorithm::Aes256Siv.overhead());
+        out.extend_from_slice(&header);
+        let iv_at = out.len();
+        out.extend_from_slice(&[0u8; SIV_IV_LEN]);
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let iv = AD.with(|ad| {
+            let mut ad = ad.borrow_mut();
+            let ad = associated_data(&header, context, &mut ad);
+            // Cannot fail: one header is far below the 126-header limit.
+            self.with(|siv| siv.encrypt_in_place_detached([&*ad], &mut out[body..]))
+                .unwrap_or_default()
+        });
+        out[iv_at..body].copy_from_slice(&iv);
+    }
+
+    /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
+    pub fn open_into(&self, context: &str, ct: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let header = Header::parse(ct)?;
+        if header.algorithm != Algorithm::Aes256Siv {
+            return Err(CryptoError::Malformed("not an AES-256-SIV ciphertext".into()));
+        }
+        if header.key_id != self.id {
+            return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
+        }
+        let iv = aes_siv::Tag::clone_from_slice(&ct[HEADER_LEN..HEADER_LEN + SIV_IV_LEN]);
+        let start = out.len();
+        out.extend_from_slice(&ct[HEADER_LEN + SIV_IV_LEN..]);
+        let ok = AD.with(|ad| {
+            let mut ad = ad.borrow_mut();
+            let ad = associated_data(&ct[..HEADER_LEN], context, &mut ad);
+            self.with(|siv| siv.decrypt_in_place_detached([&*ad], &mut out[start..], &iv))
+                .is_ok()
+        });
+        if !ok {
+            out.truncate(start);
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gcm() -> RandomizedKey {
+        RandomizedKey::new([7u8; 16], &[1u8; 32]).unwrap()
+    }
+
+    fn siv() -> DeterministicKey {
+        DeterministicKey::new([9u8; 16], &[2u8; 64]).unwrap()
+    }
+
+    #[test]
+    fn gcm_round_trips_and_binds_the_context() {
+        let k = gcm();
+        let mut ct = Vec::new();
+        k.seal_into("R.a", b"hello", &mut ct);
+        assert_eq!(ct.len(), 5 + Algorithm::Aes256Gcm.overhead());
+        let mut pt = b"prefix".to_vec();
+        k.open_into("R.a", &ct, &mut pt).unwrap();
+        assert_eq!(pt, b"prefixhello");
+        let mut pt = Vec::new();
+        assert_eq!(k.open_into("R.b", &ct, &mut pt), Err(CryptoError::Authentication));
+        assert!(pt.is_empty());
+        let mut other = Vec::new();
+        k.seal_into("R.a", b"hello", &mut other);
+        assert_ne!(ct, other, "randomized mode never repeats a ciphertext");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let k = gcm();
+        let d = siv();
+        for key in 0..2 {
+            let mut ct = Vec::new();
+            if key == 0 {
+                k.seal_into("R.a", b"abc", &mut ct)
+            } else {
+                d.seal_into("R.a", b"abc", &mut ct)
+            }
+            for i in 0..ct.len() * 8 {
+                let mut bad = ct.clone();
+                bad[i / 8] ^= 1 << (i % 8);
+                let r = if key == 0 {
+                    k.open_into("R.a", &bad, &mut Vec::new())
+                } else {
+                    d.open_into("R.a", &bad, &mut Vec::new())
+                };
+                assert!(r.is_err(), "bit {i} flip went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn siv_is_deterministic_per_context() {
+        let d = siv();
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        d.seal_into("R.a", b"x@y.z", &mut a);
+        d.seal_into("R.a", b"x@y.z", &mut b);
+        d.seal_into("R.b", b"x@y.z", &mut c);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mut pt = Vec::new();
+        d.open_into("R.a", &a, &mut pt).unwrap();
+        assert_eq!(pt, b"x@y.z");
+        assert_eq!(d.open_into("R.b", &a, &mut Vec::new()), Err(CryptoError::Authentication));
+    }
+
+    #[test]
+    fn wrong_key_id_is_named() {
+        let mut ct = Vec::new();
+        gcm().seal_into("R.a", b"", &mut ct);
+        let other = RandomizedKey::new([8u8; 16], &[1u8; 32]).unwrap();
+        assert!(matches!(other.open_into("R.a", &ct, &mut Vec::new()), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(gcm().open_into("R.a", &ct[..20], &mut Vec::new()), Err(CryptoError::Malformed(_))));
+    }
+}

@@ -1,0 +1,29 @@
+//! Field cryptography: the versioned ciphertext layout, the randomized (AES-256-GCM)
+//! and deterministic (AES-SIV) ciphers with their key schedules built once per key,
+//! and HMAC blind indexes. Pure functions of bytes and keys: no I/O, no KMS.
+//!
+//! Errors are deliberately uninformative about keys and plaintext: they say which
+//! check failed (layout, unknown key id, authentication), never what was inside.
+
+pub mod blind_index;
+pub mod cipher;
+pub mod format;
+
+use thiserror::Error;
+
+/// Why a field ciphertext could not be produced or opened.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The bytes are not a fieldcrypt field ciphertext (wrong version, algorithm or length).
+    #[error("not a fieldcrypt field ciphertext: {0}")]
+    Malformed(String),
+    /// The ciphertext names a key this process does not have.
+    #[error("ciphertext names key {0}, which is not available here")]
+    UnknownKey(String),
+    /// Authentication failed: tampered, truncated, moved to another field, or wrong key.
+    #[error("ciphertext failed authentication (tampered, moved from another field, or wrong key)")]
+    Authentication,
+    /// A key of the wrong length reached a cipher.
+    #[error("key material has the wrong length for {0}")]
+    KeyLength(&'static str),
+}

@@ -1,0 +1,345 @@
+//! The keyset file: long-lived deterministic and blind-index keys, each wrapped by
+//! the KEK, versioned per domain. It holds no plaintext key, so it is safe to commit
+//! and must be identical on every instance (so equal plaintexts give equal
+//! ciphertexts and indexes everywhere). [`KeyMaterial`] is its unwrapped, in-memory
+//! form, built once at start-up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::kms::{EncryptionContext, Kms, KmsError, WrappedKey};
+use crate::crypto::blind_index::{BlindIndexKey, Normalize};
+use crate::crypto::cipher::DeterministicKey;
+use crate::crypto::format::KeyId;
+
+const FORMAT: &str = "fieldcrypt-keyset";
+const VERSION: u32 = 1;
+
+/// What a keyset key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purpose {
+    /// AES-SIV key (64 bytes) for deterministic encryption.
+    Deterministic,
+    /// HMAC-SHA256 key (32 bytes) for blind indexes.
+    BlindIndex,
+}
+
+impl Purpose {
+    fn key_len(self) -> usize {
+        match self {
+            Purpose::Deterministic => 64,
+            Purpose::BlindIndex => 32,
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Purpose::Deterministic => "deterministic",
+            Purpose::BlindIndex => "blind-index",
+        })
+    }
+}
+
+/// One wrapped key in the keyset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysetEntry {
+    /// Key id (32 hex digits), as written into every ciphertext it makes.
+    pub id: String,
+    pub purpose: Purpose,
+    pub domain: String,
+    /// Version within (purpose, domain); the highest is active.
+    pub version: u32,
+    /// When it was created (RFC 3339 UTC).
+    pub created_at: String,
+    /// The KEK that wrapped it.
+    pub kek: String,
+    /// The wrapped key, base64.
+    pub wrapped: String,
+}
+
+impl KeysetEntry {
+    fn context(&self) -> EncryptionContext {
+        [
+            ("fieldcrypt:purpose".to_string(), self.purpose.to_string()),
+            ("fieldcrypt:domain".to_string(), self.domain.clone()),
+            ("fieldcrypt:key-id".to_string(), self.id.clone()),
+            ("fieldcrypt:version".to_string(), self.version.to_string()),
+        ]
+        .into()
+    }
+
+    fn key_id(&self) -> Result<KeyId, String> {
+        let v = hex::decode(&self.id).map_err(|_| format!("key id \"{}\" is not hex", self.id))?;
+        v.try_into()
+            .map_err(|_| format!("key id \"{}\" is not 16 bytes", self.id))
+    }
+}
+
+/// The keyset file's contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keyset {
+    pub format: String,
+    pub version: u32,
+    pub keys: Vec<KeysetEntry>,
+}
+
+impl Default for Keyset {
+    fn default() -> Self {
+        Keyset {
+            format: FORMAT.into(),
+            version: VERSION,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Keyset file problems.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysetError {
+    #[error("keyset file {path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Missing(String),
+    #[error("keyset key {id} ({purpose} domain {domain}): {source}")]
+    Unwrap {
+        id: String,
+        purpose: Purpose,
+        domain: String,
+        source: KmsError,
+    },
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+}
+
+impl Keyset {
+    /// Loads a keyset; a missing file is an empty keyset (randomized-only setups
+    /// need none).
+    pub fn load(path: &Path) -> Result<Self, KeysetError> {
+        let err = |msg: String| KeysetError::File {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Keyset::default()),
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+        };
+        let ks: Keyset = serde_json::from_str(&text).map_err(|e| err(format!("not a valid keyset: {e}")))?;
+        if ks.format != FORMAT {
+            return Err(err(format!("format is \"{}\", expected \"{FORMAT}\"", ks.format)));
+        }
+        if ks.version != VERSION {
+            return Err(err(format!(
+                "keyset version {} is not supported (this fieldcrypt reads version {VERSION})",
+                ks.version
+            )));
+        }
+        let mut seen = HashMap::new();
+        for k in &ks.keys {
+            k.key_id().map_err(&err)?;
+            if let Some(prev) = seen.insert((k.purpose, k.domain.clone(), k.version), &k.id) {
+                return Err(err(format!(
+                    "{} domain {} version {} appears twice (keys {prev} and {})",
+                    k.purpose, k.domain, k.version, k.id
+                )));
+            }
+        }
+        Ok(ks)
+    }
+
+    /// Writes the keyset atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeysetError> {
+        let err = |msg: String| KeysetError::File {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
+        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| err(format!("cannot write: {e}")))?;
+        use std::io::Write;
+        tmp.write_all(b"\n").map_err(|e| err(format!("cannot write: {e}")))?;
+        tmp.persist(path).map_err(|e| err(format!("cannot replace: {e}")))?;
+        Ok(())
+    }
+
+    /// The active (highest version) entry for a purpose and domain.
+    pub fn active(&self, purpose: Purpose, domain: &str) -> Option<&KeysetEntry> {
+        self.keys
+            .iter()
+            .filter(|k| k.purpose == purpose && k.domain == domain)
+            .max_by_key(|k| k.version)
+    }
+
+    /// Creates a new key (version 1, or the next version if the domain exists) from
+    /// the KMS and adds it. Returns the new entry.
+    pub async fn create(&mut self, kms: &dyn Kms, purpose: Purpose, domain: &str) -> Result<KeysetEntry, KeysetError> {
+        if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(KeysetError::Missing(format!(
+                "domain \"{domain}\" must be non-empty and use only letters, digits, '-', '_' and '.'"
+            )));
+        }
+        let version = self.active(purpose, domain).map_or(1, |k| k.version + 1);
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let mut entry = KeysetEntry {
+            id: hex::encode(id),
+            purpose,
+            domain: domain.to_string(),
+            version,
+            created_at: super::rfc3339(std::time::SystemTime::now()),
+            kek: kms.kek_id().to_string(),
+            wrapped: String::new(),
+        };
+        let dk = kms.generate_data_key(purpose.key_len(), &entry.context()).await?;
+        entry.kek = dk.wrapped.kek.clone();
+        entry.wrapped = base64::engine::general_purpose::STANDARD.encode(&dk.wrapped.blob);
+        self.keys.push(entry.clone());
+        Ok(entry)
+    }
+}
+
+/// Per-domain blind-index settings.
+#[derive(Debug, Clone)]
+pub struct IndexSettings {
+    /// Bytes of HMAC kept.
+    pub length: usize,
+    pub normalize: HashMap<String, Vec<Normalize>>,
+}
+
+/// Unwrapped keyset keys, ready for the ciphers.
+#[derive(Debug, Default)]
+pub struct KeyMaterial {
+    deterministic: HashMap<String, Arc<DeterministicKey>>,
+    deterministic_by_id: HashMap<KeyId, Arc<DeterministicKey>>,
+    blind: HashMap<String, Arc<BlindIndexKey>>,
+    keyset_path: PathBuf,
+}
+
+impl KeyMaterial {
+    /// Unwraps every key in the keyset through the KMS.
+    pub async fn unwrap(
+        keyset: &Keyset,
+        keyset_path: &Path,
+        kms: &dyn Kms,
+        index: &IndexSettings,
+    ) -> Result<Self, KeysetError> {
+        let mut m = KeyMaterial {
+            keyset_path: keyset_path.to_path_buf(),
+            ..Default::default()
+        };
+        for e in &keyset.keys {
+            let fail = |source: KmsError| KeysetError::Unwrap {
+                id: e.id.clone(),
+                purpose: e.purpose,
+                domain: e.domain.clone(),
+                source,
+            };
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(&e.wrapped)
+                .map_err(|_| fail(KmsError::InvalidCiphertext))?;
+            let wrapped = WrappedKey {
+                kek: e.kek.clone(),
+                blob,
+            };
+            let pt = kms.decrypt_data_key(&wrapped, &e.context()).await.map_err(fail)?;
+            let id = e.key_id().map_err(KeysetError::Missing)?;
+            let bad = |_| fail(KmsError::InvalidCiphertext);
+            let active = keyset.active(e.purpose, &e.domain).map(|a| a.id == e.id).unwrap_or(false);
+            match e.purpose {
+                Purpose::Deterministic => {
+                    let k = Arc::new(DeterministicKey::new(id, &pt).map_err(bad)?);
+                    m.deterministic_by_id.insert(id, k.clone());
+                    if active {
+                        m.deterministic.insert(e.domain.clone(), k);
+                    }
+                }
+                Purpose::BlindIndex => {
+                    if active {
+                        let norm = index.normalize.get(&e.domain).cloned().unwrap_or_default();
+                        let k = BlindIndexKey::new(id, &pt, index.length, norm).map_err(bad)?;
+                        m.blind.insert(e.domain.clone(), Arc::new(k));
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    fn missing(&self, purpose: Purpose, domain: &str) -> KeysetError {
+        KeysetError::Missing(format!(
+            "no {purpose} key for domain \"{domain}\" in keyset {}; create one with \
+             `fieldcrypt keys create --purpose {purpose} --domain {domain}`",
+            self.keyset_path.display()
+        ))
+    }
+
+    /// The active deterministic key of a domain.
+    pub fn deterministic(&self, domain: &str) -> Result<Arc<DeterministicKey>, KeysetError> {
+        self.deterministic
+            .get(domain)
+            .cloned()
+            .ok_or_else(|| self.missing(Purpose::Deterministic, domain))
+    }
+
+    /// Any version of a deterministic key, by id (decryption).
+    pub fn deterministic_by_id(&self, id: &KeyId) -> Option<&Arc<DeterministicKey>> {
+        self.deterministic_by_id.get(id)
+    }
+
+    /// The active blind-index key of a domain.
+    pub fn blind_index(&self, domain: &str) -> Result<Arc<BlindIndexKey>, KeysetError> {
+        self.blind
+            .get(domain)
+            .cloned()
+            .ok_or_else(|| self.missing(Purpose::BlindIndex, domain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::LocalKms;
+
+    #[tokio::test]
+    async fn create_save_load_unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyset.json");
+        let kms = LocalKms::from_bytes(&[4; 32]).unwrap();
+        let mut ks = Keyset::load(&path).unwrap();
+        ks.create(&kms, Purpose::Deterministic, "default").await.unwrap();
+        let v2 = ks.create(&kms, Purpose::Deterministic, "default").await.unwrap();
+        ks.create(&kms, Purpose::BlindIndex, "email").await.unwrap();
+        assert_eq!(v2.version, 2);
+        ks.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = Keyset::load(&path).unwrap();
+        assert_eq!(loaded, ks);
+        let idx = IndexSettings {
+            length: 16,
+            normalize: HashMap::new(),
+        };
+        let m = KeyMaterial::unwrap(&loaded, &path, &kms, &idx).await.unwrap();
+        assert_eq!(hex::encode(m.deterministic("default").unwrap().id()), v2.id);
+        assert_eq!(m.deterministic_by_id.len(), 2, "old versions stay for decryption");
+        let e = m.blind_index("phone").unwrap_err().to_string();
+        assert!(e.contains("--purpose blind-index --domain phone"), "{e}");
+        // The file names keys and KEKs but holds no unwrapped key material.
+        assert!(text.contains("\"wrapped\""));
+
+        let wrong = LocalKms::from_bytes(&[9; 32]).unwrap();
+        let e = KeyMaterial::unwrap(&loaded, &path, &wrong, &idx).await.unwrap_err().to_string();
+        assert!(e.contains("belongs to KEK"), "{e}");
+    }
+}

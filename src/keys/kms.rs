@@ -1,0 +1,70 @@
+//! The KMS interface: generate a data key (plaintext + wrapped under the KEK) and
+//! unwrap one. Every call carries an encryption context that the KMS binds to the
+//! wrapped key, so a wrapped key used out of its context fails to unwrap.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Key/value pairs bound to a wrapped key (AWS KMS "EncryptionContext").
+pub type EncryptionContext = BTreeMap<String, String>;
+
+/// A data key wrapped by a KEK; safe to store and transmit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Which KEK wrapped it (`local:<fingerprint>`, an AWS key ARN, ...).
+    pub kek: String,
+    pub blob: Vec<u8>,
+}
+
+/// A fresh data key.
+pub struct DataKey {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub wrapped: WrappedKey,
+}
+
+/// KMS failures, classified so callers know whether to retry.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum KmsError {
+    /// The KMS could not be reached or is throttling: retry later.
+    #[error("KMS unavailable: {0}")]
+    Unavailable(String),
+    /// The KMS refused the request for this caller or key.
+    #[error("KMS denied access: {0}")]
+    AccessDenied(String),
+    /// The wrapped key names a KEK this KMS does not have.
+    #[error("wrapped key belongs to KEK {found}, but this process uses {expected}; point the config at the KEK that wrapped it")]
+    WrongKek { expected: String, found: String },
+    /// The wrapped key is corrupt or its encryption context does not match.
+    #[error("wrapped key failed to unwrap: it is corrupt, or was wrapped for another purpose, domain or key id")]
+    InvalidCiphertext,
+    /// The KMS is misconfigured (missing KEK file, bad key id, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl KmsError {
+    /// Worth retrying with backoff?
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, KmsError::Unavailable(_))
+    }
+}
+
+/// A key management service holding one KEK.
+#[async_trait]
+pub trait Kms: Send + Sync + std::fmt::Debug {
+    /// Identifies the KEK, as recorded in [`WrappedKey::kek`].
+    fn kek_id(&self) -> &str;
+
+    /// Generates `len` random key bytes and wraps them under the KEK.
+    async fn generate_data_key(&self, len: usize, ctx: &EncryptionContext) -> Result<DataKey, KmsError>;
+
+    /// Unwraps a data key; the context must equal the one it was generated with.
+    async fn decrypt_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError>;
+}

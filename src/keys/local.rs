@@ -1,0 +1,240 @@
+//! The local KMS: a 256-bit KEK in a file (the embedded default for development,
+//! tests and single-host use). Data keys are wrapped with AES-256-GCM under the KEK
+//! with the encryption context as associated data. The KEK is identified by a
+//! fingerprint (an HMAC of a fixed label), never by its bytes.
+//!
+//! Wrapped blob: `0x01 || fingerprint(8) || nonce(12) || ciphertext || tag(16)`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::kms::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
+
+const BLOB_VERSION: u8 = 1;
+const FP_LEN: usize = 8;
+const AD_LABEL: &[u8] = b"fieldcrypt-local-kms/v1\0";
+
+/// A KMS backed by a KEK file.
+pub struct LocalKms {
+    cipher: Aes256Gcm,
+    fingerprint: [u8; FP_LEN],
+    id: String,
+}
+
+impl std::fmt::Debug for LocalKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalKms({})", self.id)
+    }
+}
+
+impl LocalKms {
+    /// Creates a new KEK file (32 random bytes, mode 0600). Refuses to overwrite.
+    pub fn init(path: &Path) -> Result<PathBuf, KmsError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| {
+                KmsError::Config(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KmsError::Config(format!(
+                    "KEK file {} already exists; refusing to overwrite it (data wrapped by it would \
+                     become unreadable). Delete it yourself if that is really what you want",
+                    path.display()
+                ))
+            } else {
+                KmsError::Config(format!("cannot create KEK file {}: {e}", path.display()))
+            }
+        })?;
+        let mut kek = Zeroizing::new([0u8; 32]);
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, kek.as_mut())
+            .map_err(|e| KmsError::Config(format!("the OS random number generator failed: {e}")))?;
+        f.write_all(kek.as_ref())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| KmsError::Config(format!("cannot write KEK file {}: {e}", path.display())))?;
+        Ok(path.to_path_buf())
+    }
+
+    /// Opens an existing KEK file.
+    pub fn open(path: &Path) -> Result<Self, KmsError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                KmsError::Config(format!(
+                    "KEK file {} does not exist; create it with `fieldcrypt keys init`",
+                    path.display()
+                ))
+            } else {
+                KmsError::Config(format!("cannot read KEK file {}: {e}", path.display()))
+            }
+        })?);
+        if bytes.len() != 32 {
+            return Err(KmsError::Config(format!(
+                "KEK file {} holds {} bytes; a KEK is exactly 32 bytes (create one with `fieldcrypt keys init`)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = fs::metadata(path) {
+                if m.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "KEK file is readable by group or others; chmod 600 it"
+                    );
+                }
+            }
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// Builds a local KMS from KEK bytes (tests and tools).
+    pub fn from_bytes(kek: &[u8]) -> Result<Self, KmsError> {
+        let cipher = Aes256Gcm::new_from_slice(kek)
+            .map_err(|_| KmsError::Config("a local KEK is exactly 32 bytes".into()))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kek)
+            .map_err(|_| KmsError::Config("a local KEK is exactly 32 bytes".into()))?;
+        mac.update(b"fieldcrypt local KEK fingerprint v1");
+        let mut fingerprint = [0u8; FP_LEN];
+        fingerprint.copy_from_slice(&mac.finalize().into_bytes()[..FP_LEN]);
+        Ok(LocalKms {
+            cipher,
+            fingerprint,
+            id: format!("local:{}", hex::encode(fingerprint)),
+        })
+    }
+
+    fn aad(ctx: &EncryptionContext) -> Vec<u8> {
+        let mut ad = AD_LABEL.to_vec();
+        for (k, v) in ctx {
+            ad.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            ad.extend_from_slice(k.as_bytes());
+            ad.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            ad.extend_from_slice(v.as_bytes());
+        }
+        ad
+    }
+}
+
+#[async_trait]
+impl Kms for LocalKms {
+    fn kek_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn generate_data_key(&self, len: usize, ctx: &EncryptionContext) -> Result<DataKey, KmsError> {
+        let mut plaintext = Zeroizing::new(vec![0u8; len]);
+        rand::rng().fill_bytes(&mut plaintext);
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let ad = Self::aad(ctx);
+        let ct = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &ad })
+            .map_err(|_| KmsError::Config("local KMS could not wrap a key".into()))?;
+        let mut blob = Vec::with_capacity(1 + FP_LEN + 12 + ct.len());
+        blob.push(BLOB_VERSION);
+        blob.extend_from_slice(&self.fingerprint);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ct);
+        Ok(DataKey {
+            plaintext,
+            wrapped: WrappedKey {
+                kek: self.id.clone(),
+                blob,
+            },
+        })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let b = &wrapped.blob;
+        if b.len() < 1 + FP_LEN + 12 + 16 || b[0] != BLOB_VERSION {
+            return Err(KmsError::InvalidCiphertext);
+        }
+        if b[1..1 + FP_LEN] != self.fingerprint {
+            return Err(KmsError::WrongKek {
+                expected: self.id.clone(),
+                found: format!("local:{}", hex::encode(&b[1..1 + FP_LEN])),
+            });
+        }
+        let ad = Self::aad(ctx);
+        let pt = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&b[1 + FP_LEN..1 + FP_LEN + 12]),
+                Payload {
+                    msg: &b[1 + FP_LEN + 12..],
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| KmsError::InvalidCiphertext)?;
+        Ok(Zeroizing::new(pt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(p: &str) -> EncryptionContext {
+        [("fieldcrypt:purpose".to_string(), p.to_string())].into()
+    }
+
+    #[tokio::test]
+    async fn wraps_and_unwraps_within_context_only() {
+        let kms = LocalKms::from_bytes(&[5u8; 32]).unwrap();
+        let dk = kms.generate_data_key(32, &ctx("dek")).await.unwrap();
+        assert_eq!(dk.plaintext.len(), 32);
+        let back = kms.decrypt_data_key(&dk.wrapped, &ctx("dek")).await.unwrap();
+        assert_eq!(*back, *dk.plaintext);
+        assert_eq!(
+            kms.decrypt_data_key(&dk.wrapped, &ctx("deterministic")).await.unwrap_err(),
+            KmsError::InvalidCiphertext
+        );
+        let other = LocalKms::from_bytes(&[6u8; 32]).unwrap();
+        let e = other.decrypt_data_key(&dk.wrapped, &ctx("dek")).await.unwrap_err();
+        assert!(matches!(e, KmsError::WrongKek { .. }), "{e}");
+        assert!(!e.to_string().contains("0505"), "no key bytes in errors");
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/kek.key");
+        LocalKms::init(&p).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let e = LocalKms::init(&p).unwrap_err().to_string();
+        assert!(e.contains("refusing to overwrite"), "{e}");
+        LocalKms::open(&p).unwrap();
+        let e = LocalKms::open(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("keys init"), "{e}");
+        std::fs::write(dir.path().join("short"), b"abc").unwrap();
+        let e = LocalKms::open(&dir.path().join("short")).unwrap_err().to_string();
+        assert!(e.contains("3 bytes"), "{e}");
+    }
+}

@@ -1,0 +1,735 @@
+//! Transform plans and derived schemas. For a writer schema and its policies this
+//! computes, once, what the encrypt walker does at each record field and the output
+//! schema it produces; for an encrypted schema it recovers the original schema
+//! exactly and the decrypt walker's plan. Hides the schema-rewriting rules
+//! (specified in docs/ENCRYPTION.md, "Output schema").
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value as Json};
+
+use super::model::{split_fullname, Node, NodeId, SchemaTree};
+use super::policy::{select, Mode, SelectionConfig, Source};
+use super::SchemaError;
+
+/// Attribute that carries fieldcrypt's bookkeeping in an output schema.
+pub const ATTR: &str = "fieldcrypt";
+/// Version of the output-schema attribute layout.
+pub const ATTR_VERSION: u64 = 1;
+
+/// Settings that shape plans, taken from config.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    pub selection: SelectionConfig,
+    /// Appended to a field's name to name its blind-index field.
+    pub blind_index_suffix: String,
+    /// Blind-index domains that normalise text and so only apply to strings.
+    pub text_only_domains: HashSet<String>,
+}
+
+/// What a blind index hashes, by the source field's (non-null) type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexInput {
+    String,
+    Bytes,
+    Fixed(usize),
+    Int,
+    Long,
+    Float,
+    Double,
+    Boolean,
+    Enum,
+}
+
+/// Where null sits in a nullable encrypted field, in and out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nullable {
+    /// Branch index of `null` in the original union.
+    pub null_branch: usize,
+    /// Branch indexes of `null` and `bytes` in the output union.
+    pub out_null: usize,
+    pub out_bytes: usize,
+}
+
+/// A blind-index field added after an encrypted field.
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    pub domain: String,
+    pub input: IndexInput,
+    /// Enum symbols, when `input` is `Enum`.
+    pub symbols: Vec<String>,
+}
+
+/// One field the encrypt walker encrypts.
+#[derive(Debug, Clone)]
+pub struct EncryptField {
+    /// `<record fullname>.<field name>`: bound into the associated data.
+    pub context: String,
+    pub mode: Mode,
+    /// Deterministic key domain.
+    pub domain: Option<String>,
+    /// The field's original type.
+    pub node: NodeId,
+    pub nullable: Option<Nullable>,
+    pub index: Option<IndexSpec>,
+}
+
+/// What the encrypt walker does with one record field.
+#[derive(Debug, Clone)]
+pub enum FieldAction {
+    /// Nothing sensitive below: validate and copy the bytes.
+    Copy,
+    /// Something sensitive below: walk into it.
+    Recurse,
+    Encrypt(Arc<EncryptField>),
+}
+
+/// A row of the human-readable plan.
+#[derive(Debug, Clone)]
+pub struct PlanRow {
+    pub path: String,
+    pub type_name: String,
+    pub mode: Mode,
+    pub domain: Option<String>,
+    pub index_field: Option<(String, String)>,
+    pub source: Source,
+}
+
+/// Everything needed to encrypt records of one writer schema.
+#[derive(Debug)]
+pub struct EncryptPlan {
+    pub tree: SchemaTree,
+    /// Per node: for records, one action per field; empty otherwise.
+    pub actions: Vec<Vec<FieldAction>>,
+    /// Per node: does anything below it change?
+    pub dirty: Vec<bool>,
+    pub output_json: Json,
+    pub output_tree: SchemaTree,
+    pub rows: Vec<PlanRow>,
+}
+
+impl EncryptPlan {
+    /// Builds the plan for `json`; `label` names the schema in errors.
+    pub fn build(json: &Json, label: &str, cfg: &PlanConfig) -> Result<Self, SchemaError> {
+        let tree = SchemaTree::compile(json)?;
+        let selection = select(&tree, label, &cfg.selection)?;
+        let perr = |path: &str, msg: String| SchemaError::Policy {
+            schema: label.into(),
+            path: path.into(),
+            msg,
+        };
+
+        let mut actions: Vec<Vec<FieldAction>> = vec![Vec::new(); tree.nodes.len()];
+        for (id, node) in tree.nodes.iter().enumerate() {
+            let Node::Record(r) = node else { continue };
+            for (i, f) in r.fields.iter().enumerate() {
+                let path = format!("{}.{}", r.fullname, f.name);
+                let Some(sel) = selection.get(&(id, i)) else {
+                    actions[id].push(FieldAction::Copy);
+                    continue;
+                };
+                let nullable = tree.null_branch(f.node).map(|null_branch| {
+                    let (out_null, out_bytes) = if null_branch == 0 { (0, 1) } else { (1, 0) };
+                    Nullable {
+                        null_branch,
+                        out_null,
+                        out_bytes,
+                    }
+                });
+                let index = match &sel.policy.blind_index {
+                    None => None,
+                    Some(domain) => {
+                        let (input, symbols) = index_input(&tree, f.node).ok_or_else(|| {
+                            perr(
+                                &path,
+                                format!(
+                                    "a blind index needs a primitive, enum or fixed value (optionally \
+                                     nullable), but the field is {}; remove blind_index or index a \
+                                     primitive sub-field",
+                                    tree.type_name(f.node)
+                                ),
+                            )
+                        })?;
+                        if cfg.text_only_domains.contains(domain) && input != IndexInput::String {
+                            return Err(perr(
+                                &path,
+                                format!(
+                                    "blind-index domain \"{domain}\" normalises text but the field is {}; \
+                                     use a domain without normalize for it",
+                                    tree.type_name(f.node)
+                                ),
+                            ));
+                        }
+                        let name = format!("{}{}", f.name, cfg.blind_index_suffix);
+                        if r.fields.iter().any(|x| x.name == name) {
+                            return Err(perr(
+                                &path,
+                                format!(
+                                    "the blind-index field name \"{name}\" is already a field of {}; \
+                                     set schema.blind_index_suffix to something unused",
+                                    r.fullname
+                                ),
+                            ));
+                        }
+                        Some(IndexSpec {
+                            domain: domain.clone(),
+                            input,
+                            symbols,
+                        })
+                    }
+                };
+                actions[id].push(FieldAction::Encrypt(Arc::new(EncryptField {
+                    context: path.clone(),
+                    mode: sel.policy.mode,
+                    domain: sel.policy.domain.clone(),
+                    node: f.node,
+                    nullable,
+                    index,
+                })));
+            }
+        }
+
+        let dirty = compute_dirty(&tree, |id, i| {
+            matches!(actions[id].get(i), Some(FieldAction::Encrypt(_)))
+        });
+        for (id, acts) in actions.iter_mut().enumerate() {
+            if let Some(r) = tree.record(id) {
+                for (i, a) in acts.iter_mut().enumerate() {
+                    if matches!(a, FieldAction::Copy) && dirty[r.fields[i].node] {
+                        *a = FieldAction::Recurse;
+                    }
+                }
+            }
+        }
+        check_no_index_inside_encrypted(&tree, &actions, label)?;
+
+        let mut output_json = json.clone();
+        rewrite_records(&mut output_json, "", &mut |fullname, fields| {
+            let Some(&rid) = tree.names.get(fullname) else {
+                return Ok(());
+            };
+            let old = std::mem::take(fields);
+            for (i, f) in old.into_iter().enumerate() {
+                match actions[rid].get(i) {
+                    Some(FieldAction::Encrypt(ef)) => {
+                        let obj = f.as_object().cloned().unwrap_or_default();
+                        let name = obj.get("name").cloned().unwrap_or(Json::Null);
+                        fields.push(encrypted_field_json(&obj, ef));
+                        if let Some(ix) = &ef.index {
+                            let name = format!("{}{}", name.as_str().unwrap_or(""), cfg.blind_index_suffix);
+                            fields.push(index_field_json(&name, &obj, ef, ix));
+                        }
+                    }
+                    _ => fields.push(f),
+                }
+            }
+            Ok(())
+        })?;
+        let output_tree = SchemaTree::compile(&output_json).map_err(|e| SchemaError::Other {
+            schema: label.into(),
+            msg: format!(
+                "the derived output schema is invalid ({e}); this happens when a named type is \
+                 defined inside an encrypted field and used elsewhere: define it at a use that is \
+                 not encrypted"
+            ),
+        })?;
+        apache_avro::Schema::parse(&output_json).map_err(|e| SchemaError::Other {
+            schema: label.into(),
+            msg: format!("the derived output schema is rejected by apache-avro: {e}"),
+        })?;
+
+        let mut rows = Vec::new();
+        collect_rows(&tree, &actions, &selection, tree.root, String::new(), &mut Vec::new(), cfg, &mut rows);
+        Ok(EncryptPlan {
+            tree,
+            actions,
+            dirty,
+            output_json,
+            output_tree,
+            rows,
+        })
+    }
+
+    /// Is anything in this schema encrypted?
+    pub fn is_passthrough(&self) -> bool {
+        !self.dirty[self.tree.root]
+    }
+
+    /// Deterministic key domains the plan uses.
+    pub fn deterministic_domains(&self) -> HashSet<String> {
+        self.fields().filter_map(|f| f.domain.clone()).collect()
+    }
+
+    /// Blind-index domains the plan uses.
+    pub fn index_domains(&self) -> HashSet<String> {
+        self.fields().filter_map(|f| f.index.as_ref().map(|i| i.domain.clone())).collect()
+    }
+
+    fn fields(&self) -> impl Iterator<Item = &EncryptField> {
+        self.actions.iter().flatten().filter_map(|a| match a {
+            FieldAction::Encrypt(f) => Some(f.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The plan as a text table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let header = ["FIELD", "TYPE", "MODE", "BLIND INDEX", "SOURCE"];
+        let rows: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.path.clone(),
+                    r.type_name.clone(),
+                    match &r.domain {
+                        Some(d) => format!("{} ({d})", r.mode),
+                        None => r.mode.to_string(),
+                    },
+                    r.index_field
+                        .as_ref()
+                        .map(|(f, d)| format!("{f} ({d})"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.source.to_string(),
+                ]
+            })
+            .collect();
+        let mut w = header.map(str::len);
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String; 5], out: &mut String| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let _ = write!(s, "{:<width$}  ", c, width = w[i]);
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        };
+        line(&header.map(String::from), &mut out);
+        for r in &rows {
+            line(r, &mut out);
+        }
+        if rows.is_empty() {
+            out.push_str("(no sensitive fields: records pass through unchanged)\n");
+        }
+        out
+    }
+}
+
+/// One encrypted field as the decrypt walker sees it.
+#[derive(Debug, Clone)]
+pub struct DecryptField {
+    pub context: String,
+    /// The field's original type, in the original tree.
+    pub node: NodeId,
+    /// For nullable fields: (null branch in the encrypted union, null branch in the
+    /// original union).
+    pub nullable: Option<(usize, usize)>,
+}
+
+/// What the decrypt walker does with one record field of the encrypted schema.
+#[derive(Debug, Clone)]
+pub enum DecryptAction {
+    Copy,
+    Recurse,
+    Decrypt(Arc<DecryptField>),
+    /// A blind-index field: not part of the original record.
+    Drop,
+}
+
+/// Everything needed to decrypt records of one encrypted schema.
+#[derive(Debug)]
+pub struct DecryptPlan {
+    /// The encrypted (writer) schema.
+    pub tree: SchemaTree,
+    pub actions: Vec<Vec<DecryptAction>>,
+    pub dirty: Vec<bool>,
+    /// The original schema, restored exactly.
+    pub original_json: Json,
+    pub original_tree: SchemaTree,
+}
+
+impl DecryptPlan {
+    /// Builds the plan for an encrypted schema; `label` names it in errors.
+    pub fn build(json: &Json, label: &str) -> Result<Self, SchemaError> {
+        let tree = SchemaTree::compile(json)?;
+        let original_json = restore_original(json)?;
+        let original_tree = SchemaTree::compile(&original_json)?;
+        let err = |msg: String| SchemaError::Other {
+            schema: label.into(),
+            msg,
+        };
+        let mut actions: Vec<Vec<DecryptAction>> = vec![Vec::new(); tree.nodes.len()];
+        for (id, node) in tree.nodes.iter().enumerate() {
+            let Node::Record(r) = node else { continue };
+            let orig = original_tree
+                .names
+                .get(&r.fullname)
+                .and_then(|o| original_tree.record(*o));
+            for f in &r.fields {
+                let attr = f.json.get(ATTR).and_then(Json::as_object);
+                let action = match attr {
+                    None => DecryptAction::Copy,
+                    Some(a) if a.contains_key("blind_index_of") => DecryptAction::Drop,
+                    Some(_) => {
+                        let of = orig
+                            .and_then(|o| o.fields.iter().find(|x| x.name == f.name))
+                            .ok_or_else(|| {
+                                err(format!("encrypted field {}.{} has no original", r.fullname, f.name))
+                            })?;
+                        let enc_null = tree.null_branch(f.node);
+                        let orig_null = original_tree.null_branch(of.node);
+                        let nullable = match (enc_null, orig_null) {
+                            (Some(e), Some(o)) => Some((e, o)),
+                            (None, None) => None,
+                            _ => {
+                                return Err(err(format!(
+                                    "field {}.{}: encrypted and original types disagree on nullability",
+                                    r.fullname, f.name
+                                )))
+                            }
+                        };
+                        DecryptAction::Decrypt(Arc::new(DecryptField {
+                            context: format!("{}.{}", r.fullname, f.name),
+                            node: of.node,
+                            nullable,
+                        }))
+                    }
+                };
+                actions[id].push(action);
+            }
+        }
+        let dirty = compute_dirty(&tree, |id, i| {
+            matches!(
+                actions[id].get(i),
+                Some(DecryptAction::Decrypt(_) | DecryptAction::Drop)
+            )
+        });
+        for (id, acts) in actions.iter_mut().enumerate() {
+            if let Some(r) = tree.record(id) {
+                for (i, a) in acts.iter_mut().enumerate() {
+                    if matches!(a, DecryptAction::Copy) && dirty[r.fields[i].node] {
+                        *a = DecryptAction::Recurse;
+                    }
+                }
+            }
+        }
+        Ok(DecryptPlan {
+            tree,
+            actions,
+            dirty,
+            original_json,
+            original_tree,
+        })
+    }
+
+    /// Does the schema carry any fieldcrypt fields?
+    pub fn is_passthrough(&self) -> bool {
+        !self.dirty[self.tree.root]
+    }
+}
+
+/// Rebuilds the original schema from an encrypted one: encrypted fields get their
+/// stored original back, blind-index fields go.
+pub fn restore_original(json: &Json) -> Result<Json, SchemaError> {
+    let mut out = json.clone();
+    rewrite_records(&mut out, "", &mut |fullname, fields| {
+        let old = std::mem::take(fields);
+        for f in old {
+            let attr = f.get(ATTR).and_then(Json::as_object);
+            match attr {
+                None => fields.push(f),
+                Some(a) if a.contains_key("blind_index_of") => {}
+                Some(a) => {
+                    let orig = a.get("field").filter(|v| v.is_object()).ok_or_else(|| {
+                        SchemaError::invalid(
+                            fullname,
+                            format!(
+                                "field {} has a \"{ATTR}\" attribute without the original field",
+                                f.get("name").and_then(Json::as_str).unwrap_or("?")
+                            ),
+                        )
+                    })?;
+                    let v = a.get("v").and_then(Json::as_u64).unwrap_or(0);
+                    if v != ATTR_VERSION {
+                        return Err(SchemaError::invalid(
+                            fullname,
+                            format!("unsupported fieldcrypt schema attribute version {v}; upgrade fieldcrypt"),
+                        ));
+                    }
+                    fields.push(orig.clone());
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Does this schema carry fieldcrypt attributes (is it an encrypted schema)?
+pub fn is_encrypted_schema(json: &Json) -> bool {
+    let mut found = false;
+    let mut probe = json.clone();
+    let _ = rewrite_records(&mut probe, "", &mut |_, fields| {
+        found |= fields.iter().any(|f| f.get(ATTR).is_some());
+        Ok(())
+    });
+    found
+}
+
+fn encrypted_field_json(orig: &Map<String, Json>, f: &EncryptField) -> Json {
+    let mut o = Map::new();
+    for k in ["name", "doc", "aliases"] {
+        if let Some(v) = orig.get(k) {
+            o.insert(k.into(), v.clone());
+        }
+    }
+    match f.nullable {
+        Some(n) if n.out_null == 0 => {
+            o.insert("type".into(), json!(["null", "bytes"]));
+            if orig.get("default") == Some(&Json::Null) {
+                o.insert("default".into(), Json::Null);
+            }
+        }
+        Some(_) => {
+            o.insert("type".into(), json!(["bytes", "null"]));
+        }
+        None => {
+            o.insert("type".into(), json!("bytes"));
+        }
+    }
+    let mut a = Map::new();
+    a.insert("v".into(), json!(ATTR_VERSION));
+    a.insert("mode".into(), json!(f.mode.to_string()));
+    a.insert("field".into(), Json::Object(orig.clone()));
+    o.insert(ATTR.into(), Json::Object(a));
+    Json::Object(o)
+}
+
+fn index_field_json(name: &str, orig: &Map<String, Json>, f: &EncryptField, ix: &IndexSpec) -> Json {
+    let source = orig.get("name").and_then(Json::as_str).unwrap_or("");
+    let mut o = Map::new();
+    o.insert("name".into(), json!(name));
+    o.insert(
+        "doc".into(),
+        json!(format!("HMAC-SHA256 blind index of {source} (domain {})", ix.domain)),
+    );
+    if f.nullable.is_some() {
+        o.insert("type".into(), json!(["null", "bytes"]));
+        o.insert("default".into(), Json::Null);
+    } else {
+        o.insert("type".into(), json!("bytes"));
+    }
+    o.insert(
+        ATTR.into(),
+        json!({"v": ATTR_VERSION, "blind_index_of": source, "domain": ix.domain}),
+    );
+    Json::Object(o)
+}
+
+type FieldsFn<'a> = dyn FnMut(&str, &mut Vec<Json>) -> Result<(), SchemaError> + 'a;
+
+/// Walks a JSON schema in definition order, handing each record definition's
+/// `fields` array (by record full name) to `f`, then descending into the field
+/// types as `f` left them.
+pub fn rewrite_records(json: &mut Json, ns: &str, f: &mut FieldsFn<'_>) -> Result<(), SchemaError> {
+    match json {
+        Json::Array(branches) => {
+            for b in branches {
+                rewrite_records(b, ns, f)?;
+            }
+        }
+        Json::Object(obj) => {
+            let ty = obj.get("type").cloned();
+            match ty {
+                Some(Json::String(t)) if t == "record" || t == "error" => {
+                    let fullname = super::model::definition_fullname(obj, ns).unwrap_or_default();
+                    let inner_ns = split_fullname(&fullname).0.to_string();
+                    if let Some(Json::Array(fields)) = obj.get_mut("fields") {
+                        f(&fullname, fields)?;
+                        for field in fields.iter_mut() {
+                            if let Some(t) = field.get_mut("type") {
+                                rewrite_records(t, &inner_ns, f)?;
+                            }
+                        }
+                    }
+                }
+                Some(Json::String(t)) if t == "array" => {
+                    if let Some(items) = obj.get_mut("items") {
+                        rewrite_records(items, ns, f)?;
+                    }
+                }
+                Some(Json::String(t)) if t == "map" => {
+                    if let Some(values) = obj.get_mut("values") {
+                        rewrite_records(values, ns, f)?;
+                    }
+                }
+                Some(Json::String(_)) | None => {}
+                Some(_) => {
+                    if let Some(t) = obj.get_mut("type") {
+                        rewrite_records(t, ns, f)?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Marks every node under which some record field is transformed.
+fn compute_dirty(tree: &SchemaTree, transformed: impl Fn(NodeId, usize) -> bool) -> Vec<bool> {
+    let mut dirty = vec![false; tree.nodes.len()];
+    loop {
+        let mut changed = false;
+        for (id, node) in tree.nodes.iter().enumerate() {
+            if dirty[id] {
+                continue;
+            }
+            let d = match node {
+                Node::Record(r) => r
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .any(|(i, f)| transformed(id, i) || dirty[f.node]),
+                Node::Union(bs) => bs.iter().any(|b| dirty[*b]),
+                Node::Array(i) | Node::Map(i) => dirty[*i],
+                _ => false,
+            };
+            if d {
+                dirty[id] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return dirty;
+        }
+    }
+}
+
+fn index_input(tree: &SchemaTree, node: NodeId) -> Option<(IndexInput, Vec<String>)> {
+    let value = match tree.node(node) {
+        Node::Union(bs) if bs.len() == 2 && tree.null_branch(node).is_some() => {
+            bs[1 - tree.null_branch(node)?]
+        }
+        Node::Union(_) => return None,
+        _ => node,
+    };
+    Some(match tree.node(value) {
+        Node::String => (IndexInput::String, vec![]),
+        Node::Bytes => (IndexInput::Bytes, vec![]),
+        Node::Fixed { size, .. } => (IndexInput::Fixed(*size), vec![]),
+        Node::Int => (IndexInput::Int, vec![]),
+        Node::Long => (IndexInput::Long, vec![]),
+        Node::Float => (IndexInput::Float, vec![]),
+        Node::Double => (IndexInput::Double, vec![]),
+        Node::Boolean => (IndexInput::Boolean, vec![]),
+        Node::Enum { symbols, .. } => (IndexInput::Enum, symbols.clone()),
+        _ => return None,
+    })
+}
+
+/// A blind index inside an encrypted field would be encrypted along with it and
+/// never emitted: refuse rather than silently drop the index.
+fn check_no_index_inside_encrypted(
+    tree: &SchemaTree,
+    actions: &[Vec<FieldAction>],
+    label: &str,
+) -> Result<(), SchemaError> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(NodeId, bool)> = vec![(tree.root, false)];
+    while let Some((id, inside)) = stack.pop() {
+        if !seen.insert((id, inside)) {
+            continue;
+        }
+        match tree.node(id) {
+            Node::Record(r) => {
+                for (i, f) in r.fields.iter().enumerate() {
+                    let enc = match &actions[id][i] {
+                        FieldAction::Encrypt(ef) => {
+                            if inside && ef.index.is_some() {
+                                return Err(SchemaError::Policy {
+                                    schema: label.into(),
+                                    path: format!("{}.{}", r.fullname, f.name),
+                                    msg: "has a blind index but sits inside a field that is encrypted \
+                                          as a whole, so the index could not be written; index the \
+                                          outer field or stop encrypting it whole"
+                                        .into(),
+                                });
+                            }
+                            true
+                        }
+                        _ => false,
+                    };
+                    stack.push((f.node, inside || enc));
+                }
+            }
+            Node::Union(bs) => bs.iter().for_each(|b| stack.push((*b, inside))),
+            Node::Array(i) | Node::Map(i) => stack.push((*i, inside)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect_rows(
+    tree: &SchemaTree,
+    actions: &[Vec<FieldAction>],
+    selection: &super::policy::Selection,
+    id: NodeId,
+    path: String,
+    on_stack: &mut Vec<NodeId>,
+    cfg: &PlanConfig,
+    rows: &mut Vec<PlanRow>,
+) {
+    if on_stack.contains(&id) || rows.len() > 10_000 {
+        return;
+    }
+    match tree.node(id) {
+        Node::Record(r) => {
+            on_stack.push(id);
+            for (i, f) in r.fields.iter().enumerate() {
+                let p = if path.is_empty() {
+                    f.name.clone()
+                } else {
+                    format!("{path}.{}", f.name)
+                };
+                match &actions[id][i] {
+                    FieldAction::Encrypt(ef) => rows.push(PlanRow {
+                        path: p,
+                        type_name: tree.type_name(f.node),
+                        mode: ef.mode,
+                        domain: ef.domain.clone(),
+                        index_field: ef.index.as_ref().map(|ix| {
+                            (format!("{}{}", f.name, cfg.blind_index_suffix), ix.domain.clone())
+                        }),
+                        source: selection
+                            .get(&(id, i))
+                            .map(|s| s.source.clone())
+                            .unwrap_or(Source::Attribute),
+                    }),
+                    FieldAction::Recurse => {
+                        collect_rows(tree, actions, selection, f.node, p, on_stack, cfg, rows)
+                    }
+                    FieldAction::Copy => {}
+                }
+            }
+            on_stack.pop();
+        }
+        Node::Union(bs) => {
+            for b in bs {
+                collect_rows(tree, actions, selection, *b, path.clone(), on_stack, cfg, rows);
+            }
+        }
+        Node::Array(i) => collect_rows(tree, actions, selection, *i, format!("{path}[]"), on_stack, cfg, rows),
+        Node::Map(v) => collect_rows(tree, actions, selection, *v, format!("{path}{{}}"), on_stack, cfg, rows),
+        _ => {}
+    }
+}

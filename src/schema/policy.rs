@@ -1,0 +1,425 @@
+//! Field selection: decides which fields are sensitive and how, from three sources —
+//! the field's `"sensitive"` attribute, its `"confluent:tags"` mapped through config,
+//! and config rules naming a record and a field path (for generated schemas such as
+//! Debezium's). Conflicts and rules that match nothing are errors, never guesses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::model::{Node, NodeId, SchemaTree};
+use super::SchemaError;
+
+/// How a field's value is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// AES-256-GCM with a fresh random nonce: equal values give unrelated ciphertexts.
+    Randomized,
+    /// AES-SIV: equal values in the same field give equal ciphertexts.
+    Deterministic,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Randomized => "randomized",
+            Mode::Deterministic => "deterministic",
+        })
+    }
+}
+
+/// A policy as written in a schema attribute, a tag mapping or a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `randomized` (default) or `deterministic`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Deterministic key domain (default: `schema.default_deterministic_domain`).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Adds an HMAC blind-index field in this index domain.
+    #[serde(default)]
+    pub blind_index: Option<String>,
+}
+
+/// A config rule: encrypt these fields of this record wherever the record is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Full name of the record the paths start from
+    /// (e.g. `dbserver1.inventory.customers.Value`).
+    pub record: String,
+    /// Field paths relative to that record; dots descend into nested records
+    /// (through unions, arrays and maps), e.g. `address.street`.
+    pub fields: Vec<String>,
+    #[serde(flatten)]
+    pub policy: PolicySpec,
+}
+
+/// What to do about a rule whose record does not occur in a schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// A start-up error: most often a typo in the record name.
+    #[default]
+    Error,
+    /// Ignore it: the config is shared by schemas that do not all contain it.
+    Ignore,
+}
+
+/// The selection settings from config.
+#[derive(Debug, Clone, Default)]
+pub struct SelectionConfig {
+    /// Confluent tag → policy.
+    pub tags: BTreeMap<String, PolicySpec>,
+    pub rules: Vec<Rule>,
+    pub unmatched_rules: Unmatched,
+    pub default_deterministic_domain: String,
+}
+
+/// A resolved field policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldPolicy {
+    pub mode: Mode,
+    /// Key domain for deterministic mode.
+    pub domain: Option<String>,
+    /// Blind-index domain, if an index field is added.
+    pub blind_index: Option<String>,
+}
+
+/// Where a policy came from, for plan tables and conflict messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Attribute,
+    Tag(String),
+    Rule(usize),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Attribute => f.write_str("schema attribute"),
+            Source::Tag(t) => write!(f, "tag {t}"),
+            Source::Rule(i) => write!(f, "rule #{}", i + 1),
+        }
+    }
+}
+
+/// A field chosen for encryption.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub policy: FieldPolicy,
+    pub source: Source,
+}
+
+/// Policies keyed by (record node, field index).
+pub type Selection = HashMap<(NodeId, usize), Selected>;
+
+fn resolve(spec: &PolicySpec, cfg: &SelectionConfig) -> FieldPolicy {
+    let mode = spec.mode.unwrap_or(Mode::Randomized);
+    FieldPolicy {
+        mode,
+        domain: match mode {
+            Mode::Deterministic => Some(
+                spec.domain
+                    .clone()
+                    .unwrap_or_else(|| cfg.default_deterministic_domain.clone()),
+            ),
+            Mode::Randomized => None,
+        },
+        blind_index: spec.blind_index.clone(),
+    }
+}
+
+/// Reads a field's `"sensitive"` attribute.
+fn attribute_policy(v: &Json) -> Result<Option<PolicySpec>, String> {
+    match v {
+        Json::Bool(true) => Ok(Some(PolicySpec::default())),
+        Json::Bool(false) | Json::Null => Ok(None),
+        Json::Object(_) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+            format!(
+                "\"sensitive\" must be true, false or {{\"mode\": \"randomized\"|\"deterministic\", \
+                 \"domain\": ..., \"blind_index\": ...}}: {e}"
+            )
+        }),
+        other => Err(format!(
+            "\"sensitive\" must be true, false or an object, found {other}"
+        )),
+    }
+}
+
+/// Picks the sensitive fields of `tree`. `schema` names the schema in errors.
+pub fn select(
+    tree: &SchemaTree,
+    schema: &str,
+    cfg: &SelectionConfig,
+) -> Result<Selection, SchemaError> {
+    let mut sel = Selection::new();
+    let perr = |path: String, msg: String| SchemaError::Policy {
+        schema: schema.to_string(),
+        path,
+        msg,
+    };
+    let put = |sel: &mut Selection,
+                   key: (NodeId, usize),
+                   policy: FieldPolicy,
+                   source: Source,
+                   path: String|
+     -> Result<(), SchemaError> {
+        if let Some(prev) = sel.get(&key) {
+            if prev.policy != policy {
+                return Err(perr(
+                    path,
+                    format!(
+                        "conflicting policies: {} says {}, {} says {}; make them agree or remove one",
+                        prev.source,
+                        describe(&prev.policy),
+                        source,
+                        describe(&policy)
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        sel.insert(key, Selected { policy, source });
+        Ok(())
+    };
+
+    for (id, node) in tree.nodes.iter().enumerate() {
+        let Node::Record(r) = node else { continue };
+        for (i, f) in r.fields.iter().enumerate() {
+            let path = format!("{}.{}", r.fullname, f.name);
+            if f.json.contains_key("fieldcrypt") {
+                return Err(perr(
+                    path,
+                    "the schema is already encrypted by fieldcrypt (the field carries a \
+                     \"fieldcrypt\" attribute); decrypt it first"
+                        .into(),
+                ));
+            }
+            if let Some(v) = f.json.get("sensitive") {
+                if let Some(spec) = attribute_policy(v).map_err(|m| perr(path.clone(), m))? {
+                    put(&mut sel, (id, i), resolve(&spec, cfg), Source::Attribute, path.clone())?;
+                }
+            }
+            if let Some(tags) = f.json.get("confluent:tags") {
+                let tags = tags.as_array().ok_or_else(|| {
+                    perr(path.clone(), "\"confluent:tags\" must be an array of strings".into())
+                })?;
+                for t in tags {
+                    let t = t.as_str().ok_or_else(|| {
+                        perr(path.clone(), "\"confluent:tags\" must be an array of strings".into())
+                    })?;
+                    if let Some(spec) = cfg.tags.get(t) {
+                        put(&mut sel, (id, i), resolve(spec, cfg), Source::Tag(t.into()), path.clone())?;
+                    }
+                }
+            }
+        }
+    }
+
+    for (ri, rule) in cfg.rules.iter().enumerate() {
+        let Some(&start) = tree.names.get(&rule.record) else {
+            if cfg.unmatched_rules == Unmatched::Error {
+                let mut records: Vec<&str> = tree
+                    .nodes
+                    .iter()
+                    .filter_map(|n| match n {
+                        Node::Record(r) => Some(r.fullname.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                records.sort_unstable();
+                return Err(SchemaError::Other {
+                    schema: schema.into(),
+                    msg: format!(
+                        "rule #{} names record \"{}\", which this schema does not contain \
+                         (records here: {}); fix the name, or set schema.unmatched_rules = \"ignore\" \
+                         if the config serves several schemas",
+                        ri + 1,
+                        rule.record,
+                        records.join(", ")
+                    ),
+                });
+            }
+            continue;
+        };
+        for fpath in &rule.fields {
+            let key = resolve_path(tree, start, fpath).map_err(|m| {
+                perr(format!("{}.{}", rule.record, fpath), format!("rule #{}: {m}", ri + 1))
+            })?;
+            put(
+                &mut sel,
+                key,
+                resolve(&rule.policy, cfg),
+                Source::Rule(ri),
+                format!("{}.{}", rule.record, fpath),
+            )?;
+        }
+    }
+    Ok(sel)
+}
+
+fn describe(p: &FieldPolicy) -> String {
+    let mut s = p.mode.to_string();
+    if let Some(d) = &p.domain {
+        s.push_str(&format!(" (domain {d})"));
+    }
+    if let Some(b) = &p.blind_index {
+        s.push_str(&format!(" + blind index {b}"));
+    }
+    s
+}
+
+/// Records reachable from a node without passing through a record field.
+fn records_under(tree: &SchemaTree, id: NodeId, out: &mut Vec<NodeId>) {
+    match tree.node(id) {
+        Node::Record(_) => {
+            if !out.contains(&id) {
+                out.push(id)
+            }
+        }
+        Node::Union(bs) => bs.iter().for_each(|b| records_under(tree, *b, out)),
+        Node::Array(i) | Node::Map(i) => records_under(tree, *i, out),
+        _ => {}
+    }
+}
+
+/// Resolves `a.b.c` from a record to (record node, field index) of the last step.
+fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<(NodeId, usize), String> {
+    let steps: Vec<&str> = path.split('.').collect();
+    let mut candidates = vec![start];
+    for (n, step) in steps.iter().enumerate() {
+        let mut hit = None;
+        for &rid in &candidates {
+            if let Some(r) = tree.record(rid) {
+                if let Some(i) = r.fields.iter().position(|f| f.name == *step) {
+                    hit = Some((rid, i));
+                    break;
+                }
+            }
+        }
+        let Some((rid, i)) = hit else {
+            let names: Vec<String> = candidates
+                .iter()
+                .filter_map(|c| tree.record(*c))
+                .flat_map(|r| r.fields.iter().map(|f| f.name.clone()))
+                .collect();
+            return Err(format!(
+                "no field \"{step}\" here (fields: {}); fix the path",
+                names.join(", ")
+            ));
+        };
+        if n + 1 == steps.len() {
+            return Ok((rid, i));
+        }
+        let field_node = tree.record(rid).map(|r| r.fields[i].node).unwrap_or(rid);
+        candidates.clear();
+        records_under(tree, field_node, &mut candidates);
+        if candidates.is_empty() {
+            return Err(format!("\"{step}\" is not a record, so it has no field \"{}\"", steps[n + 1]));
+        }
+    }
+    Err("empty field path".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> SelectionConfig {
+        SelectionConfig {
+            default_deterministic_domain: "default".into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(tree: &SchemaTree, sel: &Selection) -> Vec<String> {
+        let mut v: Vec<String> = sel
+            .keys()
+            .map(|(r, i)| {
+                let r = tree.record(*r).unwrap();
+                format!("{}.{}", r.fullname, r.fields[*i].name)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn attributes_tags_and_rules_select_fields() {
+        let s = json!({"type": "record", "name": "Env", "namespace": "db", "fields": [
+            {"name": "before", "type": ["null", {"type": "record", "name": "Row", "fields": [
+                {"name": "id", "type": "long"},
+                {"name": "email", "type": "string"},
+                {"name": "ssn", "type": "string", "sensitive": true},
+                {"name": "phone", "type": ["null", "string"], "confluent:tags": ["PII", "OTHER"]},
+                {"name": "addr", "type": {"type": "record", "name": "Addr", "fields": [
+                    {"name": "street", "type": "string"}]}}
+            ]}]},
+            {"name": "after", "type": ["null", "Row"]},
+            {"name": "op", "type": "string"}
+        ]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let mut c = cfg();
+        c.tags.insert("PII".into(), PolicySpec::default());
+        c.rules.push(Rule {
+            record: "db.Row".into(),
+            fields: vec!["email".into(), "addr.street".into()],
+            policy: PolicySpec {
+                mode: Some(Mode::Deterministic),
+                domain: None,
+                blind_index: None,
+            },
+        });
+        let sel = select(&tree, "test", &c).unwrap();
+        assert_eq!(
+            names(&tree, &sel),
+            vec!["db.Addr.street", "db.Row.email", "db.Row.phone", "db.Row.ssn"]
+        );
+        let email = sel.values().find(|s| s.source == Source::Rule(0)).unwrap();
+        assert_eq!(email.policy.domain.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn conflicts_unknown_modes_and_bad_rules_are_errors() {
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "a", "type": "string", "sensitive": {"mode": "deterministic"}, "confluent:tags": ["PII"]},
+        ]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let mut c = cfg();
+        c.tags.insert("PII".into(), PolicySpec::default());
+        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        assert!(e.contains("conflicting") && e.contains("R.a") && e.contains("tag PII"), "{e}");
+
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "a", "type": "string", "sensitive": {"mode": "scrambled"}}]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let e = select(&tree, "s.avsc", &cfg()).unwrap_err().to_string();
+        assert!(e.contains("scrambled") && e.contains("R.a"), "{e}");
+
+        let tree = SchemaTree::compile(&json!({"type": "record", "name": "R", "fields": [
+            {"name": "a", "type": "string"}]}))
+        .unwrap();
+        let mut c = cfg();
+        c.rules.push(Rule {
+            record: "Nope".into(),
+            fields: vec!["a".into()],
+            policy: PolicySpec::default(),
+        });
+        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        assert!(e.contains("Nope") && e.contains("records here: R"), "{e}");
+        c.unmatched_rules = Unmatched::Ignore;
+        assert!(select(&tree, "s.avsc", &c).unwrap().is_empty());
+
+        c.rules[0].record = "R".into();
+        c.rules[0].fields = vec!["b".into()];
+        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        assert!(e.contains("no field \"b\"") && e.contains("fields: a"), "{e}");
+    }
+}

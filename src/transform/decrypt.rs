@@ -1,0 +1,147 @@
+//! Decrypting records: field ciphertexts are opened with the key they name (a DEK
+//! handed in by the caller, or a deterministic keyset key), checked against the
+//! field's original schema, and spliced back; blind-index fields are dropped. The
+//! result is a datum of the original schema, byte for byte what was encrypted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{copy_value, run, value, Counts, RecordHandler, TransformError, TransformErrorKind};
+use crate::avro::binary::{walk, write_long, Cursor, Discard};
+use crate::crypto::cipher::RandomizedKey;
+use crate::crypto::format::{Algorithm, Header, KeyId};
+use crate::crypto::CryptoError;
+use crate::keys::keyset::KeyMaterial;
+use crate::schema::model::{NodeId, SchemaTree};
+use crate::schema::plan::{DecryptAction, DecryptField, DecryptPlan};
+
+/// Unwrapped DEKs available to one decrypt call, by key id.
+pub type DekSet = HashMap<KeyId, Arc<RandomizedKey>>;
+
+/// Decrypts records of one encrypted schema. Built once per schema, shared by threads.
+#[derive(Debug)]
+pub struct Decryptor {
+    plan: Arc<DecryptPlan>,
+    keys: Arc<KeyMaterial>,
+}
+
+/// Per-call state.
+pub struct DecState<'a> {
+    deks: &'a DekSet,
+    counts: Counts,
+}
+
+impl Decryptor {
+    pub fn new(plan: Arc<DecryptPlan>, keys: Arc<KeyMaterial>) -> Self {
+        Decryptor { plan, keys }
+    }
+
+    pub fn plan(&self) -> &Arc<DecryptPlan> {
+        &self.plan
+    }
+
+    /// Appends the original datum for encrypted `datum` to `out`. On error `out` is
+    /// unchanged.
+    pub fn decrypt(&self, datum: &[u8], deks: &DekSet, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+        let mut st = DecState {
+            deks,
+            counts: Counts::default(),
+        };
+        run(self, datum, out, &mut st)?;
+        Ok(st.counts)
+    }
+
+    fn field(
+        &self,
+        f: &DecryptField,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut DecState<'_>,
+    ) -> Result<(), TransformError> {
+        if let Some((enc_null, orig_null)) = f.nullable {
+            if cur.read_branch(2)? == enc_null {
+                write_long(out, orig_null as i64);
+                st.counts.nulls += 1;
+                return Ok(());
+            }
+        }
+        let ct = cur.read_bytes()?;
+        let crypto = |e: CryptoError| TransformError::new(TransformErrorKind::Crypto(e));
+        let header = Header::parse(ct).map_err(crypto)?;
+        let start = out.len();
+        match header.algorithm {
+            Algorithm::Aes256Gcm => {
+                let key = st
+                    .deks
+                    .get(&header.key_id)
+                    .ok_or_else(|| crypto(CryptoError::UnknownKey(hex::encode(header.key_id))))?;
+                key.open_into(&f.context, ct, out).map_err(crypto)?;
+                st.counts.randomized += 1;
+            }
+            Algorithm::Aes256Siv => {
+                let key = self
+                    .keys
+                    .deterministic_by_id(&header.key_id)
+                    .ok_or_else(|| crypto(CryptoError::UnknownKey(hex::encode(header.key_id))))?;
+                key.open_into(&f.context, ct, out).map_err(crypto)?;
+                st.counts.deterministic += 1;
+            }
+        }
+        // Authenticated, so this only fails if the writer encrypted garbage; check
+        // anyway so that what we emit always matches the restored schema.
+        let mut pc = Cursor::new(&out[start..]);
+        let ok = walk(&self.plan.original_tree, f.node, &mut pc, &mut Discard, 0)
+            .map_err(|d| TransformError::new(TransformErrorKind::Plaintext(d)))
+            .and_then(|_| {
+                if pc.remaining() == 0 {
+                    Ok(())
+                } else {
+                    Err(TransformError::new(TransformErrorKind::Plaintext(
+                        crate::avro::binary::DecodeError::new(
+                            crate::avro::binary::DecodeErrorKind::TrailingBytes(pc.remaining()),
+                            pc.position(),
+                        ),
+                    )))
+                }
+            });
+        if ok.is_err() {
+            out.truncate(start);
+        }
+        ok
+    }
+}
+
+impl<'a> RecordHandler<DecState<'a>> for Decryptor {
+    fn tree(&self) -> &SchemaTree {
+        &self.plan.tree
+    }
+
+    fn dirty(&self, node: NodeId) -> bool {
+        self.plan.dirty[node]
+    }
+
+    fn record(
+        &self,
+        node: NodeId,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut DecState<'a>,
+        depth: usize,
+    ) -> Result<(), TransformError> {
+        let Some(r) = self.plan.tree.record(node) else {
+            return Ok(());
+        };
+        for (f, act) in r.fields.iter().zip(&self.plan.actions[node]) {
+            let res = match act {
+                DecryptAction::Copy => copy_value(&self.plan.tree, f.node, cur, out, depth + 1),
+                DecryptAction::Recurse => value(self, f.node, cur, out, st, depth + 1),
+                DecryptAction::Decrypt(df) => self.field(df, cur, out, st),
+                DecryptAction::Drop => walk(&self.plan.tree, f.node, cur, &mut Discard, depth + 1)
+                    .map(|_| ())
+                    .map_err(TransformError::from),
+            };
+            res.map_err(|e| e.within(&f.name))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! The record transform: Avro binary datum in, Avro binary datum out, driven by a
+//! plan from [`crate::schema::plan`] and keys from [`crate::keys`]. No I/O, no KMS
+//! calls: the caller hands in the DEK (encrypt) or the unwrapped DEKs (decrypt), so
+//! the same code serves files, Kafka and benchmarks.
+//!
+//! Records are walked as bytes, never decoded into values: untouched parts are
+//! validated and copied, sensitive fields are replaced by their ciphertext. The
+//! plaintext of a field is the Avro binary encoding of its value.
+
+pub mod decrypt;
+pub mod encrypt;
+
+use std::fmt;
+
+use crate::avro::binary::{walk, write_long, Cursor, DecodeError, Discard, MAX_DEPTH};
+use crate::crypto::CryptoError;
+use crate::schema::model::{Node, NodeId, SchemaTree};
+
+pub use decrypt::Decryptor;
+pub use encrypt::Encryptor;
+
+/// Why one record could not be transformed. Never contains field values or keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformErrorKind {
+    /// The input does not match its schema.
+    Decode(DecodeError),
+    /// The DEK reached its usage limit mid-record: get a fresh one and retry.
+    DekExhausted,
+    /// A field ciphertext failed to open.
+    Crypto(CryptoError),
+    /// A decrypted value does not match the field's original schema.
+    Plaintext(DecodeError),
+}
+
+/// A transform error with the field path where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransformError {
+    pub kind: TransformErrorKind,
+    pub path: String,
+}
+
+impl TransformError {
+    fn new(kind: TransformErrorKind) -> Self {
+        TransformError {
+            kind,
+            path: String::new(),
+        }
+    }
+
+    fn within(mut self, step: &str) -> Self {
+        if let TransformErrorKind::Decode(d) = self.kind {
+            return TransformError {
+                kind: TransformErrorKind::Decode(d.within(step)),
+                path: String::new(),
+            };
+        }
+        self.path = if self.path.is_empty() {
+            step.to_string()
+        } else if self.path.starts_with(['[', '{']) {
+            format!("{step}{}", self.path)
+        } else {
+            format!("{step}.{}", self.path)
+        };
+        self
+    }
+
+    /// The field path, if any.
+    pub fn field_path(&self) -> &str {
+        match &self.kind {
+            TransformErrorKind::Decode(d) => &d.path,
+            _ => &self.path,
+        }
+    }
+
+    /// A short stable code for metrics and dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match &self.kind {
+            TransformErrorKind::Decode(_) => "schema_mismatch",
+            TransformErrorKind::DekExhausted => "dek_exhausted",
+            TransformErrorKind::Crypto(CryptoError::Authentication) => "authentication_failed",
+            TransformErrorKind::Crypto(CryptoError::UnknownKey(_)) => "unknown_key",
+            TransformErrorKind::Crypto(_) => "malformed_ciphertext",
+            TransformErrorKind::Plaintext(_) => "plaintext_mismatch",
+        }
+    }
+}
+
+impl fmt::Display for TransformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TransformErrorKind::Decode(d) => write!(f, "record does not match its schema: {d}"),
+            TransformErrorKind::DekExhausted => f.write_str("data key reached its usage limit"),
+            TransformErrorKind::Crypto(c) => write!(f, "field {}: {c}", self.path),
+            TransformErrorKind::Plaintext(d) => write!(
+                f,
+                "field {}: decrypted value does not match the field's original schema ({d})",
+                self.path
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TransformError {}
+
+impl From<DecodeError> for TransformError {
+    fn from(d: DecodeError) -> Self {
+        TransformError::new(TransformErrorKind::Decode(d))
+    }
+}
+
+/// Per-record counts, for metrics and reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub randomized: u64,
+    pub deterministic: u64,
+    pub indexes: u64,
+    pub nulls: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Self) {
+        self.randomized += o.randomized;
+        self.deterministic += o.deterministic;
+        self.indexes += o.indexes;
+        self.nulls += o.nulls;
+    }
+}
+
+/// The part of a walker that differs between encrypt and decrypt: what to do with
+/// the fields of a record that has something to transform.
+pub(crate) trait RecordHandler<S> {
+    fn tree(&self) -> &SchemaTree;
+    fn dirty(&self, node: NodeId) -> bool;
+    fn record(
+        &self,
+        node: NodeId,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut S,
+        depth: usize,
+    ) -> Result<(), TransformError>;
+}
+
+/// Validates and copies one value unchanged.
+pub(crate) fn copy_value(
+    tree: &SchemaTree,
+    node: NodeId,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), TransformError> {
+    let start = cur.position();
+    walk(tree, node, cur, &mut Discard, depth)?;
+    out.extend_from_slice(cur.since(start));
+    Ok(())
+}
+
+/// Walks one value: copies what has nothing to transform, descends through unions,
+/// arrays and maps, and hands records to the handler.
+pub(crate) fn value<S, H: RecordHandler<S>>(
+    h: &H,
+    node: NodeId,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    st: &mut S,
+    depth: usize,
+) -> Result<(), TransformError> {
+    if !h.dirty(node) {
+        return copy_value(h.tree(), node, cur, out, depth);
+    }
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::new(crate::avro::binary::DecodeErrorKind::TooDeep, cur.position()).into());
+    }
+    match h.tree().node(node) {
+        Node::Record(_) => h.record(node, cur, out, st, depth),
+        Node::Union(bs) => {
+            let i = cur.read_branch(bs.len())?;
+            write_long(out, i as i64);
+            value(h, bs[i], cur, out, st, depth + 1)
+        }
+        Node::Array(item) => {
+            let min = h.tree().min_size(*item);
+            let mut index = 0usize;
+            loop {
+                let n = cur.read_block_count(min)?;
+                write_long(out, n as i64);
+                if n == 0 {
+                    return Ok(());
+                }
+                for _ in 0..n {
+                    value(h, *item, cur, out, st, depth + 1).map_err(|e| e.within(&format!("[{index}]")))?;
+                    index += 1;
+                }
+            }
+        }
+        Node::Map(v) => {
+            let min = 1 + h.tree().min_size(*v);
+            let mut index = 0usize;
+            loop {
+                let n = cur.read_block_count(min)?;
+                write_long(out, n as i64);
+                if n == 0 {
+                    return Ok(());
+                }
+                for _ in 0..n {
+                    let key = cur.read_str()?;
+                    crate::avro::binary::write_bytes(out, key.as_bytes());
+                    // Map keys are data (maybe sensitive): paths name the entry's position.
+                    value(h, *v, cur, out, st, depth + 1).map_err(|e| e.within(&format!("{{#{index}}}")))?;
+                    index += 1;
+                }
+            }
+        }
+        _ => copy_value(h.tree(), node, cur, out, depth),
+    }
+}
+
+/// Runs a walker over a whole datum, checking nothing is left over; on error `out`
+/// is restored to its length before the call.
+pub(crate) fn run<S, H: RecordHandler<S>>(
+    h: &H,
+    datum: &[u8],
+    out: &mut Vec<u8>,
+    st: &mut S,
+) -> Result<(), TransformError> {
+    let start = out.len();
+    let mut cur = Cursor::new(datum);
+    let r = value(h, h.tree().root, &mut cur, out, st, 0).and_then(|_| {
+        if cur.remaining() != 0 {
+            Err(DecodeError::new(
+                crate::avro::binary::DecodeErrorKind::TrailingBytes(cur.remaining()),
+                cur.position(),
+            )
+            .into())
+        } else {
+            Ok(())
+        }
+    });
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
