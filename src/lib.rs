@@ -24,3 +24,6 @@ pub mod crypto;
 pub mod keys;
 pub mod schema;
 pub mod transform;
+pub mod config;
+pub mod engine;
+pub mod file;

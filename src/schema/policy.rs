@@ -56,8 +56,26 @@ pub struct Rule {
     /// Field paths relative to that record; dots descend into nested records
     /// (through unions, arrays and maps), e.g. `address.street`.
     pub fields: Vec<String>,
-    #[serde(flatten)]
-    pub policy: PolicySpec,
+    /// `randomized` (default) or `deterministic`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Deterministic key domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Adds an HMAC blind-index field in this index domain.
+    #[serde(default)]
+    pub blind_index: Option<String>,
+}
+
+impl Rule {
+    /// The policy this rule applies.
+    pub fn policy(&self) -> PolicySpec {
+        PolicySpec {
+            mode: self.mode,
+            domain: self.domain.clone(),
+            blind_index: self.blind_index.clone(),
+        }
+    }
 }
 
 /// What to do about a rule whose record does not occur in a schema.
@@ -255,7 +273,7 @@ pub fn select(
             put(
                 &mut sel,
                 key,
-                resolve(&rule.policy, cfg),
+                resolve(&rule.policy(), cfg),
                 Source::Rule(ri),
                 format!("{}.{}", rule.record, fpath),
             )?;
@@ -371,11 +389,9 @@ mod tests {
         c.rules.push(Rule {
             record: "db.Row".into(),
             fields: vec!["email".into(), "addr.street".into()],
-            policy: PolicySpec {
-                mode: Some(Mode::Deterministic),
-                domain: None,
-                blind_index: None,
-            },
+            mode: Some(Mode::Deterministic),
+            domain: None,
+            blind_index: None,
         });
         let sel = select(&tree, "test", &c).unwrap();
         assert_eq!(
@@ -410,7 +426,9 @@ mod tests {
         c.rules.push(Rule {
             record: "Nope".into(),
             fields: vec!["a".into()],
-            policy: PolicySpec::default(),
+            mode: None,
+            domain: None,
+            blind_index: None,
         });
         let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
         assert!(e.contains("Nope") && e.contains("records here: R"), "{e}");

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{copy_value, run, value, Counts, RecordHandler, TransformError, TransformErrorKind};
+use super::{copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind};
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::cipher::RandomizedKey;
 use crate::crypto::format::{Algorithm, Header, KeyId};
@@ -48,6 +48,16 @@ impl Decryptor {
             counts: Counts::default(),
         };
         run(self, datum, out, &mut st)?;
+        Ok(st.counts)
+    }
+
+    /// As [`decrypt`](Self::decrypt) for the datum at `cur`; advances `cur` past it.
+    pub fn decrypt_next(&self, cur: &mut Cursor<'_>, deks: &DekSet, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+        let mut st = DecState {
+            deks,
+            counts: Counts::default(),
+        };
+        run_one(self, cur, out, &mut st)?;
         Ok(st.counts)
     }
 

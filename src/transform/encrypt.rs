@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::{copy_value, run, value, Counts, RecordHandler, TransformError, TransformErrorKind};
+use super::{copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind};
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::blind_index::BlindIndexKey;
 use crate::crypto::cipher::DeterministicKey;
@@ -97,6 +97,17 @@ impl Encryptor {
             counts: Counts::default(),
         };
         run(self, datum, out, &mut st)?;
+        Ok(st.counts)
+    }
+
+    /// As [`encrypt`](Self::encrypt) for the datum at `cur` (records packed back to
+    /// back, as in container-file blocks); advances `cur` past it.
+    pub fn encrypt_next(&self, cur: &mut Cursor<'_>, dek: Option<&Dek>, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+        let mut st = EncState {
+            dek,
+            counts: Counts::default(),
+        };
+        run_one(self, cur, out, &mut st)?;
         Ok(st.counts)
     }
 

@@ -215,8 +215,23 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
     }
 }
 
-/// Runs a walker over a whole datum, checking nothing is left over; on error `out`
-/// is restored to its length before the call.
+/// Transforms the next datum at `cur`; on error `out` is restored to its length
+/// before the call.
+pub(crate) fn run_one<S, H: RecordHandler<S>>(
+    h: &H,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    st: &mut S,
+) -> Result<(), TransformError> {
+    let start = out.len();
+    let r = value(h, h.tree().root, cur, out, st, 0);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+/// Transforms a whole datum, checking nothing is left over.
 pub(crate) fn run<S, H: RecordHandler<S>>(
     h: &H,
     datum: &[u8],
@@ -225,19 +240,14 @@ pub(crate) fn run<S, H: RecordHandler<S>>(
 ) -> Result<(), TransformError> {
     let start = out.len();
     let mut cur = Cursor::new(datum);
-    let r = value(h, h.tree().root, &mut cur, out, st, 0).and_then(|_| {
-        if cur.remaining() != 0 {
-            Err(DecodeError::new(
-                crate::avro::binary::DecodeErrorKind::TrailingBytes(cur.remaining()),
-                cur.position(),
-            )
-            .into())
-        } else {
-            Ok(())
-        }
-    });
-    if r.is_err() {
+    run_one(h, &mut cur, out, st)?;
+    if cur.remaining() != 0 {
         out.truncate(start);
+        return Err(DecodeError::new(
+            crate::avro::binary::DecodeErrorKind::TrailingBytes(cur.remaining()),
+            cur.position(),
+        )
+        .into());
     }
-    r
+    Ok(())
 }

@@ -1,0 +1,376 @@
+//! The TOML configuration (`config/fieldcrypt.toml` is the documented example).
+//! Every section and key has a default, so no file at all is a valid config (the
+//! embedded defaults); unknown keys are errors; [`Config::validate`] rejects every
+//! invalid combination at start-up with a message naming the key and the fix.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::crypto::blind_index::Normalize;
+use crate::keys::dek::{DekSettings, DEFAULT_MAX_USES, MAX_USES_CEILING};
+use crate::keys::keyset::IndexSettings;
+use crate::schema::plan::PlanConfig;
+use crate::schema::policy::{PolicySpec, Rule, SelectionConfig, Unmatched};
+
+/// A config that cannot be used, naming the key at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("config key {key}: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the key-encryption key lives.
+    pub kms: KmsConfig,
+    /// The keyset file of deterministic and blind-index keys.
+    pub keyset: KeysetConfig,
+    /// Lifetime of randomized-mode data keys.
+    pub dek: DekConfig,
+    /// How output schemas are derived.
+    pub schema: SchemaConfig,
+    /// Blind-index length and per-domain normalisation.
+    pub blind_index: BlindIndexConfig,
+    /// Confluent tag (from a field's `confluent:tags`) → policy.
+    pub tags: BTreeMap<String, PolicySpec>,
+    /// Fields selected by record full name and field path.
+    pub rules: Vec<Rule>,
+}
+
+/// Which KMS holds the KEK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsProvider {
+    /// A 32-byte KEK in a local file (`kek_file`).
+    #[default]
+    Local,
+}
+
+/// `[kms]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    /// KMS provider: `local`.
+    pub provider: KmsProvider,
+    /// KEK file for the local provider (created by `fieldcrypt keys init`).
+    pub kek_file: PathBuf,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            provider: KmsProvider::Local,
+            kek_file: PathBuf::from(".fieldcrypt/kek.key"),
+        }
+    }
+}
+
+/// `[keyset]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysetConfig {
+    /// Keyset file (wrapped keys only; safe to commit).
+    pub file: PathBuf,
+}
+
+impl Default for KeysetConfig {
+    fn default() -> Self {
+        KeysetConfig {
+            file: PathBuf::from(".fieldcrypt/keyset.json"),
+        }
+    }
+}
+
+/// `[dek]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DekConfig {
+    /// Seconds a data key is used before it is retired (default 900).
+    pub ttl_seconds: u64,
+    /// Field encryptions per data key before it is retired (default 2^24; at most 2^32).
+    pub max_uses: u64,
+    /// Most data keys cached at once (default 10000).
+    pub cache_capacity: u64,
+}
+
+impl Default for DekConfig {
+    fn default() -> Self {
+        DekConfig {
+            ttl_seconds: 900,
+            max_uses: DEFAULT_MAX_USES,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+/// `[schema]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaConfig {
+    /// Suffix naming a blind-index field after its source field (default `_bidx`).
+    pub blind_index_suffix: String,
+    /// Key domain for deterministic fields that name none (default `default`).
+    pub default_deterministic_domain: String,
+    /// `error` (default) or `ignore`: a rule whose record is not in the schema.
+    pub unmatched_rules: Unmatched,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            blind_index_suffix: "_bidx".into(),
+            default_deterministic_domain: "default".into(),
+            unmatched_rules: Unmatched::Error,
+        }
+    }
+}
+
+/// `[blind_index]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlindIndexConfig {
+    /// Bytes of HMAC-SHA256 kept per index value, 8 to 32 (default 16).
+    pub length: usize,
+    /// Per-domain settings.
+    pub domains: BTreeMap<String, DomainConfig>,
+}
+
+impl Default for BlindIndexConfig {
+    fn default() -> Self {
+        BlindIndexConfig {
+            length: 16,
+            domains: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[blind_index.domains.NAME]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainConfig {
+    /// Text normalisation before hashing, in order: `trim`, `lowercase`,
+    /// `remove_whitespace`, `digits_only`. Only string fields may use such a domain.
+    pub normalize: Vec<Normalize>,
+}
+
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Config {
+    /// Reads a config file, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let cfg = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    msg: e.to_string(),
+                })?
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values and combinations serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kms.kek_file.as_os_str().is_empty() {
+            return Err(invalid("kms.kek_file", "must name a file"));
+        }
+        if self.keyset.file.as_os_str().is_empty() {
+            return Err(invalid("keyset.file", "must name a file"));
+        }
+        if self.dek.ttl_seconds == 0 || self.dek.ttl_seconds > 7 * 86_400 {
+            return Err(invalid(
+                "dek.ttl_seconds",
+                format!("{} is out of range; use 1 to 604800 (7 days)", self.dek.ttl_seconds),
+            ));
+        }
+        if self.dek.max_uses == 0 || self.dek.max_uses > MAX_USES_CEILING {
+            return Err(invalid(
+                "dek.max_uses",
+                format!(
+                    "{} is out of range; use 1 to 2^32 ({MAX_USES_CEILING}): random 96-bit GCM \
+                     nonces are only safe for 2^32 messages per key",
+                    self.dek.max_uses
+                ),
+            ));
+        }
+        if self.dek.cache_capacity == 0 {
+            return Err(invalid("dek.cache_capacity", "must be at least 1"));
+        }
+        let suffix = &self.schema.blind_index_suffix;
+        if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                "schema.blind_index_suffix",
+                format!("\"{suffix}\" must be non-empty letters, digits or '_' (it becomes part of an Avro field name)"),
+            ));
+        }
+        if !valid_domain(&self.schema.default_deterministic_domain) {
+            return Err(invalid(
+                "schema.default_deterministic_domain",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !(8..=32).contains(&self.blind_index.length) {
+            return Err(invalid(
+                "blind_index.length",
+                format!("{} is out of range; use 8 to 32 bytes", self.blind_index.length),
+            ));
+        }
+        for d in self.blind_index.domains.keys() {
+            if !valid_domain(d) {
+                return Err(invalid(format!("blind_index.domains.{d}"), "domain names use letters, digits, '-', '_' or '.'"));
+            }
+        }
+        for (tag, p) in &self.tags {
+            check_policy(&format!("tags.{tag}"), p)?;
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = format!("rules[{i}]");
+            if r.record.is_empty() {
+                return Err(invalid(format!("{key}.record"), "must name a record (its full name)"));
+            }
+            if r.fields.is_empty() || r.fields.iter().any(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
+                return Err(invalid(
+                    format!("{key}.fields"),
+                    "must list field paths such as \"email\" or \"address.street\"",
+                ));
+            }
+            check_policy(&key, &r.policy())?;
+        }
+        Ok(())
+    }
+
+    /// DEK settings.
+    pub fn dek_settings(&self) -> DekSettings {
+        DekSettings {
+            ttl: Duration::from_secs(self.dek.ttl_seconds),
+            max_uses: self.dek.max_uses,
+            capacity: self.dek.cache_capacity,
+        }
+    }
+
+    /// Blind-index settings.
+    pub fn index_settings(&self) -> IndexSettings {
+        IndexSettings {
+            length: self.blind_index.length,
+            normalize: self
+                .blind_index
+                .domains
+                .iter()
+                .map(|(k, v)| (k.clone(), v.normalize.clone()))
+                .collect::<HashMap<_, _>>(),
+        }
+    }
+
+    /// Plan settings.
+    pub fn plan_config(&self) -> PlanConfig {
+        PlanConfig {
+            selection: SelectionConfig {
+                tags: self.tags.clone(),
+                rules: self.rules.clone(),
+                unmatched_rules: self.schema.unmatched_rules,
+                default_deterministic_domain: self.schema.default_deterministic_domain.clone(),
+            },
+            blind_index_suffix: self.schema.blind_index_suffix.clone(),
+            text_only_domains: self
+                .blind_index
+                .domains
+                .iter()
+                .filter(|(_, d)| !d.normalize.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect::<HashSet<_>>(),
+        }
+    }
+}
+
+fn check_policy(key: &str, p: &PolicySpec) -> Result<(), ConfigError> {
+    if let Some(d) = &p.domain {
+        if !valid_domain(d) {
+            return Err(invalid(format!("{key}.domain"), "domain names use letters, digits, '-', '_' or '.'"));
+        }
+        if p.mode != Some(crate::schema::policy::Mode::Deterministic) {
+            return Err(invalid(
+                format!("{key}.domain"),
+                "a key domain only applies to mode = \"deterministic\"; add the mode or remove the domain",
+            ));
+        }
+    }
+    if let Some(b) = &p.blind_index {
+        if !valid_domain(b) {
+            return Err(invalid(format!("{key}.blind_index"), "domain names use letters, digits, '-', '_' or '.'"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fieldcrypt.toml")).unwrap();
+        let c = parse(&text).unwrap();
+        assert!(!c.rules.is_empty() && !c.tags.is_empty());
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dek.max_uses, 1 << 24);
+        assert_eq!(c.schema.blind_index_suffix, "_bidx");
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, key) in [
+            ("[dek]\nmax_uses = 0", "dek.max_uses"),
+            ("[dek]\nmax_uses = 5000000000", "dek.max_uses"),
+            ("[dek]\nttl_seconds = 0", "dek.ttl_seconds"),
+            ("[blind_index]\nlength = 4", "blind_index.length"),
+            ("[schema]\nblind_index_suffix = \"-x\"", "schema.blind_index_suffix"),
+            ("[[rules]]\nrecord = \"R\"\nfields = []", "rules[0].fields"),
+            ("[tags.PII]\ndomain = \"d\"", "tags.PII.domain"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[kms]\nkek_fil = \"x\"").unwrap_err();
+        assert!(e.contains("kek_fil"), "{e}");
+        let e = parse("[tags.PII]\nmode = \"scrambled\"").unwrap_err();
+        assert!(e.contains("scrambled"), "{e}");
+    }
+}

@@ -1,0 +1,410 @@
+//! File mode: encrypt or decrypt an Avro object container file with no Kafka. The
+//! writer schema comes from the file; the output carries the derived schema, the
+//! input's codec and user metadata, and (encrypting) the wrapped DEKs in its
+//! metadata. Records stream block by block in bounded memory. Output goes to a
+//! temporary file in the target directory, renamed into place only on success.
+//!
+//! Metadata written (docs/ENCRYPTION.md, "Container files"):
+//! `fieldcrypt.format` = `1`; `fieldcrypt.deks` = JSON
+//! `{"v":1,"deks":[{"id","scope","kek","wrapped"}]}`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::avro::binary::Cursor;
+use crate::avro::container::{write_header, BlockWriter, ContainerError, ContainerReader};
+use crate::crypto::format::KeyId;
+use crate::engine::{Engine, EngineError};
+use crate::keys::{Dek, KmsError, WrappedDek, WrappedKey};
+use crate::schema::plan::is_encrypted_schema;
+use crate::schema::parse_schema_json;
+use crate::transform::decrypt::DekSet;
+use crate::transform::{Counts, TransformError, TransformErrorKind};
+
+/// Metadata key: format version of fieldcrypt's file metadata.
+pub const META_FORMAT: &str = "fieldcrypt.format";
+/// Metadata key: the wrapped DEKs used in the file.
+pub const META_DEKS: &str = "fieldcrypt.deks";
+/// DEK scope for file mode.
+pub const FILE_SCOPE: &str = "file";
+
+/// What went wrong, and where.
+#[derive(Debug, Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Container { path: PathBuf, source: ContainerError },
+    #[error("{path}: record {index} (block {block}): {source}")]
+    Record {
+        path: PathBuf,
+        index: u64,
+        block: u64,
+        source: TransformError,
+    },
+    #[error("{path}: {source}")]
+    Engine { path: PathBuf, source: EngineError },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct FileReport {
+    pub records: u64,
+    pub blocks: u64,
+    pub fields: Counts,
+    /// Data keys used (encrypt) or unwrapped (decrypt).
+    pub deks: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub elapsed: Duration,
+}
+
+impl FileReport {
+    pub fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Progress callback: (input bytes read, records so far).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DekMeta {
+    v: u32,
+    deks: Vec<DekEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DekEntry {
+    id: String,
+    scope: String,
+    kek: String,
+    wrapped: String,
+}
+
+/// Counts bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn open_input(path: &Path) -> Result<ContainerReader<Counting<BufReader<File>>>, FileError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    ContainerReader::open(Counting {
+        inner: BufReader::with_capacity(1 << 20, f),
+        n: 0,
+    })
+    .map_err(|source| FileError::Container {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn out_dir(output: &Path) -> PathBuf {
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn same_file(input: &Path, output: &Path) -> bool {
+    match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Encrypts `input` into `output`.
+pub async fn encrypt_file(
+    engine: &Engine,
+    input: &Path,
+    output: &Path,
+    progress: Progress<'_>,
+) -> Result<FileReport, FileError> {
+    let started = Instant::now();
+    let invalid = |msg: String| FileError::Invalid {
+        path: input.to_path_buf(),
+        msg,
+    };
+    if same_file(input, output) {
+        return Err(invalid("input and output are the same file".into()));
+    }
+    let mut reader = open_input(input)?;
+    if reader.meta(META_DEKS).is_some() {
+        return Err(invalid("already encrypted by fieldcrypt (it has fieldcrypt.deks metadata)".into()));
+    }
+    let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
+        path: input.to_path_buf(),
+        source: e.into(),
+    })?;
+    if is_encrypted_schema(&schema) {
+        return Err(invalid("its schema is already an encrypted (fieldcrypt) schema".into()));
+    }
+    let label = input.display().to_string();
+    let enc = engine.encryptor(&schema, &label).map_err(|source| FileError::Engine {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let needs_dek = enc.needs_dek();
+
+    let dir = out_dir(output);
+    let body = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
+    let mut sync = [0u8; 16];
+    rand::rng().fill_bytes(&mut sync);
+    let mut blocks = BlockWriter::new(BufWriter::with_capacity(1 << 20, body), reader.codec(), sync);
+
+    let mut used: HashMap<KeyId, WrappedDek> = HashMap::new();
+    let mut report = FileReport::default();
+    let mut dek: Option<Arc<Dek>> = None;
+    let kms_err = |e: KmsError| FileError::Engine {
+        path: input.to_path_buf(),
+        source: e.into(),
+    };
+    let mut block_index = 0u64;
+    while let Some(block) = reader.next_block().map_err(|source| FileError::Container {
+        path: input.to_path_buf(),
+        source,
+    })? {
+        if needs_dek {
+            // Once per block: picks up TTL retirement without a KMS round trip per record.
+            let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
+            used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
+            dek = Some(d);
+        }
+        let mut out = Vec::with_capacity(block.data.len() + block.data.len() / 2 + 64);
+        let mut cur = Cursor::new(&block.data);
+        for _ in 0..block.count {
+            loop {
+                match enc.encrypt_next(&mut cur, dek.as_deref(), &mut out) {
+                    Ok(c) => {
+                        report.fields += c;
+                        break;
+                    }
+                    Err(e) if e.kind == TransformErrorKind::DekExhausted && needs_dek => {
+                        let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
+                        used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
+                        dek = Some(d);
+                    }
+                    Err(source) => {
+                        return Err(FileError::Record {
+                            path: input.to_path_buf(),
+                            index: report.records,
+                            block: block_index,
+                            source,
+                        })
+                    }
+                }
+            }
+            report.records += 1;
+        }
+        if cur.remaining() != 0 {
+            return Err(FileError::Container {
+                path: input.to_path_buf(),
+                source: ContainerError::BadBlock {
+                    block: block_index,
+                    msg: format!("{} bytes left after its {} records", cur.remaining(), block.count),
+                },
+            });
+        }
+        blocks.write_block(block.count, out).map_err(io_err(output))?;
+        block_index += 1;
+        progress(reader_bytes(&reader), report.records);
+    }
+    report.blocks = block_index;
+    report.deks = used.len();
+
+    let mut metadata = vec![
+        ("avro.schema".to_string(), enc.plan().output_json.to_string().into_bytes()),
+        ("avro.codec".to_string(), reader.codec_name.clone().into_bytes()),
+    ];
+    metadata.extend(reader.metadata.iter().filter(|(k, _)| !k.starts_with("avro.")).cloned());
+    let mut deks: Vec<&WrappedDek> = used.values().collect();
+    deks.sort_by_key(|d| d.id);
+    let meta = DekMeta {
+        v: 1,
+        deks: deks
+            .into_iter()
+            .map(|d| DekEntry {
+                id: hex::encode(d.id),
+                scope: d.scope.clone(),
+                kek: d.wrapped.kek.clone(),
+                wrapped: base64::engine::general_purpose::STANDARD.encode(&d.wrapped.blob),
+            })
+            .collect(),
+    };
+    metadata.push((META_FORMAT.into(), b"1".to_vec()));
+    metadata.push((
+        META_DEKS.into(),
+        serde_json::to_vec(&meta).map_err(|e| invalid(e.to_string()))?,
+    ));
+
+    let mut body = blocks
+        .into_inner()
+        .into_inner()
+        .map_err(|e| io_err(output)(e.into_error()))?;
+    body.seek(SeekFrom::Start(0)).map_err(io_err(output))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        write_header(&mut w, &metadata, &sync).map_err(io_err(output))?;
+        std::io::copy(&mut body, &mut w).map_err(io_err(output))?;
+        w.flush().map_err(io_err(output))?;
+    }
+    finish(tmp, output, &mut report, reader_bytes(&reader))?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn reader_bytes<R: Read>(r: &ContainerReader<Counting<R>>) -> u64 {
+    r.inner_ref().n
+}
+
+fn finish(tmp: tempfile::NamedTempFile, output: &Path, report: &mut FileReport, bytes_in: u64) -> Result<(), FileError> {
+    tmp.as_file().sync_all().map_err(io_err(output))?;
+    report.bytes_out = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    report.bytes_in = bytes_in;
+    tmp.persist(output).map_err(|e| io_err(output)(e.error))?;
+    Ok(())
+}
+
+/// Decrypts `input` (written by [`encrypt_file`]) into `output`.
+pub async fn decrypt_file(
+    engine: &Engine,
+    input: &Path,
+    output: &Path,
+    progress: Progress<'_>,
+) -> Result<FileReport, FileError> {
+    let started = Instant::now();
+    let invalid = |msg: String| FileError::Invalid {
+        path: input.to_path_buf(),
+        msg,
+    };
+    if same_file(input, output) {
+        return Err(invalid("input and output are the same file".into()));
+    }
+    let mut reader = open_input(input)?;
+    let meta = reader
+        .meta(META_DEKS)
+        .ok_or_else(|| invalid("not encrypted by fieldcrypt (no fieldcrypt.deks metadata)".into()))?;
+    let meta: DekMeta = serde_json::from_slice(meta).map_err(|e| invalid(format!("fieldcrypt.deks metadata is damaged: {e}")))?;
+    if meta.v != 1 {
+        return Err(invalid(format!("fieldcrypt.deks version {} is not supported; upgrade fieldcrypt", meta.v)));
+    }
+    let mut deks = DekSet::new();
+    for e in &meta.deks {
+        let bad = || invalid(format!("fieldcrypt.deks entry {} is damaged", e.id));
+        let id: KeyId = hex::decode(&e.id).ok().and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
+        let blob = base64::engine::general_purpose::STANDARD.decode(&e.wrapped).map_err(|_| bad())?;
+        let w = WrappedDek {
+            id,
+            scope: e.scope.clone(),
+            wrapped: WrappedKey {
+                kek: e.kek.clone(),
+                blob,
+            },
+        };
+        let key = engine.dek_cache.get(&w).await.map_err(|source| FileError::Engine {
+            path: input.to_path_buf(),
+            source: EngineError::Kms(source),
+        })?;
+        deks.insert(id, key);
+    }
+    let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
+        path: input.to_path_buf(),
+        source: e.into(),
+    })?;
+    let dec = engine
+        .decryptor(&schema, &input.display().to_string())
+        .map_err(|source| FileError::Engine {
+            path: input.to_path_buf(),
+            source,
+        })?;
+
+    let dir = out_dir(output);
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    let mut metadata = vec![
+        ("avro.schema".to_string(), dec.plan().original_json.to_string().into_bytes()),
+        ("avro.codec".to_string(), reader.codec_name.clone().into_bytes()),
+    ];
+    metadata.extend(
+        reader
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("avro.") && !k.starts_with("fieldcrypt."))
+            .cloned(),
+    );
+    let mut sync = [0u8; 16];
+    rand::rng().fill_bytes(&mut sync);
+    let mut report = FileReport {
+        deks: deks.len(),
+        ..Default::default()
+    };
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write_header(&mut w, &metadata, &sync).map_err(io_err(output))?;
+        let mut blocks = BlockWriter::new(w, reader.codec(), sync);
+        let mut block_index = 0u64;
+        while let Some(block) = reader.next_block().map_err(|source| FileError::Container {
+            path: input.to_path_buf(),
+            source,
+        })? {
+            let mut out = Vec::with_capacity(block.data.len());
+            let mut cur = Cursor::new(&block.data);
+            for _ in 0..block.count {
+                let c = dec.decrypt_next(&mut cur, &deks, &mut out).map_err(|source| FileError::Record {
+                    path: input.to_path_buf(),
+                    index: report.records,
+                    block: block_index,
+                    source,
+                })?;
+                report.fields += c;
+                report.records += 1;
+            }
+            if cur.remaining() != 0 {
+                return Err(FileError::Container {
+                    path: input.to_path_buf(),
+                    source: ContainerError::BadBlock {
+                        block: block_index,
+                        msg: format!("{} bytes left after its {} records", cur.remaining(), block.count),
+                    },
+                });
+            }
+            blocks.write_block(block.count, out).map_err(io_err(output))?;
+            block_index += 1;
+            progress(reader_bytes(&reader), report.records);
+        }
+        report.blocks = block_index;
+        blocks.into_inner().flush().map_err(io_err(output))?;
+    }
+    finish(tmp, output, &mut report, reader_bytes(&reader))?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
