@@ -27,3 +27,5 @@ pub mod transform;
 pub mod config;
 pub mod engine;
 pub mod file;
+pub mod sample;
+pub mod bench;

@@ -63,6 +63,8 @@ pub struct SchemaTree {
     pub root: NodeId,
     /// Named types by full name.
     pub names: HashMap<String, NodeId>,
+    /// `logicalType` of nodes that declare one.
+    pub logical: HashMap<NodeId, String>,
 }
 
 const PRIMITIVES: [&str; 8] = [
@@ -75,12 +77,14 @@ impl SchemaTree {
         let mut b = Builder {
             nodes: Vec::new(),
             names: HashMap::new(),
+            logical: HashMap::new(),
         };
         let root = b.node(json, "", "")?;
         Ok(SchemaTree {
             nodes: b.nodes,
             root,
             names: b.names,
+            logical: b.logical,
         })
     }
 
@@ -184,6 +188,7 @@ pub fn definition_fullname(obj: &Map<String, Json>, enclosing_ns: &str) -> Optio
 struct Builder {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
+    logical: HashMap<NodeId, String>,
 }
 
 impl Builder {
@@ -260,6 +265,14 @@ impl Builder {
     }
 
     fn complex(&mut self, obj: &Map<String, Json>, ns: &str, at: &str) -> Result<NodeId, SchemaError> {
+        let id = self.complex_inner(obj, ns, at)?;
+        if let Some(l) = obj.get("logicalType").and_then(Json::as_str) {
+            self.logical.insert(id, l.to_string());
+        }
+        Ok(id)
+    }
+
+    fn complex_inner(&mut self, obj: &Map<String, Json>, ns: &str, at: &str) -> Result<NodeId, SchemaError> {
         let ty = obj
             .get("type")
             .ok_or_else(|| SchemaError::invalid(at, "type object has no \"type\""))?;
