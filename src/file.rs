@@ -203,12 +203,25 @@ pub async fn encrypt_file(
         let mut cur = Cursor::new(&block.data);
         for _ in 0..block.count {
             loop {
+                let fresh = dek.as_ref().is_some_and(|d| d.uses() == 0);
                 match enc.encrypt_next(&mut cur, dek.as_deref(), &mut out) {
                     Ok(c) => {
                         report.fields += c;
                         break;
                     }
                     Err(e) if e.kind == TransformErrorKind::DekExhausted && needs_dek => {
+                        if fresh {
+                            // Even a fresh DEK cannot take this record: retrying would loop.
+                            return Err(FileError::Invalid {
+                                path: input.to_path_buf(),
+                                msg: format!(
+                                    "record {} needs more randomized encryptions than dek.max_uses ({}) \
+                                     allows for one data key; raise dek.max_uses",
+                                    report.records,
+                                    engine.deks.settings().max_uses
+                                ),
+                            });
+                        }
                         let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
                         used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
                         dek = Some(d);

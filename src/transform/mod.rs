@@ -215,8 +215,8 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
     }
 }
 
-/// Transforms the next datum at `cur`; on error `out` is restored to its length
-/// before the call.
+/// Transforms the next datum at `cur`; on error `out` and `cur` are restored to
+/// where they were, so the caller can retry (for example with a fresh DEK).
 pub(crate) fn run_one<S, H: RecordHandler<S>>(
     h: &H,
     cur: &mut Cursor<'_>,
@@ -224,9 +224,11 @@ pub(crate) fn run_one<S, H: RecordHandler<S>>(
     st: &mut S,
 ) -> Result<(), TransformError> {
     let start = out.len();
+    let saved = cur.clone();
     let r = value(h, h.tree().root, cur, out, st, 0);
     if r.is_err() {
         out.truncate(start);
+        *cur = saved;
     }
     r
 }

@@ -1,0 +1,61 @@
+//! Shared test fixture: an engine with a throwaway KEK (generated here) and a keyset
+//! holding the domains a test needs.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use fieldcrypt::config::Config;
+use fieldcrypt::engine::Engine;
+use fieldcrypt::keys::keyset::Purpose;
+use fieldcrypt::keys::{Keyset, Kms, LocalKms};
+use fieldcrypt::transform::decrypt::DekSet;
+use fieldcrypt::transform::{Encryptor, TransformErrorKind};
+use rand::RngCore;
+
+pub struct Fixture {
+    pub engine: Engine,
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(mut cfg: Config, deterministic: &[&str], index: &[&str]) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut kek = [0u8; 32];
+        rand::rng().fill_bytes(&mut kek);
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_bytes(&kek).unwrap());
+        cfg.keyset.file = dir.path().join("keyset.json");
+        let engine = rt.block_on(async {
+            let mut ks = Keyset::default();
+            for d in deterministic {
+                ks.create(kms.as_ref(), Purpose::Deterministic, d).await.unwrap();
+            }
+            for d in index {
+                ks.create(kms.as_ref(), Purpose::BlindIndex, d).await.unwrap();
+            }
+            ks.save(&cfg.keyset.file).unwrap();
+            Engine::with_kms(cfg, kms).await.unwrap()
+        });
+        Fixture { engine, rt, dir }
+    }
+
+    /// Encrypts one datum, rotating the DEK if it runs out; returns the output and
+    /// the DEKs needed to decrypt it.
+    pub fn encrypt(&self, enc: &Encryptor, datum: &[u8]) -> Result<(Vec<u8>, DekSet), fieldcrypt::transform::TransformError> {
+        self.rt.block_on(async {
+            let mut deks = DekSet::new();
+            loop {
+                let dek = self.engine.deks.current("test").await.unwrap();
+                let fresh = dek.uses() == 0;
+                deks.insert(*dek.id(), self.engine.dek_cache.get(dek.wrapped()).await.unwrap());
+                let mut out = Vec::new();
+                match enc.encrypt(datum, Some(&dek), &mut out) {
+                    Ok(_) => return Ok((out, deks)),
+                    Err(e) if e.kind == TransformErrorKind::DekExhausted && !fresh => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+}
