@@ -1,0 +1,89 @@
+//! Golden vectors: the field ciphertext layout, the blind index and the derived
+//! output schema are pinned byte for byte (docs/ENCRYPTION.md). The vectors live in
+//! tests/golden/vectors.json so that the Python interop test can check them with an
+//! independent AES-GCM / AES-SIV implementation. Keys are derived in the tests from
+//! public labels (SHA-256 of the label), never stored.
+
+use fieldcrypt::avro::binary::write_bytes;
+use fieldcrypt::config::Config;
+use fieldcrypt::crypto::blind_index::{BlindIndexKey, Normalize};
+use fieldcrypt::crypto::cipher::{DeterministicKey, RandomizedKey};
+use fieldcrypt::schema::parse_schema_json;
+use fieldcrypt::schema::plan::EncryptPlan;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+fn vectors() -> Json {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/vectors.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Key bytes from labels: SHA-256 of each label, concatenated.
+fn key(labels: &Json) -> Vec<u8> {
+    labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| Sha256::digest(l.as_str().unwrap().as_bytes()).to_vec())
+        .collect()
+}
+
+fn hex16(v: &Json) -> [u8; 16] {
+    hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+}
+
+fn avro_string(s: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_bytes(&mut v, s.as_bytes());
+    v
+}
+
+#[test]
+fn gcm_field_ciphertext_is_pinned() {
+    let v = &vectors()["aes_256_gcm"];
+    let k = RandomizedKey::new(hex16(&v["key_id"]), &key(&v["key_labels"])).unwrap();
+    let nonce: [u8; 12] = hex::decode(v["nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let pt = avro_string(v["value"].as_str().unwrap());
+    assert_eq!(hex::encode(&pt), v["plaintext"].as_str().unwrap());
+    let mut ct = Vec::new();
+    k.seal_with_nonce(&nonce, v["context"].as_str().unwrap(), &pt, &mut ct);
+    assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
+    let mut back = Vec::new();
+    k.open_into(v["context"].as_str().unwrap(), &ct, &mut back).unwrap();
+    assert_eq!(back, pt);
+}
+
+#[test]
+fn siv_field_ciphertext_is_pinned() {
+    let v = &vectors()["aes_256_siv"];
+    let k = DeterministicKey::new(hex16(&v["key_id"]), &key(&v["key_labels"])).unwrap();
+    let pt = avro_string(v["value"].as_str().unwrap());
+    assert_eq!(hex::encode(&pt), v["plaintext"].as_str().unwrap());
+    let mut ct = Vec::new();
+    k.seal_into(v["context"].as_str().unwrap(), &pt, &mut ct);
+    assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
+}
+
+#[test]
+fn blind_index_is_pinned() {
+    let v = &vectors()["blind_index"];
+    let norm: Vec<Normalize> = serde_json::from_value(v["normalize"].clone()).unwrap();
+    let k = BlindIndexKey::new([0; 16], &key(&v["key_labels"]), v["length"].as_u64().unwrap() as usize, norm).unwrap();
+    for case in v["cases"].as_array().unwrap() {
+        let mut out = Vec::new();
+        k.index_text(case["value"].as_str().unwrap(), &mut out);
+        assert_eq!(hex::encode(&out), case["index"].as_str().unwrap(), "{case}");
+    }
+}
+
+#[test]
+fn customer_output_schema_is_pinned() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let schema = parse_schema_json(&std::fs::read_to_string(format!("{root}/schemas/customer.avsc")).unwrap()).unwrap();
+    let plan = EncryptPlan::build(&schema, "customer.avsc", &Config::default().plan_config()).unwrap();
+    let golden: Json = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/tests/golden/customer.encrypted.avsc")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(plan.output_json, golden);
+}
