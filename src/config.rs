@@ -174,7 +174,9 @@ pub struct DomainConfig {
 }
 
 fn valid_domain(d: &str) -> bool {
-    !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !d.is_empty()
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl Config {
@@ -208,7 +210,10 @@ impl Config {
         if self.dek.ttl_seconds == 0 || self.dek.ttl_seconds > 7 * 86_400 {
             return Err(invalid(
                 "dek.ttl_seconds",
-                format!("{} is out of range; use 1 to 604800 (7 days)", self.dek.ttl_seconds),
+                format!(
+                    "{} is out of range; use 1 to 604800 (7 days)",
+                    self.dek.ttl_seconds
+                ),
             ));
         }
         if self.dek.max_uses == 0 || self.dek.max_uses > MAX_USES_CEILING {
@@ -225,7 +230,11 @@ impl Config {
             return Err(invalid("dek.cache_capacity", "must be at least 1"));
         }
         let suffix = &self.schema.blind_index_suffix;
-        if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if suffix.is_empty()
+            || !suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(invalid(
                 "schema.blind_index_suffix",
                 format!("\"{suffix}\" must be non-empty letters, digits or '_' (it becomes part of an Avro field name)"),
@@ -240,12 +249,18 @@ impl Config {
         if !(8..=32).contains(&self.blind_index.length) {
             return Err(invalid(
                 "blind_index.length",
-                format!("{} is out of range; use 8 to 32 bytes", self.blind_index.length),
+                format!(
+                    "{} is out of range; use 8 to 32 bytes",
+                    self.blind_index.length
+                ),
             ));
         }
         for d in self.blind_index.domains.keys() {
             if !valid_domain(d) {
-                return Err(invalid(format!("blind_index.domains.{d}"), "domain names use letters, digits, '-', '_' or '.'"));
+                return Err(invalid(
+                    format!("blind_index.domains.{d}"),
+                    "domain names use letters, digits, '-', '_' or '.'",
+                ));
             }
         }
         for (tag, p) in &self.tags {
@@ -254,9 +269,16 @@ impl Config {
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("rules[{i}]");
             if r.record.is_empty() {
-                return Err(invalid(format!("{key}.record"), "must name a record (its full name)"));
+                return Err(invalid(
+                    format!("{key}.record"),
+                    "must name a record (its full name)",
+                ));
             }
-            if r.fields.is_empty() || r.fields.iter().any(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
+            if r.fields.is_empty()
+                || r.fields
+                    .iter()
+                    .any(|f| f.is_empty() || f.split('.').any(str::is_empty))
+            {
                 return Err(invalid(
                     format!("{key}.fields"),
                     "must list field paths such as \"email\" or \"address.street\"",
@@ -313,7 +335,10 @@ impl Config {
 fn check_policy(key: &str, p: &PolicySpec) -> Result<(), ConfigError> {
     if let Some(d) = &p.domain {
         if !valid_domain(d) {
-            return Err(invalid(format!("{key}.domain"), "domain names use letters, digits, '-', '_' or '.'"));
+            return Err(invalid(
+                format!("{key}.domain"),
+                "domain names use letters, digits, '-', '_' or '.'",
+            ));
         }
         if p.mode != Some(crate::schema::policy::Mode::Deterministic) {
             return Err(invalid(
@@ -324,7 +349,10 @@ fn check_policy(key: &str, p: &PolicySpec) -> Result<(), ConfigError> {
     }
     if let Some(b) = &p.blind_index {
         if !valid_domain(b) {
-            return Err(invalid(format!("{key}.blind_index"), "domain names use letters, digits, '-', '_' or '.'"));
+            return Err(invalid(
+                format!("{key}.blind_index"),
+                "domain names use letters, digits, '-', '_' or '.'",
+            ));
         }
     }
     Ok(())
@@ -342,7 +370,11 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fieldcrypt.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/fieldcrypt.toml"
+        ))
+        .unwrap();
         let c = parse(&text).unwrap();
         assert!(!c.rules.is_empty() && !c.tags.is_empty());
     }
@@ -361,7 +393,10 @@ mod tests {
             ("[dek]\nmax_uses = 5000000000", "dek.max_uses"),
             ("[dek]\nttl_seconds = 0", "dek.ttl_seconds"),
             ("[blind_index]\nlength = 4", "blind_index.length"),
-            ("[schema]\nblind_index_suffix = \"-x\"", "schema.blind_index_suffix"),
+            (
+                "[schema]\nblind_index_suffix = \"-x\"",
+                "schema.blind_index_suffix",
+            ),
             ("[[rules]]\nrecord = \"R\"\nfields = []", "rules[0].fields"),
             ("[tags.PII]\ndomain = \"d\"", "tags.PII.domain"),
         ] {

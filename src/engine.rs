@@ -8,7 +8,9 @@ use thiserror::Error;
 
 use crate::config::{Config, KmsProvider};
 use crate::keys::keyset::KeysetError;
-use crate::keys::{DekCache, DekManager, KeyMaterial, Keyset, Kms, KmsError, LocalKms, SystemClock};
+use crate::keys::{
+    DekCache, DekManager, KeyMaterial, Keyset, Kms, KmsError, LocalKms, SystemClock,
+};
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
 use crate::schema::SchemaError;
 use crate::transform::{Decryptor, Encryptor};
@@ -53,7 +55,13 @@ impl Engine {
     /// As [`start`](Self::start) with a given KMS (tests, other providers).
     pub async fn with_kms(config: Config, kms: Arc<dyn Kms>) -> Result<Self, EngineError> {
         let keyset = Keyset::load(&config.keyset.file)?;
-        let keys = KeyMaterial::unwrap(&keyset, &config.keyset.file, kms.as_ref(), &config.index_settings()).await?;
+        let keys = KeyMaterial::unwrap(
+            &keyset,
+            &config.keyset.file,
+            kms.as_ref(),
+            &config.index_settings(),
+        )
+        .await?;
         let settings = config.dek_settings();
         Ok(Engine {
             deks: DekManager::new(kms.clone(), Arc::new(SystemClock::default()), settings),
@@ -65,18 +73,30 @@ impl Engine {
     }
 
     /// The encrypt plan for a writer schema (`label` names it in errors).
-    pub fn encrypt_plan(&self, schema: &serde_json::Value, label: &str) -> Result<Arc<EncryptPlan>, SchemaError> {
+    pub fn encrypt_plan(
+        &self,
+        schema: &serde_json::Value,
+        label: &str,
+    ) -> Result<Arc<EncryptPlan>, SchemaError> {
         EncryptPlan::build(schema, label, &self.config.plan_config()).map(Arc::new)
     }
 
     /// An encryptor for a writer schema.
-    pub fn encryptor(&self, schema: &serde_json::Value, label: &str) -> Result<Encryptor, EngineError> {
+    pub fn encryptor(
+        &self,
+        schema: &serde_json::Value,
+        label: &str,
+    ) -> Result<Encryptor, EngineError> {
         let plan = self.encrypt_plan(schema, label)?;
         Ok(Encryptor::new(plan, &self.keys)?)
     }
 
     /// A decryptor for an encrypted schema.
-    pub fn decryptor(&self, schema: &serde_json::Value, label: &str) -> Result<Decryptor, EngineError> {
+    pub fn decryptor(
+        &self,
+        schema: &serde_json::Value,
+        label: &str,
+    ) -> Result<Decryptor, EngineError> {
         let plan = Arc::new(DecryptPlan::build(schema, label)?);
         Ok(Decryptor::new(plan, self.keys.clone()))
     }

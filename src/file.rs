@@ -25,8 +25,8 @@ use crate::avro::container::{write_header, BlockWriter, ContainerError, Containe
 use crate::crypto::format::KeyId;
 use crate::engine::{Engine, EngineError};
 use crate::keys::{Dek, KmsError, WrappedDek, WrappedKey};
-use crate::schema::plan::is_encrypted_schema;
 use crate::schema::parse_schema_json;
+use crate::schema::plan::is_encrypted_schema;
 use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, TransformError, TransformErrorKind};
 
@@ -41,7 +41,10 @@ pub const FILE_SCOPE: &str = "file";
 #[derive(Debug, Error)]
 pub enum FileError {
     #[error("{path}: {source}")]
-    Container { path: PathBuf, source: ContainerError },
+    Container {
+        path: PathBuf,
+        source: ContainerError,
+    },
     #[error("{path}: record {index} (block {block}): {source}")]
     Record {
         path: PathBuf,
@@ -50,11 +53,17 @@ pub enum FileError {
         source: TransformError,
     },
     #[error("{path}: {source}")]
-    Engine { path: PathBuf, source: EngineError },
+    Engine {
+        path: PathBuf,
+        source: Box<EngineError>,
+    },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What a run did.
@@ -159,34 +168,44 @@ pub async fn encrypt_file(
     }
     let mut reader = open_input(input)?;
     if reader.meta(META_DEKS).is_some() {
-        return Err(invalid("already encrypted by fieldcrypt (it has fieldcrypt.deks metadata)".into()));
+        return Err(invalid(
+            "already encrypted by fieldcrypt (it has fieldcrypt.deks metadata)".into(),
+        ));
     }
     let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
         path: input.to_path_buf(),
-        source: e.into(),
+        source: Box::new(e.into()),
     })?;
     if is_encrypted_schema(&schema) {
-        return Err(invalid("its schema is already an encrypted (fieldcrypt) schema".into()));
+        return Err(invalid(
+            "its schema is already an encrypted (fieldcrypt) schema".into(),
+        ));
     }
     let label = input.display().to_string();
-    let enc = engine.encryptor(&schema, &label).map_err(|source| FileError::Engine {
-        path: input.to_path_buf(),
-        source,
-    })?;
+    let enc = engine
+        .encryptor(&schema, &label)
+        .map_err(|source| FileError::Engine {
+            path: input.to_path_buf(),
+            source: Box::new(source),
+        })?;
     let needs_dek = enc.needs_dek();
 
     let dir = out_dir(output);
     let body = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
     let mut sync = [0u8; 16];
     rand::rng().fill_bytes(&mut sync);
-    let mut blocks = BlockWriter::new(BufWriter::with_capacity(1 << 20, body), reader.codec(), sync);
+    let mut blocks = BlockWriter::new(
+        BufWriter::with_capacity(1 << 20, body),
+        reader.codec(),
+        sync,
+    );
 
     let mut used: HashMap<KeyId, WrappedDek> = HashMap::new();
     let mut report = FileReport::default();
     let mut dek: Option<Arc<Dek>> = None;
     let kms_err = |e: KmsError| FileError::Engine {
         path: input.to_path_buf(),
-        source: e.into(),
+        source: Box::new(e.into()),
     };
     let mut block_index = 0u64;
     while let Some(block) = reader.next_block().map_err(|source| FileError::Container {
@@ -243,11 +262,17 @@ pub async fn encrypt_file(
                 path: input.to_path_buf(),
                 source: ContainerError::BadBlock {
                     block: block_index,
-                    msg: format!("{} bytes left after its {} records", cur.remaining(), block.count),
+                    msg: format!(
+                        "{} bytes left after its {} records",
+                        cur.remaining(),
+                        block.count
+                    ),
                 },
             });
         }
-        blocks.write_block(block.count, out).map_err(io_err(output))?;
+        blocks
+            .write_block(block.count, out)
+            .map_err(io_err(output))?;
         block_index += 1;
         progress(reader_bytes(&reader), report.records);
     }
@@ -255,10 +280,22 @@ pub async fn encrypt_file(
     report.deks = used.len();
 
     let mut metadata = vec![
-        ("avro.schema".to_string(), enc.plan().output_json.to_string().into_bytes()),
-        ("avro.codec".to_string(), reader.codec_name.clone().into_bytes()),
+        (
+            "avro.schema".to_string(),
+            enc.plan().output_json.to_string().into_bytes(),
+        ),
+        (
+            "avro.codec".to_string(),
+            reader.codec_name.clone().into_bytes(),
+        ),
     ];
-    metadata.extend(reader.metadata.iter().filter(|(k, _)| !k.starts_with("avro.")).cloned());
+    metadata.extend(
+        reader
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("avro."))
+            .cloned(),
+    );
     let mut deks: Vec<&WrappedDek> = used.values().collect();
     deks.sort_by_key(|d| d.id);
     let meta = DekMeta {
@@ -300,7 +337,12 @@ fn reader_bytes<R: Read>(r: &ContainerReader<Counting<R>>) -> u64 {
     r.inner_ref().n
 }
 
-fn finish(tmp: tempfile::NamedTempFile, output: &Path, report: &mut FileReport, bytes_in: u64) -> Result<(), FileError> {
+fn finish(
+    tmp: tempfile::NamedTempFile,
+    output: &Path,
+    report: &mut FileReport,
+    bytes_in: u64,
+) -> Result<(), FileError> {
     tmp.as_file().sync_all().map_err(io_err(output))?;
     report.bytes_out = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     report.bytes_in = bytes_in;
@@ -324,18 +366,27 @@ pub async fn decrypt_file(
         return Err(invalid("input and output are the same file".into()));
     }
     let mut reader = open_input(input)?;
-    let meta = reader
-        .meta(META_DEKS)
-        .ok_or_else(|| invalid("not encrypted by fieldcrypt (no fieldcrypt.deks metadata)".into()))?;
-    let meta: DekMeta = serde_json::from_slice(meta).map_err(|e| invalid(format!("fieldcrypt.deks metadata is damaged: {e}")))?;
+    let meta = reader.meta(META_DEKS).ok_or_else(|| {
+        invalid("not encrypted by fieldcrypt (no fieldcrypt.deks metadata)".into())
+    })?;
+    let meta: DekMeta = serde_json::from_slice(meta)
+        .map_err(|e| invalid(format!("fieldcrypt.deks metadata is damaged: {e}")))?;
     if meta.v != 1 {
-        return Err(invalid(format!("fieldcrypt.deks version {} is not supported; upgrade fieldcrypt", meta.v)));
+        return Err(invalid(format!(
+            "fieldcrypt.deks version {} is not supported; upgrade fieldcrypt",
+            meta.v
+        )));
     }
     let mut deks = DekSet::new();
     for e in &meta.deks {
         let bad = || invalid(format!("fieldcrypt.deks entry {} is damaged", e.id));
-        let id: KeyId = hex::decode(&e.id).ok().and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
-        let blob = base64::engine::general_purpose::STANDARD.decode(&e.wrapped).map_err(|_| bad())?;
+        let id: KeyId = hex::decode(&e.id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(bad)?;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(&e.wrapped)
+            .map_err(|_| bad())?;
         let w = WrappedDek {
             id,
             scope: e.scope.clone(),
@@ -344,28 +395,38 @@ pub async fn decrypt_file(
                 blob,
             },
         };
-        let key = engine.dek_cache.get(&w).await.map_err(|source| FileError::Engine {
-            path: input.to_path_buf(),
-            source: EngineError::Kms(source),
-        })?;
+        let key = engine
+            .dek_cache
+            .get(&w)
+            .await
+            .map_err(|source| FileError::Engine {
+                path: input.to_path_buf(),
+                source: Box::new(EngineError::Kms(source)),
+            })?;
         deks.insert(id, key);
     }
     let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
         path: input.to_path_buf(),
-        source: e.into(),
+        source: Box::new(e.into()),
     })?;
     let dec = engine
         .decryptor(&schema, &input.display().to_string())
         .map_err(|source| FileError::Engine {
             path: input.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
 
     let dir = out_dir(output);
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
     let mut metadata = vec![
-        ("avro.schema".to_string(), dec.plan().original_json.to_string().into_bytes()),
-        ("avro.codec".to_string(), reader.codec_name.clone().into_bytes()),
+        (
+            "avro.schema".to_string(),
+            dec.plan().original_json.to_string().into_bytes(),
+        ),
+        (
+            "avro.codec".to_string(),
+            reader.codec_name.clone().into_bytes(),
+        ),
     ];
     metadata.extend(
         reader
@@ -392,12 +453,14 @@ pub async fn decrypt_file(
             let mut out = Vec::with_capacity(block.data.len());
             let mut cur = Cursor::new(&block.data);
             for _ in 0..block.count {
-                let c = dec.decrypt_next(&mut cur, &deks, &mut out).map_err(|source| FileError::Record {
-                    path: input.to_path_buf(),
-                    index: report.records,
-                    block: block_index,
-                    source,
-                })?;
+                let c = dec
+                    .decrypt_next(&mut cur, &deks, &mut out)
+                    .map_err(|source| FileError::Record {
+                        path: input.to_path_buf(),
+                        index: report.records,
+                        block: block_index,
+                        source,
+                    })?;
                 report.fields += c;
                 report.records += 1;
             }
@@ -406,11 +469,17 @@ pub async fn decrypt_file(
                     path: input.to_path_buf(),
                     source: ContainerError::BadBlock {
                         block: block_index,
-                        msg: format!("{} bytes left after its {} records", cur.remaining(), block.count),
+                        msg: format!(
+                            "{} bytes left after its {} records",
+                            cur.remaining(),
+                            block.count
+                        ),
                     },
                 });
             }
-            blocks.write_block(block.count, out).map_err(io_err(output))?;
+            blocks
+                .write_block(block.count, out)
+                .map_err(io_err(output))?;
             block_index += 1;
             progress(reader_bytes(&reader), report.records);
         }

@@ -20,12 +20,12 @@
 //! - `cli` (binary only): the `fieldcrypt` command line.
 
 pub mod avro;
-pub mod crypto;
-pub mod keys;
-pub mod schema;
-pub mod transform;
+pub mod bench;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod file;
+pub mod keys;
 pub mod sample;
-pub mod bench;
+pub mod schema;
+pub mod transform;

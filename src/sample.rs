@@ -14,13 +14,24 @@ use crate::avro::container::{write_header, BlockWriter, ContainerError};
 use crate::schema::model::{Node, NodeId, SchemaTree};
 
 const FIRST: [&str; 16] = [
-    "Ann", "Bob", "Chen", "Dara", "Elif", "Femi", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mia", "Noor", "Omar", "Pia",
+    "Ann", "Bob", "Chen", "Dara", "Elif", "Femi", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena",
+    "Mia", "Noor", "Omar", "Pia",
 ];
 const LAST: [&str; 12] = [
-    "Smith", "Garcia", "Okafor", "Novak", "Tanaka", "Muller", "Rossi", "Khan", "Silva", "Berg", "Haddad", "Kim",
+    "Smith", "Garcia", "Okafor", "Novak", "Tanaka", "Muller", "Rossi", "Khan", "Silva", "Berg",
+    "Haddad", "Kim",
 ];
-const CITIES: [&str; 8] = ["Lisbon", "Austin", "Osaka", "Lagos", "Berlin", "Lima", "Pune", "Oslo"];
-const STREETS: [&str; 6] = ["Main St", "Oak Ave", "Harbour Rd", "Elm St", "Mill Ln", "High St"];
+const CITIES: [&str; 8] = [
+    "Lisbon", "Austin", "Osaka", "Lagos", "Berlin", "Lima", "Pune", "Oslo",
+];
+const STREETS: [&str; 6] = [
+    "Main St",
+    "Oak Ave",
+    "Harbour Rd",
+    "Elm St",
+    "Mill Ln",
+    "High St",
+];
 
 /// Generates datums of one schema.
 pub struct Generator<'a> {
@@ -56,7 +67,12 @@ impl<'a> Generator<'a> {
         let last = LAST[((p / 16) % 12) as usize];
         let f = field.to_ascii_lowercase();
         if f.contains("email") {
-            format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase(), p)
+            format!(
+                "{}.{}{}@example.com",
+                first.to_lowercase(),
+                last.to_lowercase(),
+                p
+            )
         } else if f.contains("first") {
             first.to_string()
         } else if f.contains("last") || f.contains("surname") {
@@ -66,7 +82,12 @@ impl<'a> Generator<'a> {
         } else if f.contains("phone") {
             format!("+1-555-{:04}-{:04}", p % 10_000, (p * 7919) % 10_000)
         } else if f.contains("ssn") {
-            format!("{:03}-{:02}-{:04}", 100 + p % 800, p % 100, (p * 31) % 10_000)
+            format!(
+                "{:03}-{:02}-{:04}",
+                100 + p % 800,
+                p % 100,
+                (p * 31) % 10_000
+            )
         } else if f.contains("street") || f.contains("address") {
             format!("{} {}", 1 + p % 999, STREETS[(p % 6) as usize])
         } else if f.contains("city") {
@@ -81,7 +102,9 @@ impl<'a> Generator<'a> {
             ["c", "u", "d"][self.rng.random_range(0..3)].to_string()
         } else {
             let n = self.rng.random_range(3..12);
-            (0..n).map(|_| (b'a' + self.rng.random_range(0..26u8)) as char).collect()
+            (0..n)
+                .map(|_| (b'a' + self.rng.random_range(0..26u8)) as char)
+                .collect()
         }
     }
 
@@ -114,7 +137,9 @@ impl<'a> Generator<'a> {
                 };
                 write_long(out, v)
             }
-            Node::Float => out.extend_from_slice(&(self.rng.random::<f32>() * 1000.0).to_le_bytes()),
+            Node::Float => {
+                out.extend_from_slice(&(self.rng.random::<f32>() * 1000.0).to_le_bytes())
+            }
             Node::Double => out.extend_from_slice(&(self.rng.random::<f64>() * 1e6).to_le_bytes()),
             Node::Bytes => {
                 let n = self.rng.random_range(1..16);
@@ -127,7 +152,14 @@ impl<'a> Generator<'a> {
                     let mut b = [0u8; 16];
                     self.rng.fill_bytes(&mut b);
                     let h = hex::encode(b);
-                    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+                    format!(
+                        "{}-{}-{}-{}-{}",
+                        &h[..8],
+                        &h[8..12],
+                        &h[12..16],
+                        &h[16..20],
+                        &h[20..]
+                    )
                 } else {
                     self.text(field)
                 };
@@ -138,7 +170,9 @@ impl<'a> Generator<'a> {
                 self.rng.fill_bytes(&mut b);
                 out.extend_from_slice(&b)
             }
-            Node::Enum { symbols, .. } => write_long(out, self.rng.random_range(0..symbols.len()) as i64),
+            Node::Enum { symbols, .. } => {
+                write_long(out, self.rng.random_range(0..symbols.len()) as i64)
+            }
             Node::Union(bs) => {
                 let null = self.tree.null_branch(id);
                 let i = match null {
@@ -154,7 +188,11 @@ impl<'a> Generator<'a> {
                 self.value(bs[i], field, out, depth + 1)
             }
             Node::Array(item) => {
-                let n = if depth > 4 { 0 } else { self.rng.random_range(0..4) };
+                let n = if depth > 4 {
+                    0
+                } else {
+                    self.rng.random_range(0..4)
+                };
                 if n > 0 {
                     write_long(out, n);
                     for _ in 0..n {
@@ -164,7 +202,11 @@ impl<'a> Generator<'a> {
                 write_long(out, 0)
             }
             Node::Map(v) => {
-                let n = if depth > 4 { 0 } else { self.rng.random_range(0..4) };
+                let n = if depth > 4 {
+                    0
+                } else {
+                    self.rng.random_range(0..4)
+                };
                 if n > 0 {
                     write_long(out, n);
                     for k in 0..n {
@@ -175,7 +217,8 @@ impl<'a> Generator<'a> {
                 write_long(out, 0)
             }
             Node::Record(r) => {
-                let fields: Vec<(String, NodeId)> = r.fields.iter().map(|f| (f.name.clone(), f.node)).collect();
+                let fields: Vec<(String, NodeId)> =
+                    r.fields.iter().map(|f| (f.name.clone(), f.node)).collect();
                 for (name, node) in fields {
                     self.value(node, &name, out, depth + 1);
                 }
@@ -205,7 +248,10 @@ pub fn write_file(
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         let meta = vec![
-            ("avro.schema".to_string(), schema_json.to_string().into_bytes()),
+            (
+                "avro.schema".to_string(),
+                schema_json.to_string().into_bytes(),
+            ),
             ("avro.codec".to_string(), codec_name.as_bytes().to_vec()),
         ];
         write_header(&mut w, &meta, &sync)?;
@@ -233,16 +279,23 @@ mod tests {
 
     #[test]
     fn samples_decode_with_apache_avro() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/customer.avsc")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/customer.avsc"
+        ))
+        .unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let tree = SchemaTree::compile(&json).unwrap();
         let schema = apache_avro::Schema::parse(&json).unwrap();
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap();
         let mut g = Generator::new(&tree, 1, 10);
         for _ in 0..200 {
             let mut d = Vec::new();
             g.next(&mut d);
             crate::avro::binary::validate(&tree, &d).unwrap();
-            let v = apache_avro::from_avro_datum(&schema, &mut d.as_slice(), None).unwrap();
+            let v = reader.read_value(&mut d.as_slice()).unwrap();
             assert!(matches!(v, apache_avro::types::Value::Record(_)));
         }
     }

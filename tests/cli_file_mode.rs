@@ -17,7 +17,11 @@ fn root() -> PathBuf {
 }
 
 fn fc(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).current_dir(dir).args(args).output().expect("runs the binary")
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("runs the binary")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -33,7 +37,10 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 /// Runs a command that must fail; returns its stderr.
 fn fails(dir: &Path, args: &[&str]) -> String {
     let o = fc(dir, args);
-    assert!(!o.status.success(), "fieldcrypt {args:?} should have failed");
+    assert!(
+        !o.status.success(),
+        "fieldcrypt {args:?} should have failed"
+    );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(err.starts_with("error: "), "one clear error line: {err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -45,9 +52,33 @@ fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["keys", "init"]);
-    ok(d, &["keys", "create", "--purpose", "deterministic", "--domain", "default"]);
-    ok(d, &["keys", "create", "--purpose", "blind-index", "--domain", "email"]);
-    std::fs::copy(root().join("schemas/customer.avsc"), d.join("customer.avsc")).unwrap();
+    ok(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "deterministic",
+            "--domain",
+            "default",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "blind-index",
+            "--domain",
+            "email",
+        ],
+    );
+    std::fs::copy(
+        root().join("schemas/customer.avsc"),
+        d.join("customer.avsc"),
+    )
+    .unwrap();
     dir
 }
 
@@ -66,10 +97,29 @@ fn encrypt_and_decrypt_round_trip_and_leave_no_plaintext() {
     let dir = setup();
     let d = dir.path();
     let listing = ok(d, &["keys", "list"]);
-    assert!(listing.contains("deterministic") && listing.contains("blind-index") && listing.contains("active"));
+    assert!(
+        listing.contains("deterministic")
+            && listing.contains("blind-index")
+            && listing.contains("active")
+    );
     let plan = ok(d, &["plan", "customer.avsc", "--output-schema", "out.avsc"]);
-    assert!(plan.contains("address.street") && plan.contains("email_bidx (email)"), "{plan}");
-    ok(d, &["sample", "--schema", "customer.avsc", "--count", "5000", "--codec", "null", "in.avro"]);
+    assert!(
+        plan.contains("address.street") && plan.contains("email_bidx (email)"),
+        "{plan}"
+    );
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "5000",
+            "--codec",
+            "null",
+            "in.avro",
+        ],
+    );
     ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
     ok(d, &["decrypt-file", "enc.avro", "dec.avro"]);
 
@@ -96,23 +146,37 @@ fn encrypt_and_decrypt_round_trip_and_leave_no_plaintext() {
         }
         let street = p["address"]["street"].as_str().unwrap();
         assert!(!hay.contains(street), "street plaintext leaked");
-        assert_eq!(p["account_id"], e["account_id"], "non-sensitive fields untouched");
-        assert_eq!(e["email_bidx"].as_str().unwrap().len(), 4 + 24, "16-byte index");
+        assert_eq!(
+            p["account_id"], e["account_id"],
+            "non-sensitive fields untouched"
+        );
+        assert_eq!(
+            e["email_bidx"].as_str().unwrap().len(),
+            4 + 24,
+            "16-byte index"
+        );
     }
     assert!(checked > 15_000);
 
     // Deterministic ciphertexts and blind indexes repeat exactly when the e-mail does.
     let mut by_email = std::collections::HashMap::new();
     for (p, e) in plain.iter().zip(&enc) {
-        let prev = by_email.insert(p["email"].as_str().unwrap().to_string(), (e["email"].clone(), e["email_bidx"].clone()));
+        let prev = by_email.insert(
+            p["email"].as_str().unwrap().to_string(),
+            (e["email"].clone(), e["email_bidx"].clone()),
+        );
         if let Some(prev) = prev {
             assert_eq!(prev, (e["email"].clone(), e["email_bidx"].clone()));
         }
     }
     assert!(by_email.len() < 5000, "the sample repeats people");
     // The derived schema written by `plan` is the one in the file.
-    let out_schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out.avsc")).unwrap()).unwrap();
-    let mut r = fieldcrypt::avro::container::ContainerReader::open(std::fs::File::open(d.join("enc.avro")).unwrap()).unwrap();
+    let out_schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out.avsc")).unwrap()).unwrap();
+    let mut r = fieldcrypt::avro::container::ContainerReader::open(
+        std::fs::File::open(d.join("enc.avro")).unwrap(),
+    )
+    .unwrap();
     let file_schema: serde_json::Value = serde_json::from_str(&r.schema).unwrap();
     assert_eq!(out_schema, file_schema);
     assert!(r.meta("fieldcrypt.deks").is_some());
@@ -124,10 +188,35 @@ fn deks_rotate_by_usage_and_all_travel_in_the_file() {
     let dir = setup();
     let d = dir.path();
     std::fs::write(d.join("small.toml"), "[dek]\nmax_uses = 50\n").unwrap();
-    ok(d, &["sample", "--schema", "customer.avsc", "--count", "300", "--codec", "snappy", "in.avro"]);
-    let out = ok(d, &["encrypt-file", "--config", "small.toml", "in.avro", "enc.avro"]);
-    let r = fieldcrypt::avro::container::ContainerReader::open(std::fs::File::open(d.join("enc.avro")).unwrap()).unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(r.meta("fieldcrypt.deks").unwrap()).unwrap();
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "300",
+            "--codec",
+            "snappy",
+            "in.avro",
+        ],
+    );
+    let out = ok(
+        d,
+        &[
+            "encrypt-file",
+            "--config",
+            "small.toml",
+            "in.avro",
+            "enc.avro",
+        ],
+    );
+    let r = fieldcrypt::avro::container::ContainerReader::open(
+        std::fs::File::open(d.join("enc.avro")).unwrap(),
+    )
+    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(r.meta("fieldcrypt.deks").unwrap()).unwrap();
     let n = meta["deks"].as_array().unwrap().len();
     // About 4 randomized fields per record, 50 uses per key.
     assert!(n >= 300 * 3 / 50, "{n} keys for 300 records: {out}");
@@ -140,11 +229,28 @@ fn deks_rotate_by_usage_and_all_travel_in_the_file() {
 fn missing_or_wrong_keys_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::copy(root().join("schemas/customer.avsc"), d.join("customer.avsc")).unwrap();
-    ok(d, &["sample", "--schema", "customer.avsc", "--count", "10", "in.avro"]);
+    std::fs::copy(
+        root().join("schemas/customer.avsc"),
+        d.join("customer.avsc"),
+    )
+    .unwrap();
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "10",
+            "in.avro",
+        ],
+    );
 
     let e = fails(d, &["encrypt-file", "in.avro", "enc.avro"]);
-    assert!(e.contains("KEK file") && e.contains("fieldcrypt keys init"), "{e}");
+    assert!(
+        e.contains("KEK file") && e.contains("fieldcrypt keys init"),
+        "{e}"
+    );
     assert!(!d.join("enc.avro").exists());
 
     ok(d, &["keys", "init"]);
@@ -152,25 +258,67 @@ fn missing_or_wrong_keys_are_clear_errors() {
     assert!(e.contains("refusing to overwrite"), "{e}");
 
     let e = fails(d, &["encrypt-file", "in.avro", "enc.avro"]);
-    assert!(e.contains("--purpose deterministic --domain default"), "{e}");
-    ok(d, &["keys", "create", "--purpose", "deterministic", "--domain", "default"]);
+    assert!(
+        e.contains("--purpose deterministic --domain default"),
+        "{e}"
+    );
+    ok(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "deterministic",
+            "--domain",
+            "default",
+        ],
+    );
     let e = fails(d, &["encrypt-file", "in.avro", "enc.avro"]);
     assert!(e.contains("--purpose blind-index --domain email"), "{e}");
-    ok(d, &["keys", "create", "--purpose", "blind-index", "--domain", "email"]);
+    ok(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "blind-index",
+            "--domain",
+            "email",
+        ],
+    );
     ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
 
     // Another KEK cannot unwrap the keyset or the file's DEKs.
     std::fs::create_dir(d.join("other")).unwrap();
-    std::fs::write(d.join("other.toml"), "[kms]\nkek_file = \"other/kek.key\"\n").unwrap();
+    std::fs::write(
+        d.join("other.toml"),
+        "[kms]\nkek_file = \"other/kek.key\"\n",
+    )
+    .unwrap();
     ok(d, &["keys", "init", "--config", "other.toml"]);
-    let e = fails(d, &["decrypt-file", "--config", "other.toml", "enc.avro", "dec.avro"]);
+    let e = fails(
+        d,
+        &[
+            "decrypt-file",
+            "--config",
+            "other.toml",
+            "enc.avro",
+            "dec.avro",
+        ],
+    );
     assert!(e.contains("belongs to KEK") && e.contains("local:"), "{e}");
     assert!(!d.join("dec.avro").exists());
 
-    let e = fails(d, &["encrypt-file", "--config", "nope.toml", "in.avro", "x.avro"]);
+    let e = fails(
+        d,
+        &["encrypt-file", "--config", "nope.toml", "in.avro", "x.avro"],
+    );
     assert!(e.contains("nope.toml"), "{e}");
     std::fs::write(d.join("bad.toml"), "[dek]\nmax_use = 3\n").unwrap();
-    let e = fails(d, &["encrypt-file", "--config", "bad.toml", "in.avro", "x.avro"]);
+    let e = fails(
+        d,
+        &["encrypt-file", "--config", "bad.toml", "in.avro", "x.avro"],
+    );
     assert!(e.contains("max_use") && e.contains("bad.toml"), "{e}");
 }
 
@@ -181,15 +329,37 @@ fn damaged_inputs_name_file_record_and_field_and_write_nothing() {
 
     std::fs::write(d.join("notes.txt"), "hello, not avro").unwrap();
     let e = fails(d, &["encrypt-file", "notes.txt", "out.avro"]);
-    assert!(e.contains("notes.txt") && e.contains("not an Avro object container file"), "{e}");
+    assert!(
+        e.contains("notes.txt") && e.contains("not an Avro object container file"),
+        "{e}"
+    );
 
-    ok(d, &["sample", "--schema", "customer.avsc", "--count", "20", "--codec", "null", "in.avro"]);
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "20",
+            "--codec",
+            "null",
+            "in.avro",
+        ],
+    );
     let full = std::fs::read(d.join("in.avro")).unwrap();
     std::fs::write(d.join("cut.avro"), &full[..full.len() - 30]).unwrap();
     let e = fails(d, &["encrypt-file", "cut.avro", "out.avro"]);
-    assert!(e.contains("cut.avro") && e.contains("block 0 is truncated"), "{e}");
+    assert!(
+        e.contains("cut.avro") && e.contains("block 0 is truncated"),
+        "{e}"
+    );
     assert!(!d.join("out.avro").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files are removed");
 
     // A record that does not match its schema: the second record's sensitive string
@@ -210,8 +380,14 @@ fn damaged_inputs_name_file_record_and_field_and_write_nothing() {
     bw.write_block(2, data).unwrap();
     std::fs::write(d.join("bad.avro"), bw.into_inner()).unwrap();
     let e = fails(d, &["encrypt-file", "bad.avro", "out.avro"]);
-    assert!(e.contains("bad.avro") && e.contains("record 1 (block 0)") && e.contains("field secret"), "{e}");
-    assert!(!e.contains("TOP-SECRET") && !e.contains("abc"), "no values in errors: {e}");
+    assert!(
+        e.contains("bad.avro") && e.contains("record 1 (block 0)") && e.contains("field secret"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("TOP-SECRET") && !e.contains("abc"),
+        "no values in errors: {e}"
+    );
     assert!(!d.join("out.avro").exists());
 }
 
@@ -219,21 +395,40 @@ fn damaged_inputs_name_file_record_and_field_and_write_nothing() {
 fn tampered_ciphertext_is_rejected_with_its_location() {
     let dir = setup();
     let d = dir.path();
-    ok(d, &["sample", "--schema", "customer.avsc", "--count", "50", "--codec", "null", "in.avro"]);
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "50",
+            "--codec",
+            "null",
+            "in.avro",
+        ],
+    );
     ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
     let mut bytes = std::fs::read(d.join("enc.avro")).unwrap();
     let r = fieldcrypt::avro::container::ContainerReader::open(bytes.as_slice()).unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(r.meta("fieldcrypt.deks").unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(r.meta("fieldcrypt.deks").unwrap()).unwrap();
     let dek = hex::decode(meta["deks"][0]["id"].as_str().unwrap()).unwrap();
     let mut header = vec![1u8, 1];
     header.extend_from_slice(&dek);
     // The first GCM field ciphertext in the file is record 0's ssn.
-    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).unwrap();
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header.as_slice())
+        .unwrap();
     bytes[at + 40] ^= 0x01;
     std::fs::write(d.join("tampered.avro"), &bytes).unwrap();
     let e = fails(d, &["decrypt-file", "tampered.avro", "dec.avro"]);
     assert!(
-        e.contains("tampered.avro") && e.contains("record 0") && e.contains("field ssn") && e.contains("failed authentication"),
+        e.contains("tampered.avro")
+            && e.contains("record 0")
+            && e.contains("field ssn")
+            && e.contains("failed authentication"),
         "{e}"
     );
     assert!(!d.join("dec.avro").exists());
@@ -248,17 +443,34 @@ fn tampered_ciphertext_is_rejected_with_its_location() {
 fn plan_rejects_impossible_policies_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let write = |name: &str, s: serde_json::Value| std::fs::write(d.join(name), s.to_string()).unwrap();
-    write("idx.avsc", serde_json::json!({"type": "record", "name": "R", "fields": [
-        {"name": "tags", "type": {"type": "array", "items": "string"}, "sensitive": {"blind_index": "t"}}]}));
+    let write =
+        |name: &str, s: serde_json::Value| std::fs::write(d.join(name), s.to_string()).unwrap();
+    write(
+        "idx.avsc",
+        serde_json::json!({"type": "record", "name": "R", "fields": [
+        {"name": "tags", "type": {"type": "array", "items": "string"}, "sensitive": {"blind_index": "t"}}]}),
+    );
     let e = fails(d, &["plan", "idx.avsc"]);
-    assert!(e.contains("R.tags") && e.contains("blind index needs a primitive"), "{e}");
-    write("mode.avsc", serde_json::json!({"type": "record", "name": "R", "fields": [
-        {"name": "a", "type": "string", "sensitive": {"mode": "reversible"}}]}));
+    assert!(
+        e.contains("R.tags") && e.contains("blind index needs a primitive"),
+        "{e}"
+    );
+    write(
+        "mode.avsc",
+        serde_json::json!({"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "string", "sensitive": {"mode": "reversible"}}]}),
+    );
     let e = fails(d, &["plan", "mode.avsc"]);
     assert!(e.contains("R.a") && e.contains("reversible"), "{e}");
-    std::fs::write(d.join("rules.toml"), "[[rules]]\nrecord = \"R\"\nfields = [\"b\"]\n").unwrap();
-    write("ok.avsc", serde_json::json!({"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}));
+    std::fs::write(
+        d.join("rules.toml"),
+        "[[rules]]\nrecord = \"R\"\nfields = [\"b\"]\n",
+    )
+    .unwrap();
+    write(
+        "ok.avsc",
+        serde_json::json!({"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}),
+    );
     let e = fails(d, &["plan", "--config", "rules.toml", "ok.avsc"]);
     assert!(e.contains("rule #1") && e.contains("no field \"b\""), "{e}");
     let out = ok(d, &["plan", "ok.avsc"]);

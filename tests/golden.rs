@@ -14,7 +14,11 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 fn vectors() -> Json {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/vectors.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/vectors.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -29,7 +33,10 @@ fn key(labels: &Json) -> Vec<u8> {
 }
 
 fn hex16(v: &Json) -> [u8; 16] {
-    hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+    hex::decode(v.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 fn avro_string(s: &str) -> Vec<u8> {
@@ -42,14 +49,18 @@ fn avro_string(s: &str) -> Vec<u8> {
 fn gcm_field_ciphertext_is_pinned() {
     let v = &vectors()["aes_256_gcm"];
     let k = RandomizedKey::new(hex16(&v["key_id"]), &key(&v["key_labels"])).unwrap();
-    let nonce: [u8; 12] = hex::decode(v["nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let nonce: [u8; 12] = hex::decode(v["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let pt = avro_string(v["value"].as_str().unwrap());
     assert_eq!(hex::encode(&pt), v["plaintext"].as_str().unwrap());
     let mut ct = Vec::new();
     k.seal_with_nonce(&nonce, v["context"].as_str().unwrap(), &pt, &mut ct);
     assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
     let mut back = Vec::new();
-    k.open_into(v["context"].as_str().unwrap(), &ct, &mut back).unwrap();
+    k.open_into(v["context"].as_str().unwrap(), &ct, &mut back)
+        .unwrap();
     assert_eq!(back, pt);
 }
 
@@ -68,7 +79,13 @@ fn siv_field_ciphertext_is_pinned() {
 fn blind_index_is_pinned() {
     let v = &vectors()["blind_index"];
     let norm: Vec<Normalize> = serde_json::from_value(v["normalize"].clone()).unwrap();
-    let k = BlindIndexKey::new([0; 16], &key(&v["key_labels"]), v["length"].as_u64().unwrap() as usize, norm).unwrap();
+    let k = BlindIndexKey::new(
+        [0; 16],
+        &key(&v["key_labels"]),
+        v["length"].as_u64().unwrap() as usize,
+        norm,
+    )
+    .unwrap();
     for case in v["cases"].as_array().unwrap() {
         let mut out = Vec::new();
         k.index_text(case["value"].as_str().unwrap(), &mut out);
@@ -79,8 +96,12 @@ fn blind_index_is_pinned() {
 #[test]
 fn customer_output_schema_is_pinned() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let schema = parse_schema_json(&std::fs::read_to_string(format!("{root}/schemas/customer.avsc")).unwrap()).unwrap();
-    let plan = EncryptPlan::build(&schema, "customer.avsc", &Config::default().plan_config()).unwrap();
+    let schema = parse_schema_json(
+        &std::fs::read_to_string(format!("{root}/schemas/customer.avsc")).unwrap(),
+    )
+    .unwrap();
+    let plan =
+        EncryptPlan::build(&schema, "customer.avsc", &Config::default().plan_config()).unwrap();
     let golden: Json = serde_json::from_str(
         &std::fs::read_to_string(format!("{root}/tests/golden/customer.encrypted.avsc")).unwrap(),
     )

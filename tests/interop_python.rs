@@ -29,21 +29,46 @@ fn python(args: &[&str], dir: &Path) -> String {
 }
 
 fn fc(dir: &Path, args: &[&str]) {
-    let o = Command::new(BIN).current_dir(dir).args(args).output().unwrap();
-    assert!(o.status.success(), "fieldcrypt {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fieldcrypt {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn script(name: &str) -> String {
-    root().join("tests/interop").join(name).display().to_string()
+    root()
+        .join("tests/interop")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn keys(d: &Path, det: &[&str], idx: &[&str]) {
     fc(d, &["keys", "init"]);
     for x in det {
-        fc(d, &["keys", "create", "--purpose", "deterministic", "--domain", x]);
+        fc(
+            d,
+            &[
+                "keys",
+                "create",
+                "--purpose",
+                "deterministic",
+                "--domain",
+                x,
+            ],
+        );
     }
     for x in idx {
-        fc(d, &["keys", "create", "--purpose", "blind-index", "--domain", x]);
+        fc(
+            d,
+            &["keys", "create", "--purpose", "blind-index", "--domain", x],
+        );
     }
 }
 
@@ -59,10 +84,31 @@ fn fastavro_reads_our_encrypted_file_with_the_output_schema() {
     let d = dir.path();
     keys(d, &["default"], &["email"]);
     let schema = root().join("schemas/customer.avsc").display().to_string();
-    fc(d, &["sample", "--schema", &schema, "--count", "2000", "--codec", "deflate", "plain.avro"]);
+    fc(
+        d,
+        &[
+            "sample",
+            "--schema",
+            &schema,
+            "--count",
+            "2000",
+            "--codec",
+            "deflate",
+            "plain.avro",
+        ],
+    );
     fc(d, &["plan", &schema, "--output-schema", "out.avsc"]);
     fc(d, &["encrypt-file", "plain.avro", "enc.avro"]);
-    let out = python(&[&script("fastavro_check.py"), "check-encrypted", "plain.avro", "enc.avro", "out.avsc"], d);
+    let out = python(
+        &[
+            &script("fastavro_check.py"),
+            "check-encrypted",
+            "plain.avro",
+            "enc.avro",
+            "out.avsc",
+        ],
+        d,
+    );
     assert!(out.contains("2000 encrypted records"), "{out}");
 }
 
@@ -74,16 +120,41 @@ fn fastavro_written_files_round_trip_through_fieldcrypt() {
     // Tags through config: `notes` is tagged PII in the schema.
     std::fs::write(d.join("fc.toml"), "[tags.PII]\nmode = \"randomized\"\n").unwrap();
     for codec in ["null", "deflate"] {
-        let (plain, enc, dec) = (format!("rich-{codec}.avro"), format!("enc-{codec}.avro"), format!("dec-{codec}.avro"));
+        let (plain, enc, dec) = (
+            format!("rich-{codec}.avro"),
+            format!("enc-{codec}.avro"),
+            format!("dec-{codec}.avro"),
+        );
         python(&[&script("fastavro_check.py"), "write", &plain, codec], d);
         fc(d, &["encrypt-file", "--config", "fc.toml", &plain, &enc]);
         // fastavro reads the encrypted file with the schema embedded in it.
-        let r = fieldcrypt::avro::container::ContainerReader::open(std::fs::File::open(d.join(&enc)).unwrap()).unwrap();
+        let r = fieldcrypt::avro::container::ContainerReader::open(
+            std::fs::File::open(d.join(&enc)).unwrap(),
+        )
+        .unwrap();
         std::fs::write(d.join("enc.avsc"), &r.schema).unwrap();
         // 12 encrypted fields (attributes, a tag, nested in arrays and unions) + 2 indexes.
-        assert_eq!(r.schema.matches("\"fieldcrypt\":").count(), 14, "{}", r.schema);
-        assert_eq!(r.meta("app.origin"), Some(&b"fastavro"[..]), "user metadata kept");
-        let out = python(&[&script("fastavro_check.py"), "check-encrypted", &plain, &enc, "enc.avsc"], d);
+        assert_eq!(
+            r.schema.matches("\"fieldcrypt\":").count(),
+            14,
+            "{}",
+            r.schema
+        );
+        assert_eq!(
+            r.meta("app.origin"),
+            Some(&b"fastavro"[..]),
+            "user metadata kept"
+        );
+        let out = python(
+            &[
+                &script("fastavro_check.py"),
+                "check-encrypted",
+                &plain,
+                &enc,
+                "enc.avsc",
+            ],
+            d,
+        );
         assert!(out.contains("500 encrypted records"), "{out}");
         fc(d, &["decrypt-file", "--config", "fc.toml", &enc, &dec]);
         let out = python(&[&script("fastavro_check.py"), "compare", &plain, &dec], d);

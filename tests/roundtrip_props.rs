@@ -47,8 +47,21 @@ enum T {
 impl T {
     fn indexable(&self) -> bool {
         match self {
-            T::Boolean | T::Int | T::Long | T::Float | T::Double | T::Bytes | T::Str | T::Fixed(_) | T::Enum(_) => true,
-            T::Union(bs) => bs.len() == 2 && matches!(bs[0], T::Null) && bs[1].indexable() && !matches!(bs[1], T::Union(_)),
+            T::Boolean
+            | T::Int
+            | T::Long
+            | T::Float
+            | T::Double
+            | T::Bytes
+            | T::Str
+            | T::Fixed(_)
+            | T::Enum(_) => true,
+            T::Union(bs) => {
+                bs.len() == 2
+                    && matches!(bs[0], T::Null)
+                    && bs[1].indexable()
+                    && !matches!(bs[1], T::Union(_))
+            }
             _ => false,
         }
     }
@@ -81,7 +94,9 @@ fn schema_type() -> impl Strategy<Value = T> {
             inner.clone().prop_map(|t| T::Array(Box::new(t))),
             inner.clone().prop_map(|t| T::Map(Box::new(t))),
             // Unions: null plus one other type, or a few distinct primitives.
-            inner.clone().prop_filter("no nested unions", |t| !matches!(t, T::Union(_)))
+            inner
+                .clone()
+                .prop_filter("no nested unions", |t| !matches!(t, T::Union(_)))
                 .prop_map(|t| T::Union(vec![T::Null, t])),
             Just(T::Union(vec![T::Int, T::Str, T::Null])),
             Just(T::Union(vec![T::Str, T::Bytes])),
@@ -112,7 +127,9 @@ fn to_json(t: &T, n: &mut usize, inside: bool) -> Json {
         T::TimestampMillis => json!({"type": "long", "logicalType": "timestamp-millis"}),
         T::Uuid => json!({"type": "string", "logicalType": "uuid"}),
         T::Fixed(s) => json!({"type": "fixed", "name": format!("F{id}"), "size": s}),
-        T::Enum(k) => json!({"type": "enum", "name": format!("E{id}"), "symbols": (0..*k).map(|i| format!("S{i}")).collect::<Vec<_>>()}),
+        T::Enum(k) => {
+            json!({"type": "enum", "name": format!("E{id}"), "symbols": (0..*k).map(|i| format!("S{i}")).collect::<Vec<_>>()})
+        }
         T::Array(i) => json!({"type": "array", "items": to_json(i, n, inside)}),
         T::Map(i) => json!({"type": "map", "values": to_json(i, n, inside)}),
         T::Union(bs) => Json::Array(bs.iter().map(|b| to_json(b, n, inside)).collect()),
@@ -152,14 +169,24 @@ fn value(t: &T) -> BoxedStrategy<Value> {
         T::Long => any::<i64>().prop_map(Value::Long).boxed(),
         T::Float => any::<f32>().prop_map(Value::Float).boxed(),
         T::Double => any::<f64>().prop_map(Value::Double).boxed(),
-        T::Bytes => prop::collection::vec(any::<u8>(), 0..24).prop_map(Value::Bytes).boxed(),
+        T::Bytes => prop::collection::vec(any::<u8>(), 0..24)
+            .prop_map(Value::Bytes)
+            .boxed(),
         T::Str => ".{0,16}".prop_map(Value::String).boxed(),
         T::Date => any::<i32>().prop_map(Value::Date).boxed(),
         T::TimestampMillis => any::<i64>().prop_map(Value::TimestampMillis).boxed(),
-        T::Uuid => any::<u128>().prop_map(|u| Value::Uuid(apache_avro::Uuid::from_u128(u))).boxed(),
-        T::Fixed(s) => prop::collection::vec(any::<u8>(), *s).prop_map(|b| Value::Fixed(b.len(), b)).boxed(),
-        T::Enum(k) => (0..*k as u32).prop_map(|i| Value::Enum(i, format!("S{i}"))).boxed(),
-        T::Array(i) => prop::collection::vec(value(i), 0..4).prop_map(Value::Array).boxed(),
+        T::Uuid => any::<u128>()
+            .prop_map(|u| Value::Uuid(apache_avro::Uuid::from_u128(u)))
+            .boxed(),
+        T::Fixed(s) => prop::collection::vec(any::<u8>(), *s)
+            .prop_map(|b| Value::Fixed(b.len(), b))
+            .boxed(),
+        T::Enum(k) => (0..*k as u32)
+            .prop_map(|i| Value::Enum(i, format!("S{i}")))
+            .boxed(),
+        T::Array(i) => prop::collection::vec(value(i), 0..4)
+            .prop_map(Value::Array)
+            .boxed(),
         T::Map(i) => prop::collection::hash_map(".{0,6}", value(i), 0..4)
             .prop_map(|m| Value::Map(m.into_iter().collect::<HashMap<_, _>>()))
             .boxed(),
@@ -167,7 +194,11 @@ fn value(t: &T) -> BoxedStrategy<Value> {
             let branches: Vec<BoxedStrategy<Value>> = bs
                 .iter()
                 .enumerate()
-                .map(|(i, b)| value(b).prop_map(move |v| Value::Union(i as u32, Box::new(v))).boxed())
+                .map(|(i, b)| {
+                    value(b)
+                        .prop_map(move |v| Value::Union(i as u32, Box::new(v)))
+                        .boxed()
+                })
                 .collect();
             prop::strategy::Union::new(branches).boxed()
         }
@@ -190,7 +221,9 @@ fn case() -> impl Strategy<Value = (Json, Vec<Value>)> {
 }
 
 fn writer(schema: &Schema) -> apache_avro::writer::datum::GenericDatumWriter<'_> {
-    apache_avro::writer::datum::GenericDatumWriter::builder(schema).build().unwrap()
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
 }
 
 fn fixture() -> &'static common::Fixture {

@@ -7,8 +7,8 @@ mod common;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use fieldcrypt::config::Config;
-use fieldcrypt::transform::TransformErrorKind;
 use fieldcrypt::crypto::CryptoError;
+use fieldcrypt::transform::TransformErrorKind;
 use serde_json::json;
 
 fn schema() -> serde_json::Value {
@@ -22,8 +22,18 @@ fn schema() -> serde_json::Value {
 
 fn encode(s: &Schema, v: [&str; 5]) -> Vec<u8> {
     let names = ["a", "b", "c", "d", "plain"];
-    let rec = Value::Record(names.iter().zip(v).map(|(n, x)| (n.to_string(), Value::String(x.into()))).collect());
-    apache_avro::writer::datum::GenericDatumWriter::builder(s).build().unwrap().write_value_to_vec(rec).unwrap()
+    let rec = Value::Record(
+        names
+            .iter()
+            .zip(v)
+            .map(|(n, x)| (n.to_string(), Value::String(x.into())))
+            .collect(),
+    );
+    apache_avro::writer::datum::GenericDatumWriter::builder(s)
+        .build()
+        .unwrap()
+        .write_value_to_vec(rec)
+        .unwrap()
 }
 
 fn fields(out_schema: &Schema, datum: &[u8]) -> Vec<(String, Value)> {
@@ -55,7 +65,9 @@ fn swapped_and_replayed_ciphertexts_fail_with_the_field_named() {
     let out_schema = Schema::parse(&enc.plan().output_json).unwrap();
     let dec = f.engine.decryptor(&enc.plan().output_json, "t").unwrap();
     // Equal-length values so a swap is not caught by length alone.
-    let (ct, deks) = f.encrypt(&enc, &encode(&s, ["aaaa", "bbbb", "cccc", "dddd", "p"])).unwrap();
+    let (ct, deks) = f
+        .encrypt(&enc, &encode(&s, ["aaaa", "bbbb", "cccc", "dddd", "p"]))
+        .unwrap();
 
     let mut back = Vec::new();
     dec.decrypt(&ct, &deks, &mut back).unwrap();
@@ -65,8 +77,13 @@ fn swapped_and_replayed_ciphertexts_fail_with_the_field_named() {
         let tmp = fs[i].1.clone();
         fs[i].1 = fs[j].1.clone();
         fs[j].1 = tmp;
-        let e = dec.decrypt(&reencode(&out_schema, fs), &deks, &mut Vec::new()).unwrap_err();
-        assert_eq!(e.kind, TransformErrorKind::Crypto(CryptoError::Authentication));
+        let e = dec
+            .decrypt(&reencode(&out_schema, fs), &deks, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            e.kind,
+            TransformErrorKind::Crypto(CryptoError::Authentication)
+        );
         assert_eq!(e.field_path(), name);
         assert!(!e.to_string().contains("aaaa") && !e.to_string().contains("cccc"));
     }
@@ -76,11 +93,22 @@ fn swapped_and_replayed_ciphertexts_fail_with_the_field_named() {
     let enc2 = f.engine.encryptor(&other, "t2").unwrap();
     let dec2 = f.engine.decryptor(&enc2.plan().output_json, "t2").unwrap();
     let e = dec2.decrypt(&ct, &deks, &mut Vec::new()).unwrap_err();
-    assert_eq!(e.kind, TransformErrorKind::Crypto(CryptoError::Authentication));
+    assert_eq!(
+        e.kind,
+        TransformErrorKind::Crypto(CryptoError::Authentication)
+    );
 
     // Without the DEK the ciphertext names, decryption says which key is missing.
-    let e = dec.decrypt(&ct, &Default::default(), &mut Vec::new()).unwrap_err();
-    assert!(matches!(e.kind, TransformErrorKind::Crypto(CryptoError::UnknownKey(_))), "{e}");
+    let e = dec
+        .decrypt(&ct, &Default::default(), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind,
+            TransformErrorKind::Crypto(CryptoError::UnknownKey(_))
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,7 +122,10 @@ fn deterministic_repeats_within_a_field_only_randomized_never() {
     let (x, _) = f.encrypt(&enc, &datum).unwrap();
     let (y, _) = f.encrypt(&enc, &datum).unwrap();
     let (fx, fy) = (fields(&out_schema, &x), fields(&out_schema, &y));
-    assert_eq!(fx[2].1, fy[2].1, "deterministic: equal in the same field across records");
+    assert_eq!(
+        fx[2].1, fy[2].1,
+        "deterministic: equal in the same field across records"
+    );
     assert_ne!(fx[2].1, fx[3].1, "deterministic: different across fields");
     assert_ne!(fx[0].1, fy[0].1, "randomized: never equal");
     assert_ne!(fx[0].1, fx[1].1);

@@ -193,7 +193,9 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let mut n = self.read_long()?;
         if n < 0 {
-            n = n.checked_neg().ok_or(DecodeError::new(DecodeErrorKind::BadLength(n), at))?;
+            n = n
+                .checked_neg()
+                .ok_or(DecodeError::new(DecodeErrorKind::BadLength(n), at))?;
             let size = self.read_long()?;
             if size < 0 {
                 return Err(DecodeError::new(DecodeErrorKind::BadLength(size), at));
@@ -278,7 +280,10 @@ pub fn walk<S: Sink>(
         Node::Boolean => {
             let b = cur.read_exact(1)?[0];
             if b > 1 {
-                return Err(DecodeError::new(DecodeErrorKind::BadBoolean(b), cur.pos - 1));
+                return Err(DecodeError::new(
+                    DecodeErrorKind::BadBoolean(b),
+                    cur.pos - 1,
+                ));
             }
             sink.raw(&[b]);
         }
@@ -378,7 +383,17 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_the_edges() {
-        for v in [0i64, -1, 1, 63, -64, 64, i32::MAX as i64, i64::MAX, i64::MIN] {
+        for v in [
+            0i64,
+            -1,
+            1,
+            63,
+            -64,
+            64,
+            i32::MAX as i64,
+            i64::MAX,
+            i64::MIN,
+        ] {
             let mut out = Vec::new();
             write_long(&mut out, v);
             let mut c = Cursor::new(&out);

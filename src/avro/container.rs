@@ -49,7 +49,10 @@ fn read_long_opt<R: Read>(r: &mut R) -> io::Result<Option<i64>> {
         }
         shift += 7;
         if shift > 63 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed varint"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed varint",
+            ));
         }
     }
 }
@@ -61,12 +64,16 @@ fn read_long<R: Read>(r: &mut R) -> io::Result<i64> {
 fn read_len_bytes<R: Read>(r: &mut R, what: &str) -> Result<Vec<u8>, ContainerError> {
     let n = read_long(r).map_err(|e| ContainerError::BadHeader(format!("{what}: {e}")))?;
     if !(0..=(64 << 20)).contains(&n) {
-        return Err(ContainerError::BadHeader(format!("{what} has implausible length {n}")));
+        return Err(ContainerError::BadHeader(format!(
+            "{what} has implausible length {n}"
+        )));
     }
     let mut buf = Vec::new();
     r.take(n as u64).read_to_end(&mut buf)?;
     if buf.len() as i64 != n {
-        return Err(ContainerError::BadHeader(format!("file ends inside {what}")));
+        return Err(ContainerError::BadHeader(format!(
+            "file ends inside {what}"
+        )));
     }
     Ok(buf)
 }
@@ -133,7 +140,12 @@ impl<R: Read> ContainerReader<R> {
         let mut sync = [0u8; 16];
         r.read_exact(&mut sync)
             .map_err(|_| ContainerError::BadHeader("file ends before the sync marker".into()))?;
-        let get = |k: &str| metadata.iter().find(|(mk, _)| mk == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            metadata
+                .iter()
+                .find(|(mk, _)| mk == k)
+                .map(|(_, v)| v.clone())
+        };
         let schema = get("avro.schema")
             .ok_or_else(|| ContainerError::BadHeader("no avro.schema in the metadata".into()))?;
         let schema = String::from_utf8(schema)
@@ -165,7 +177,10 @@ impl<R: Read> ContainerReader<R> {
 
     /// A user metadata value.
     pub fn meta(&self, key: &str) -> Option<&[u8]> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// The next block, or `None` at the end of the file.
@@ -230,7 +245,11 @@ pub fn parse_codec(name: &str) -> Result<Codec, ContainerError> {
 }
 
 /// Writes the container header.
-pub fn write_header<W: Write>(w: &mut W, metadata: &[(String, Vec<u8>)], sync: &[u8; 16]) -> io::Result<()> {
+pub fn write_header<W: Write>(
+    w: &mut W,
+    metadata: &[(String, Vec<u8>)],
+    sync: &[u8; 16],
+) -> io::Result<()> {
     let mut h = Vec::with_capacity(1024);
     h.extend_from_slice(MAGIC);
     if !metadata.is_empty() {
@@ -298,12 +317,21 @@ mod tests {
 
     #[test]
     fn reads_what_apache_avro_writes_and_vice_versa() {
-        let schema = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#).unwrap();
-        for codec in [Codec::Null, Codec::Deflate(Default::default()), Codec::Snappy, Codec::Zstandard(Default::default())] {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#,
+        )
+        .unwrap();
+        for codec in [
+            Codec::Null,
+            Codec::Deflate(Default::default()),
+            Codec::Snappy,
+            Codec::Zstandard(Default::default()),
+        ] {
             let mut w = Writer::with_codec(&schema, Vec::new(), codec).unwrap();
             w.add_user_metadata("app.key".into(), b"v").unwrap();
             for i in 0..100i64 {
-                w.append_value(Value::Record(vec![("a".into(), Value::Long(i))])).unwrap();
+                w.append_value(Value::Record(vec![("a".into(), Value::Long(i))]))
+                    .unwrap();
             }
             let file = w.into_inner().unwrap();
             let mut r = ContainerReader::open(file.as_slice()).unwrap();
@@ -326,15 +354,24 @@ mod tests {
 
     #[test]
     fn damaged_files_are_named_precisely() {
-        assert!(matches!(ContainerReader::open(&b"PK\x03\x04"[..]), Err(ContainerError::NotAvro)));
-        assert!(matches!(ContainerReader::open(&b""[..]), Err(ContainerError::NotAvro)));
+        assert!(matches!(
+            ContainerReader::open(&b"PK\x03\x04"[..]),
+            Err(ContainerError::NotAvro)
+        ));
+        assert!(matches!(
+            ContainerReader::open(&b""[..]),
+            Err(ContainerError::NotAvro)
+        ));
         let schema = Schema::parse_str(r#""long""#).unwrap();
         let mut w = Writer::new(&schema, Vec::new()).unwrap();
         w.append_value(Value::Long(1)).unwrap();
         let file = w.into_inner().unwrap();
         let cut = &file[..file.len() - 5];
         let mut r = ContainerReader::open(cut).unwrap();
-        assert!(matches!(r.next_block(), Err(ContainerError::Truncated { block: 0 })));
+        assert!(matches!(
+            r.next_block(),
+            Err(ContainerError::Truncated { block: 0 })
+        ));
         let mut bad = file.clone();
         let n = bad.len();
         bad[n - 1] ^= 1;

@@ -28,7 +28,10 @@ pub fn cat(path: &Path, limit: Option<usize>) -> Result<()> {
 }
 
 fn b64(b: &[u8]) -> Json {
-    Json::String(format!("b64:{}", base64::engine::general_purpose::STANDARD.encode(b)))
+    Json::String(format!(
+        "b64:{}",
+        base64::engine::general_purpose::STANDARD.encode(b)
+    ))
 }
 
 /// Converts an Avro value to JSON for display: bytes and fixed as `b64:...`.
@@ -55,9 +58,18 @@ pub fn to_json(v: &Value) -> Json {
         Value::Map(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            Json::Object(keys.into_iter().map(|k| (k.clone(), to_json(&m[k]))).collect::<Map<_, _>>())
+            Json::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), to_json(&m[k])))
+                    .collect::<Map<_, _>>(),
+            )
         }
-        Value::Record(fields) => Json::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Record(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
         other => json!(format!("{other:?}")),
     }
 }

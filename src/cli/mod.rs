@@ -142,7 +142,10 @@ enum KeysCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -161,7 +164,9 @@ pub fn main() -> ExitCode {
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Pretty => b.init(),
         LogFormat::Json => b.json().init(),
@@ -173,7 +178,8 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn read_schema(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read schema {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read schema {}", path.display()))?;
     parse_schema_json(&text).with_context(|| format!("schema {}", path.display()))
 }
 
@@ -187,7 +193,11 @@ async fn run(cmd: Command) -> Result<()> {
         } => {
             let cfg = load_config(config.as_deref())?;
             let json = read_schema(&schema)?;
-            let plan = fieldcrypt::schema::plan::EncryptPlan::build(&json, &schema.display().to_string(), &cfg.plan_config())?;
+            let plan = fieldcrypt::schema::plan::EncryptPlan::build(
+                &json,
+                &schema.display().to_string(),
+                &cfg.plan_config(),
+            )?;
             print!("{}", plan.table());
             let det = sorted(plan.deterministic_domains());
             let idx = sorted(plan.index_domains());
@@ -200,12 +210,17 @@ async fn run(cmd: Command) -> Result<()> {
             }
             if let Some(out) = output_schema {
                 let text = serde_json::to_string_pretty(&plan.output_json)? + "\n";
-                std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
+                std::fs::write(&out, text)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
                 println!("output schema written to {}", out.display());
             }
             Ok(())
         }
-        Command::EncryptFile { config, input, output } => {
+        Command::EncryptFile {
+            config,
+            input,
+            output,
+        } => {
             let engine = Engine::start(load_config(config.as_deref())?).await?;
             let bar = ProgressView::new(&input);
             let report = encrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
@@ -226,7 +241,11 @@ async fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::DecryptFile { config, input, output } => {
+        Command::DecryptFile {
+            config,
+            input,
+            output,
+        } => {
             let engine = Engine::start(load_config(config.as_deref())?).await?;
             let bar = ProgressView::new(&input);
             let report = decrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
@@ -302,7 +321,8 @@ impl ProgressView {
     fn update(&self, bytes: u64, records: u64) {
         self.bar.set_position(bytes);
         let rate = records as f64 / self.start.elapsed().as_secs_f64().max(1e-6);
-        self.bar.set_message(format!("{records} records, {rate:.0} records/s"));
+        self.bar
+            .set_message(format!("{records} records, {rate:.0} records/s"));
     }
 
     fn finish(&self) {
@@ -316,10 +336,18 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
             let cfg = load_config(config.as_deref())?;
             let p = LocalKms::init(&cfg.kms.kek_file)?;
             let kms = LocalKms::open(&p)?;
-            println!("created KEK file {} ({}); keep it secret, never commit it", p.display(), kms.kek_id());
+            println!(
+                "created KEK file {} ({}); keep it secret, never commit it",
+                p.display(),
+                kms.kek_id()
+            );
             Ok(())
         }
-        KeysCommand::Create { config, purpose, domain } => {
+        KeysCommand::Create {
+            config,
+            purpose,
+            domain,
+        } => {
             let cfg = load_config(config.as_deref())?;
             let kms = open_kms(&cfg)?;
             let mut ks = Keyset::load(&cfg.keyset.file)?;
@@ -342,11 +370,23 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
                 println!("keyset {} has no keys", cfg.keyset.file.display());
                 return Ok(());
             }
-            println!("{:<14} {:<16} {:>7}  {:<8} {:<32}  {:<20}  KEK", "PURPOSE", "DOMAIN", "VERSION", "STATE", "ID", "CREATED");
+            println!(
+                "{:<14} {:<16} {:>7}  {:<8} {:<32}  {:<20}  KEK",
+                "PURPOSE", "DOMAIN", "VERSION", "STATE", "ID", "CREATED"
+            );
             let mut keys = ks.keys.clone();
-            keys.sort_by(|a, b| (a.purpose.to_string(), &a.domain, a.version).cmp(&(b.purpose.to_string(), &b.domain, b.version)));
+            keys.sort_by(|a, b| {
+                (a.purpose.to_string(), &a.domain, a.version).cmp(&(
+                    b.purpose.to_string(),
+                    &b.domain,
+                    b.version,
+                ))
+            });
             for k in &keys {
-                let active = ks.active(k.purpose, &k.domain).map(|a| a.id == k.id).unwrap_or(false);
+                let active = ks
+                    .active(k.purpose, &k.domain)
+                    .map(|a| a.id == k.id)
+                    .unwrap_or(false);
                 println!(
                     "{:<14} {:<16} {:>7}  {:<8} {:<32}  {:<20}  {}",
                     k.purpose.to_string(),
@@ -363,7 +403,13 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
     }
 }
 
-async fn bench(config: Option<&Path>, schema: &Path, records: usize, rounds: usize, seconds: f64) -> Result<()> {
+async fn bench(
+    config: Option<&Path>,
+    schema: &Path,
+    records: usize,
+    rounds: usize,
+    seconds: f64,
+) -> Result<()> {
     if records == 0 || rounds == 0 || seconds <= 0.0 {
         bail!("--records, --rounds and --seconds must be positive");
     }
@@ -371,10 +417,16 @@ async fn bench(config: Option<&Path>, schema: &Path, records: usize, rounds: usi
     let dir = tempfile::tempdir()?;
     cfg.kms.kek_file = dir.path().join("kek.key");
     cfg.keyset.file = dir.path().join("keyset.json");
+    // One DEK for the whole run: rotation is a KMS round trip, not transform cost.
+    cfg.dek.max_uses = fieldcrypt::keys::dek::MAX_USES_CEILING;
     LocalKms::init(&cfg.kms.kek_file)?;
     let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&cfg.kms.kek_file)?);
     let json = read_schema(schema)?;
-    let plan = fieldcrypt::schema::plan::EncryptPlan::build(&json, &schema.display().to_string(), &cfg.plan_config())?;
+    let plan = fieldcrypt::schema::plan::EncryptPlan::build(
+        &json,
+        &schema.display().to_string(),
+        &cfg.plan_config(),
+    )?;
     let mut ks = Keyset::default();
     for d in plan.deterministic_domains() {
         ks.create(kms.as_ref(), Purpose::Deterministic, &d).await?;
@@ -384,8 +436,19 @@ async fn bench(config: Option<&Path>, schema: &Path, records: usize, rounds: usi
     }
     ks.save(&cfg.keyset.file)?;
     let engine = Engine::with_kms(cfg, kms).await?;
-    eprintln!("benchmarking {} ({} sensitive fields) ...", schema.display(), plan.rows.len());
-    let report = fieldcrypt::bench::run(&engine, &json, records, rounds, Duration::from_secs_f64(seconds)).await?;
+    eprintln!(
+        "benchmarking {} ({} sensitive fields) ...",
+        schema.display(),
+        plan.rows.len()
+    );
+    let report = fieldcrypt::bench::run(
+        &engine,
+        &json,
+        records,
+        rounds,
+        Duration::from_secs_f64(seconds),
+    )
+    .await?;
     print!("{}", report.table());
     Ok(())
 }

@@ -73,13 +73,23 @@ pub struct BlindIndexKey {
 
 impl std::fmt::Debug for BlindIndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlindIndexKey({}, {} bytes)", hex::encode(self.id), self.length)
+        write!(
+            f,
+            "BlindIndexKey({}, {} bytes)",
+            hex::encode(self.id),
+            self.length
+        )
     }
 }
 
 impl BlindIndexKey {
     /// `length` is the number of HMAC bytes kept (8..=32).
-    pub fn new(id: KeyId, key: &[u8], length: usize, normalize: Vec<Normalize>) -> Result<Self, CryptoError> {
+    pub fn new(
+        id: KeyId,
+        key: &[u8],
+        length: usize,
+        normalize: Vec<Normalize>,
+    ) -> Result<Self, CryptoError> {
         if key.len() < 32 {
             return Err(CryptoError::KeyLength("HMAC-SHA256 blind index"));
         }
@@ -123,7 +133,13 @@ mod tests {
 
     #[test]
     fn normalisation_makes_variants_match() {
-        let k = BlindIndexKey::new([0; 16], &[3; 32], 16, vec![Normalize::Trim, Normalize::Lowercase]).unwrap();
+        let k = BlindIndexKey::new(
+            [0; 16],
+            &[3; 32],
+            16,
+            vec![Normalize::Trim, Normalize::Lowercase],
+        )
+        .unwrap();
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         k.index_text(" Ann@Example.COM ", &mut a);
         k.index_text("ann@example.com", &mut b);
@@ -131,7 +147,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 16);
-        assert_eq!(normalize("+1 (555) 010-99", &[Normalize::DigitsOnly]), "155501099");
+        assert_eq!(
+            normalize("+1 (555) 010-99", &[Normalize::DigitsOnly]),
+            "155501099"
+        );
         assert_eq!(normalize("a b\tc", &[Normalize::RemoveWhitespace]), "abc");
     }
 
@@ -142,7 +161,10 @@ mod tests {
         let key = [0xaau8; 131];
         let k = BlindIndexKey::new([0; 16], &key, 32, vec![]).unwrap();
         let mut out = Vec::new();
-        k.index_bytes(b"Test Using Larger Than Block-Size Key - Hash Key First", &mut out);
+        k.index_bytes(
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+            &mut out,
+        );
         assert_eq!(
             hex::encode(out),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"

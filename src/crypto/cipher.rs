@@ -37,7 +37,8 @@ impl std::fmt::Debug for RandomizedKey {
 impl RandomizedKey {
     /// Builds the cipher from 32 key bytes.
     pub fn new(id: KeyId, key: &[u8]) -> Result<Self, CryptoError> {
-        let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::KeyLength("AES-256-GCM"))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::KeyLength("AES-256-GCM"))?;
         Ok(RandomizedKey { id, cipher })
     }
 
@@ -86,10 +87,17 @@ impl RandomizedKey {
 
     /// Appends the plaintext of `ct` (for field `context`) to `out`. On failure
     /// `out` is left as it was.
-    pub fn open_into(&self, context: &str, ct: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn open_into(
+        &self,
+        context: &str,
+        ct: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let header = Header::parse(ct)?;
         if header.algorithm != Algorithm::Aes256Gcm {
-            return Err(CryptoError::Malformed("not an AES-256-GCM ciphertext".into()));
+            return Err(CryptoError::Malformed(
+                "not an AES-256-GCM ciphertext".into(),
+            ));
         }
         if header.key_id != self.id {
             return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
@@ -140,7 +148,9 @@ impl DeterministicKey {
         if key.len() != 64 {
             return Err(CryptoError::KeyLength("AES-256-SIV"));
         }
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64);
+        let n = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 64);
         let pool = (0..n)
             .map(|_| {
                 Aes256Siv::new_from_slice(key)
@@ -194,10 +204,17 @@ impl DeterministicKey {
     }
 
     /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
-    pub fn open_into(&self, context: &str, ct: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn open_into(
+        &self,
+        context: &str,
+        ct: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let header = Header::parse(ct)?;
         if header.algorithm != Algorithm::Aes256Siv {
-            return Err(CryptoError::Malformed("not an AES-256-SIV ciphertext".into()));
+            return Err(CryptoError::Malformed(
+                "not an AES-256-SIV ciphertext".into(),
+            ));
         }
         if header.key_id != self.id {
             return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
@@ -241,7 +258,10 @@ mod tests {
         k.open_into("R.a", &ct, &mut pt).unwrap();
         assert_eq!(pt, b"prefixhello");
         let mut pt = Vec::new();
-        assert_eq!(k.open_into("R.b", &ct, &mut pt), Err(CryptoError::Authentication));
+        assert_eq!(
+            k.open_into("R.b", &ct, &mut pt),
+            Err(CryptoError::Authentication)
+        );
         assert!(pt.is_empty());
         let mut other = Vec::new();
         k.seal_into("R.a", b"hello", &mut other);
@@ -284,7 +304,10 @@ mod tests {
         let mut pt = Vec::new();
         d.open_into("R.a", &a, &mut pt).unwrap();
         assert_eq!(pt, b"x@y.z");
-        assert_eq!(d.open_into("R.b", &a, &mut Vec::new()), Err(CryptoError::Authentication));
+        assert_eq!(
+            d.open_into("R.b", &a, &mut Vec::new()),
+            Err(CryptoError::Authentication)
+        );
     }
 
     #[test]
@@ -292,7 +315,13 @@ mod tests {
         let mut ct = Vec::new();
         gcm().seal_into("R.a", b"", &mut ct);
         let other = RandomizedKey::new([8u8; 16], &[1u8; 32]).unwrap();
-        assert!(matches!(other.open_into("R.a", &ct, &mut Vec::new()), Err(CryptoError::UnknownKey(_))));
-        assert!(matches!(gcm().open_into("R.a", &ct[..20], &mut Vec::new()), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            other.open_into("R.a", &ct, &mut Vec::new()),
+            Err(CryptoError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            gcm().open_into("R.a", &ct[..20], &mut Vec::new()),
+            Err(CryptoError::Malformed(_))
+        ));
     }
 }

@@ -74,15 +74,24 @@ impl Header {
     /// Parses and checks the header and the minimum length of a ciphertext.
     pub fn parse(ct: &[u8]) -> Result<Header, CryptoError> {
         if ct.len() < HEADER_LEN {
-            return Err(CryptoError::Malformed(format!("{} bytes is too short", ct.len())));
+            return Err(CryptoError::Malformed(format!(
+                "{} bytes is too short",
+                ct.len()
+            )));
         }
         if ct[0] != VERSION {
-            return Err(CryptoError::Malformed(format!("unknown format version {}", ct[0])));
+            return Err(CryptoError::Malformed(format!(
+                "unknown format version {}",
+                ct[0]
+            )));
         }
         let algorithm = Algorithm::from_byte(ct[1])
             .ok_or_else(|| CryptoError::Malformed(format!("unknown algorithm {}", ct[1])))?;
         if ct.len() < algorithm.overhead() {
-            return Err(CryptoError::Malformed(format!("{} bytes is too short", ct.len())));
+            return Err(CryptoError::Malformed(format!(
+                "{} bytes is too short",
+                ct.len()
+            )));
         }
         let mut key_id = [0u8; KEY_ID_LEN];
         key_id.copy_from_slice(&ct[2..HEADER_LEN]);

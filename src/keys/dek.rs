@@ -182,7 +182,10 @@ impl DekManager {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        let dk = self.kms.generate_data_key(32, &dek_context(&id, scope)).await?;
+        let dk = self
+            .kms
+            .generate_data_key(32, &dek_context(&id, scope))
+            .await?;
         let key = RandomizedKey::new(id, &dk.plaintext)
             .map_err(|e| KmsError::Config(format!("KMS returned an unusable data key: {e}")))?;
         tracing::debug!(dek = %hex::encode(id), scope, "generated data key");
@@ -299,6 +302,9 @@ mod tests {
         let mut moved = d.wrapped().clone();
         moved.scope = "other-tenant".into();
         moved.id = [0xee; 16];
-        assert_eq!(cache.get(&moved).await.unwrap_err(), KmsError::InvalidCiphertext);
+        assert_eq!(
+            cache.get(&moved).await.unwrap_err(),
+            KmsError::InvalidCiphertext
+        );
     }
 }

@@ -135,9 +135,13 @@ impl Keyset {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Keyset::default()),
             Err(e) => return Err(err(format!("cannot read: {e}"))),
         };
-        let ks: Keyset = serde_json::from_str(&text).map_err(|e| err(format!("not a valid keyset: {e}")))?;
+        let ks: Keyset =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a valid keyset: {e}")))?;
         if ks.format != FORMAT {
-            return Err(err(format!("format is \"{}\", expected \"{FORMAT}\"", ks.format)));
+            return Err(err(format!(
+                "format is \"{}\", expected \"{FORMAT}\"",
+                ks.format
+            )));
         }
         if ks.version != VERSION {
             return Err(err(format!(
@@ -164,13 +168,21 @@ impl Keyset {
             path: path.to_path_buf(),
             msg,
         };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
-        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| err(format!("cannot write: {e}")))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
+        serde_json::to_writer_pretty(&mut tmp, self)
+            .map_err(|e| err(format!("cannot write: {e}")))?;
         use std::io::Write;
-        tmp.write_all(b"\n").map_err(|e| err(format!("cannot write: {e}")))?;
-        tmp.persist(path).map_err(|e| err(format!("cannot replace: {e}")))?;
+        tmp.write_all(b"\n")
+            .map_err(|e| err(format!("cannot write: {e}")))?;
+        tmp.persist(path)
+            .map_err(|e| err(format!("cannot replace: {e}")))?;
         Ok(())
     }
 
@@ -184,8 +196,17 @@ impl Keyset {
 
     /// Creates a new key (version 1, or the next version if the domain exists) from
     /// the KMS and adds it. Returns the new entry.
-    pub async fn create(&mut self, kms: &dyn Kms, purpose: Purpose, domain: &str) -> Result<KeysetEntry, KeysetError> {
-        if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    pub async fn create(
+        &mut self,
+        kms: &dyn Kms,
+        purpose: Purpose,
+        domain: &str,
+    ) -> Result<KeysetEntry, KeysetError> {
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(KeysetError::Missing(format!(
                 "domain \"{domain}\" must be non-empty and use only letters, digits, '-', '_' and '.'"
             )));
@@ -202,7 +223,9 @@ impl Keyset {
             kek: kms.kek_id().to_string(),
             wrapped: String::new(),
         };
-        let dk = kms.generate_data_key(purpose.key_len(), &entry.context()).await?;
+        let dk = kms
+            .generate_data_key(purpose.key_len(), &entry.context())
+            .await?;
         entry.kek = dk.wrapped.kek.clone();
         entry.wrapped = base64::engine::general_purpose::STANDARD.encode(&dk.wrapped.blob);
         self.keys.push(entry.clone());
@@ -253,10 +276,16 @@ impl KeyMaterial {
                 kek: e.kek.clone(),
                 blob,
             };
-            let pt = kms.decrypt_data_key(&wrapped, &e.context()).await.map_err(fail)?;
+            let pt = kms
+                .decrypt_data_key(&wrapped, &e.context())
+                .await
+                .map_err(fail)?;
             let id = e.key_id().map_err(KeysetError::Missing)?;
             let bad = |_| fail(KmsError::InvalidCiphertext);
-            let active = keyset.active(e.purpose, &e.domain).map(|a| a.id == e.id).unwrap_or(false);
+            let active = keyset
+                .active(e.purpose, &e.domain)
+                .map(|a| a.id == e.id)
+                .unwrap_or(false);
             match e.purpose {
                 Purpose::Deterministic => {
                     let k = Arc::new(DeterministicKey::new(id, &pt).map_err(bad)?);
@@ -318,8 +347,13 @@ mod tests {
         let path = dir.path().join("keyset.json");
         let kms = LocalKms::from_bytes(&[4; 32]).unwrap();
         let mut ks = Keyset::load(&path).unwrap();
-        ks.create(&kms, Purpose::Deterministic, "default").await.unwrap();
-        let v2 = ks.create(&kms, Purpose::Deterministic, "default").await.unwrap();
+        ks.create(&kms, Purpose::Deterministic, "default")
+            .await
+            .unwrap();
+        let v2 = ks
+            .create(&kms, Purpose::Deterministic, "default")
+            .await
+            .unwrap();
         ks.create(&kms, Purpose::BlindIndex, "email").await.unwrap();
         assert_eq!(v2.version, 2);
         ks.save(&path).unwrap();
@@ -330,16 +364,25 @@ mod tests {
             length: 16,
             normalize: HashMap::new(),
         };
-        let m = KeyMaterial::unwrap(&loaded, &path, &kms, &idx).await.unwrap();
+        let m = KeyMaterial::unwrap(&loaded, &path, &kms, &idx)
+            .await
+            .unwrap();
         assert_eq!(hex::encode(m.deterministic("default").unwrap().id()), v2.id);
-        assert_eq!(m.deterministic_by_id.len(), 2, "old versions stay for decryption");
+        assert_eq!(
+            m.deterministic_by_id.len(),
+            2,
+            "old versions stay for decryption"
+        );
         let e = m.blind_index("phone").unwrap_err().to_string();
         assert!(e.contains("--purpose blind-index --domain phone"), "{e}");
         // The file names keys and KEKs but holds no unwrapped key material.
         assert!(text.contains("\"wrapped\""));
 
         let wrong = LocalKms::from_bytes(&[9; 32]).unwrap();
-        let e = KeyMaterial::unwrap(&loaded, &path, &wrong, &idx).await.unwrap_err().to_string();
+        let e = KeyMaterial::unwrap(&loaded, &path, &wrong, &idx)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("belongs to KEK"), "{e}");
     }
 }

@@ -59,7 +59,11 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     fn kek_id(&self) -> &str;
 
     /// Generates `len` random key bytes and wraps them under the KEK.
-    async fn generate_data_key(&self, len: usize, ctx: &EncryptionContext) -> Result<DataKey, KmsError>;
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError>;
 
     /// Unwraps a data key; the context must equal the one it was generated with.
     async fn decrypt_data_key(

@@ -67,7 +67,9 @@ impl LocalKms {
             .map_err(|e| KmsError::Config(format!("the OS random number generator failed: {e}")))?;
         f.write_all(kek.as_ref())
             .and_then(|_| f.sync_all())
-            .map_err(|e| KmsError::Config(format!("cannot write KEK file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                KmsError::Config(format!("cannot write KEK file {}: {e}", path.display()))
+            })?;
         Ok(path.to_path_buf())
     }
 
@@ -139,7 +141,11 @@ impl Kms for LocalKms {
         &self.id
     }
 
-    async fn generate_data_key(&self, len: usize, ctx: &EncryptionContext) -> Result<DataKey, KmsError> {
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         let mut plaintext = Zeroizing::new(vec![0u8; len]);
         rand::rng().fill_bytes(&mut plaintext);
         let mut nonce = [0u8; 12];
@@ -147,7 +153,13 @@ impl Kms for LocalKms {
         let ad = Self::aad(ctx);
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &ad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: &ad,
+                },
+            )
             .map_err(|_| KmsError::Config("local KMS could not wrap a key".into()))?;
         let mut blob = Vec::with_capacity(1 + FP_LEN + 12 + ct.len());
         blob.push(BLOB_VERSION);
@@ -206,14 +218,22 @@ mod tests {
         let kms = LocalKms::from_bytes(&[5u8; 32]).unwrap();
         let dk = kms.generate_data_key(32, &ctx("dek")).await.unwrap();
         assert_eq!(dk.plaintext.len(), 32);
-        let back = kms.decrypt_data_key(&dk.wrapped, &ctx("dek")).await.unwrap();
+        let back = kms
+            .decrypt_data_key(&dk.wrapped, &ctx("dek"))
+            .await
+            .unwrap();
         assert_eq!(*back, *dk.plaintext);
         assert_eq!(
-            kms.decrypt_data_key(&dk.wrapped, &ctx("deterministic")).await.unwrap_err(),
+            kms.decrypt_data_key(&dk.wrapped, &ctx("deterministic"))
+                .await
+                .unwrap_err(),
             KmsError::InvalidCiphertext
         );
         let other = LocalKms::from_bytes(&[6u8; 32]).unwrap();
-        let e = other.decrypt_data_key(&dk.wrapped, &ctx("dek")).await.unwrap_err();
+        let e = other
+            .decrypt_data_key(&dk.wrapped, &ctx("dek"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, KmsError::WrongKek { .. }), "{e}");
         assert!(!e.to_string().contains("0505"), "no key bytes in errors");
     }
@@ -226,15 +246,25 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let e = LocalKms::init(&p).unwrap_err().to_string();
         assert!(e.contains("refusing to overwrite"), "{e}");
         LocalKms::open(&p).unwrap();
-        let e = LocalKms::open(&dir.path().join("missing")).unwrap_err().to_string();
-        assert!(e.contains("does not exist") && e.contains("keys init"), "{e}");
+        let e = LocalKms::open(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not exist") && e.contains("keys init"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("short"), b"abc").unwrap();
-        let e = LocalKms::open(&dir.path().join("short")).unwrap_err().to_string();
+        let e = LocalKms::open(&dir.path().join("short"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 bytes"), "{e}");
     }
 }

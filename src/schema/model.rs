@@ -28,9 +28,15 @@ pub enum Node {
     Bytes,
     String,
     /// A `fixed` of this many bytes.
-    Fixed { name: String, size: usize },
+    Fixed {
+        name: String,
+        size: usize,
+    },
     /// An `enum` with these symbols.
-    Enum { name: String, symbols: Vec<String> },
+    Enum {
+        name: String,
+        symbols: Vec<String>,
+    },
     Array(NodeId),
     Map(NodeId),
     Union(Vec<NodeId>),
@@ -264,7 +270,12 @@ impl Builder {
         }
     }
 
-    fn complex(&mut self, obj: &Map<String, Json>, ns: &str, at: &str) -> Result<NodeId, SchemaError> {
+    fn complex(
+        &mut self,
+        obj: &Map<String, Json>,
+        ns: &str,
+        at: &str,
+    ) -> Result<NodeId, SchemaError> {
         let id = self.complex_inner(obj, ns, at)?;
         if let Some(l) = obj.get("logicalType").and_then(Json::as_str) {
             self.logical.insert(id, l.to_string());
@@ -272,7 +283,12 @@ impl Builder {
         Ok(id)
     }
 
-    fn complex_inner(&mut self, obj: &Map<String, Json>, ns: &str, at: &str) -> Result<NodeId, SchemaError> {
+    fn complex_inner(
+        &mut self,
+        obj: &Map<String, Json>,
+        ns: &str,
+        at: &str,
+    ) -> Result<NodeId, SchemaError> {
         let ty = obj
             .get("type")
             .ok_or_else(|| SchemaError::invalid(at, "type object has no \"type\""))?;
@@ -291,16 +307,16 @@ impl Builder {
                 let id = self.define(fullname.clone(), Node::Pending, at)?;
                 let (inner_ns, _) = split_fullname(&fullname);
                 let inner_ns = inner_ns.to_string();
-                let fields_json = obj
-                    .get("fields")
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| {
-                        SchemaError::invalid(at, format!("record {fullname} has no \"fields\" array"))
-                    })?;
+                let fields_json = obj.get("fields").and_then(Json::as_array).ok_or_else(|| {
+                    SchemaError::invalid(at, format!("record {fullname} has no \"fields\" array"))
+                })?;
                 let mut fields = Vec::with_capacity(fields_json.len());
                 for f in fields_json {
                     let fobj = f.as_object().ok_or_else(|| {
-                        SchemaError::invalid(at, format!("record {fullname}: a field is not an object"))
+                        SchemaError::invalid(
+                            at,
+                            format!("record {fullname}: a field is not an object"),
+                        )
                     })?;
                     let name = fobj.get("name").and_then(Json::as_str).ok_or_else(|| {
                         SchemaError::invalid(at, format!("record {fullname}: a field has no name"))
@@ -312,7 +328,10 @@ impl Builder {
                         ));
                     }
                     let fty = fobj.get("type").ok_or_else(|| {
-                        SchemaError::invalid(at, format!("record {fullname}: field {name} has no type"))
+                        SchemaError::invalid(
+                            at,
+                            format!("record {fullname}: field {name} has no type"),
+                        )
                     })?;
                     let node = self.node(fty, &inner_ns, &format!("{fullname}.{name}"))?;
                     fields.push(FieldDef {
@@ -330,12 +349,17 @@ impl Builder {
                 let symbols = obj
                     .get("symbols")
                     .and_then(Json::as_array)
-                    .ok_or_else(|| SchemaError::invalid(at, format!("enum {fullname} has no symbols")))?
+                    .ok_or_else(|| {
+                        SchemaError::invalid(at, format!("enum {fullname} has no symbols"))
+                    })?
                     .iter()
                     .map(|s| s.as_str().map(str::to_string))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| {
-                        SchemaError::invalid(at, format!("enum {fullname}: symbols must be strings"))
+                        SchemaError::invalid(
+                            at,
+                            format!("enum {fullname}: symbols must be strings"),
+                        )
                     })?;
                 let node = Node::Enum {
                     name: fullname.clone(),
@@ -346,10 +370,9 @@ impl Builder {
             "fixed" => {
                 let fullname = definition_fullname(obj, ns)
                     .ok_or_else(|| SchemaError::invalid(at, "fixed has no \"name\""))?;
-                let size = obj
-                    .get("size")
-                    .and_then(Json::as_u64)
-                    .ok_or_else(|| SchemaError::invalid(at, format!("fixed {fullname} has no size")))?;
+                let size = obj.get("size").and_then(Json::as_u64).ok_or_else(|| {
+                    SchemaError::invalid(at, format!("fixed {fullname} has no size"))
+                })?;
                 let node = Node::Fixed {
                     name: fullname.clone(),
                     size: size as usize,
@@ -399,7 +422,10 @@ mod tests {
         let Node::Union(bs) = t.node(r.fields[1].node) else {
             panic!("not a union")
         };
-        assert_eq!(bs[1], t.root, "recursive reference resolves to the record itself");
+        assert_eq!(
+            bs[1], t.root,
+            "recursive reference resolves to the record itself"
+        );
         assert_eq!(r.fields[2].node, r.fields[3].node);
         assert_eq!(r.fields[4].node, r.fields[5].node);
         assert!(t.names.contains_key("c.H"));

@@ -218,7 +218,11 @@ impl EncryptPlan {
                         let name = obj.get("name").cloned().unwrap_or(Json::Null);
                         fields.push(encrypted_field_json(&obj, ef));
                         if let Some(ix) = &ef.index {
-                            let name = format!("{}{}", name.as_str().unwrap_or(""), cfg.blind_index_suffix);
+                            let name = format!(
+                                "{}{}",
+                                name.as_str().unwrap_or(""),
+                                cfg.blind_index_suffix
+                            );
                             fields.push(index_field_json(&name, &obj, ef, ix));
                         }
                     }
@@ -241,7 +245,16 @@ impl EncryptPlan {
         })?;
 
         let mut rows = Vec::new();
-        collect_rows(&tree, &actions, &selection, tree.root, String::new(), &mut Vec::new(), cfg, &mut rows);
+        collect_rows(
+            &tree,
+            &actions,
+            &selection,
+            tree.root,
+            String::new(),
+            &mut Vec::new(),
+            cfg,
+            &mut rows,
+        );
         Ok(EncryptPlan {
             tree,
             actions,
@@ -264,7 +277,9 @@ impl EncryptPlan {
 
     /// Blind-index domains the plan uses.
     pub fn index_domains(&self) -> HashSet<String> {
-        self.fields().filter_map(|f| f.index.as_ref().map(|i| i.domain.clone())).collect()
+        self.fields()
+            .filter_map(|f| f.index.as_ref().map(|i| i.domain.clone()))
+            .collect()
     }
 
     fn fields(&self) -> impl Iterator<Item = &EncryptField> {
@@ -381,7 +396,10 @@ impl DecryptPlan {
                         let of = orig
                             .and_then(|o| o.fields.iter().find(|x| x.name == f.name))
                             .ok_or_else(|| {
-                                err(format!("encrypted field {}.{} has no original", r.fullname, f.name))
+                                err(format!(
+                                    "encrypted field {}.{} has no original",
+                                    r.fullname, f.name
+                                ))
                             })?;
                         let enc_null = tree.null_branch(f.node);
                         let orig_null = original_tree.null_branch(of.node);
@@ -390,9 +408,9 @@ impl DecryptPlan {
                             (None, None) => None,
                             _ => {
                                 return Err(err(format!(
-                                    "field {}.{}: encrypted and original types disagree on nullability",
-                                    r.fullname, f.name
-                                )))
+                                "field {}.{}: encrypted and original types disagree on nullability",
+                                r.fullname, f.name
+                            )))
                             }
                         };
                         DecryptAction::Decrypt(Arc::new(DecryptField {
@@ -512,13 +530,21 @@ fn encrypted_field_json(orig: &Map<String, Json>, f: &EncryptField) -> Json {
     Json::Object(o)
 }
 
-fn index_field_json(name: &str, orig: &Map<String, Json>, f: &EncryptField, ix: &IndexSpec) -> Json {
+fn index_field_json(
+    name: &str,
+    orig: &Map<String, Json>,
+    f: &EncryptField,
+    ix: &IndexSpec,
+) -> Json {
     let source = orig.get("name").and_then(Json::as_str).unwrap_or("");
     let mut o = Map::new();
     o.insert("name".into(), json!(name));
     o.insert(
         "doc".into(),
-        json!(format!("HMAC-SHA256 blind index of {source} (domain {})", ix.domain)),
+        json!(format!(
+            "HMAC-SHA256 blind index of {source} (domain {})",
+            ix.domain
+        )),
     );
     if f.nullable.is_some() {
         o.insert("type".into(), json!(["null", "bytes"]));
@@ -708,7 +734,10 @@ fn collect_rows(
                         mode: ef.mode,
                         domain: ef.domain.clone(),
                         index_field: ef.index.as_ref().map(|ix| {
-                            (format!("{}{}", f.name, cfg.blind_index_suffix), ix.domain.clone())
+                            (
+                                format!("{}{}", f.name, cfg.blind_index_suffix),
+                                ix.domain.clone(),
+                            )
                         }),
                         source: selection
                             .get(&(id, i))
@@ -725,11 +754,38 @@ fn collect_rows(
         }
         Node::Union(bs) => {
             for b in bs {
-                collect_rows(tree, actions, selection, *b, path.clone(), on_stack, cfg, rows);
+                collect_rows(
+                    tree,
+                    actions,
+                    selection,
+                    *b,
+                    path.clone(),
+                    on_stack,
+                    cfg,
+                    rows,
+                );
             }
         }
-        Node::Array(i) => collect_rows(tree, actions, selection, *i, format!("{path}[]"), on_stack, cfg, rows),
-        Node::Map(v) => collect_rows(tree, actions, selection, *v, format!("{path}{{}}"), on_stack, cfg, rows),
+        Node::Array(i) => collect_rows(
+            tree,
+            actions,
+            selection,
+            *i,
+            format!("{path}[]"),
+            on_stack,
+            cfg,
+            rows,
+        ),
+        Node::Map(v) => collect_rows(
+            tree,
+            actions,
+            selection,
+            *v,
+            format!("{path}{{}}"),
+            on_stack,
+            cfg,
+            rows,
+        ),
         _ => {}
     }
 }

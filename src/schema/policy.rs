@@ -183,10 +183,10 @@ pub fn select(
         msg,
     };
     let put = |sel: &mut Selection,
-                   key: (NodeId, usize),
-                   policy: FieldPolicy,
-                   source: Source,
-                   path: String|
+               key: (NodeId, usize),
+               policy: FieldPolicy,
+               source: Source,
+               path: String|
      -> Result<(), SchemaError> {
         if let Some(prev) = sel.get(&key) {
             if prev.policy != policy {
@@ -221,19 +221,37 @@ pub fn select(
             }
             if let Some(v) = f.json.get("sensitive") {
                 if let Some(spec) = attribute_policy(v).map_err(|m| perr(path.clone(), m))? {
-                    put(&mut sel, (id, i), resolve(&spec, cfg), Source::Attribute, path.clone())?;
+                    put(
+                        &mut sel,
+                        (id, i),
+                        resolve(&spec, cfg),
+                        Source::Attribute,
+                        path.clone(),
+                    )?;
                 }
             }
             if let Some(tags) = f.json.get("confluent:tags") {
                 let tags = tags.as_array().ok_or_else(|| {
-                    perr(path.clone(), "\"confluent:tags\" must be an array of strings".into())
+                    perr(
+                        path.clone(),
+                        "\"confluent:tags\" must be an array of strings".into(),
+                    )
                 })?;
                 for t in tags {
                     let t = t.as_str().ok_or_else(|| {
-                        perr(path.clone(), "\"confluent:tags\" must be an array of strings".into())
+                        perr(
+                            path.clone(),
+                            "\"confluent:tags\" must be an array of strings".into(),
+                        )
                     })?;
                     if let Some(spec) = cfg.tags.get(t) {
-                        put(&mut sel, (id, i), resolve(spec, cfg), Source::Tag(t.into()), path.clone())?;
+                        put(
+                            &mut sel,
+                            (id, i),
+                            resolve(spec, cfg),
+                            Source::Tag(t.into()),
+                            path.clone(),
+                        )?;
                     }
                 }
             }
@@ -268,7 +286,10 @@ pub fn select(
         };
         for fpath in &rule.fields {
             let key = resolve_path(tree, start, fpath).map_err(|m| {
-                perr(format!("{}.{}", rule.record, fpath), format!("rule #{}: {m}", ri + 1))
+                perr(
+                    format!("{}.{}", rule.record, fpath),
+                    format!("rule #{}: {m}", ri + 1),
+                )
             })?;
             put(
                 &mut sel,
@@ -296,11 +317,7 @@ fn describe(p: &FieldPolicy) -> String {
 /// Records reachable from a node without passing through a record field.
 fn records_under(tree: &SchemaTree, id: NodeId, out: &mut Vec<NodeId>) {
     match tree.node(id) {
-        Node::Record(_) => {
-            if !out.contains(&id) {
-                out.push(id)
-            }
-        }
+        Node::Record(_) if !out.contains(&id) => out.push(id),
         Node::Union(bs) => bs.iter().for_each(|b| records_under(tree, *b, out)),
         Node::Array(i) | Node::Map(i) => records_under(tree, *i, out),
         _ => {}
@@ -339,7 +356,10 @@ fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<(NodeId,
         candidates.clear();
         records_under(tree, field_node, &mut candidates);
         if candidates.is_empty() {
-            return Err(format!("\"{step}\" is not a record, so it has no field \"{}\"", steps[n + 1]));
+            return Err(format!(
+                "\"{step}\" is not a record, so it has no field \"{}\"",
+                steps[n + 1]
+            ));
         }
     }
     Err("empty field path".into())
@@ -396,7 +416,12 @@ mod tests {
         let sel = select(&tree, "test", &c).unwrap();
         assert_eq!(
             names(&tree, &sel),
-            vec!["db.Addr.street", "db.Row.email", "db.Row.phone", "db.Row.ssn"]
+            vec![
+                "db.Addr.street",
+                "db.Row.email",
+                "db.Row.phone",
+                "db.Row.ssn"
+            ]
         );
         let email = sel.values().find(|s| s.source == Source::Rule(0)).unwrap();
         assert_eq!(email.policy.domain.as_deref(), Some("default"));
@@ -411,7 +436,10 @@ mod tests {
         let mut c = cfg();
         c.tags.insert("PII".into(), PolicySpec::default());
         let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
-        assert!(e.contains("conflicting") && e.contains("R.a") && e.contains("tag PII"), "{e}");
+        assert!(
+            e.contains("conflicting") && e.contains("R.a") && e.contains("tag PII"),
+            "{e}"
+        );
 
         let s = json!({"type": "record", "name": "R", "fields": [
             {"name": "a", "type": "string", "sensitive": {"mode": "scrambled"}}]});
@@ -438,6 +466,9 @@ mod tests {
         c.rules[0].record = "R".into();
         c.rules[0].fields = vec!["b".into()];
         let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
-        assert!(e.contains("no field \"b\"") && e.contains("fields: a"), "{e}");
+        assert!(
+            e.contains("no field \"b\"") && e.contains("fields: a"),
+            "{e}"
+        );
     }
 }

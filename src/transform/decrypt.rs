@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind};
+use super::{
+    copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind,
+};
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::cipher::RandomizedKey;
 use crate::crypto::format::{Algorithm, Header, KeyId};
@@ -42,7 +44,12 @@ impl Decryptor {
 
     /// Appends the original datum for encrypted `datum` to `out`. On error `out` is
     /// unchanged.
-    pub fn decrypt(&self, datum: &[u8], deks: &DekSet, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+    pub fn decrypt(
+        &self,
+        datum: &[u8],
+        deks: &DekSet,
+        out: &mut Vec<u8>,
+    ) -> Result<Counts, TransformError> {
         let mut st = DecState {
             deks,
             counts: Counts::default(),
@@ -52,7 +59,12 @@ impl Decryptor {
     }
 
     /// As [`decrypt`](Self::decrypt) for the datum at `cur`; advances `cur` past it.
-    pub fn decrypt_next(&self, cur: &mut Cursor<'_>, deks: &DekSet, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+    pub fn decrypt_next(
+        &self,
+        cur: &mut Cursor<'_>,
+        deks: &DekSet,
+        out: &mut Vec<u8>,
+    ) -> Result<Counts, TransformError> {
         let mut st = DecState {
             deks,
             counts: Counts::default(),

@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::{copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind};
+use super::{
+    copy_value, run, run_one, value, Counts, RecordHandler, TransformError, TransformErrorKind,
+};
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::blind_index::BlindIndexKey;
 use crate::crypto::cipher::DeterministicKey;
@@ -40,7 +42,9 @@ pub struct Encryptor {
 
 impl std::fmt::Debug for Encryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encryptor").field("plan", &self.plan.rows.len()).finish()
+        f.debug_struct("Encryptor")
+            .field("plan", &self.plan.rows.len())
+            .finish()
     }
 }
 
@@ -85,13 +89,21 @@ impl Encryptor {
 
     /// Does this schema need a DEK at all (any randomized field)?
     pub fn needs_dek(&self) -> bool {
-        self.acts.iter().flatten().any(|a| matches!(a, Act::Encrypt(e) if e.det.is_none()))
+        self.acts
+            .iter()
+            .flatten()
+            .any(|a| matches!(a, Act::Encrypt(e) if e.det.is_none()))
     }
 
     /// Appends the encrypted form of `datum` to `out`. `dek` is required when the
     /// schema has randomized fields. On error `out` is unchanged; on
     /// [`TransformErrorKind::DekExhausted`] retry with a fresh DEK.
-    pub fn encrypt(&self, datum: &[u8], dek: Option<&Dek>, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+    pub fn encrypt(
+        &self,
+        datum: &[u8],
+        dek: Option<&Dek>,
+        out: &mut Vec<u8>,
+    ) -> Result<Counts, TransformError> {
         let mut st = EncState {
             dek,
             counts: Counts::default(),
@@ -102,7 +114,12 @@ impl Encryptor {
 
     /// As [`encrypt`](Self::encrypt) for the datum at `cur` (records packed back to
     /// back, as in container-file blocks); advances `cur` past it.
-    pub fn encrypt_next(&self, cur: &mut Cursor<'_>, dek: Option<&Dek>, out: &mut Vec<u8>) -> Result<Counts, TransformError> {
+    pub fn encrypt_next(
+        &self,
+        cur: &mut Cursor<'_>,
+        dek: Option<&Dek>,
+        out: &mut Vec<u8>,
+    ) -> Result<Counts, TransformError> {
         let mut st = EncState {
             dek,
             counts: Counts::default(),
@@ -144,7 +161,9 @@ impl Encryptor {
             None => {
                 walk(tree, node, cur, &mut Discard, depth)?;
                 let pt = cur.since(start);
-                let dek = st.dek.ok_or_else(|| TransformError::new(TransformErrorKind::DekExhausted))?;
+                let dek = st
+                    .dek
+                    .ok_or_else(|| TransformError::new(TransformErrorKind::DekExhausted))?;
                 if !dek.try_use() {
                     return Err(TransformError::new(TransformErrorKind::DekExhausted));
                 }
@@ -197,7 +216,10 @@ fn index_value(
         IndexInput::Boolean => key.index_bytes(vc.read_exact(1)?, out),
         IndexInput::Enum => {
             let i = vc.read_long()?;
-            let sym = symbols.get(i as usize).map(String::as_bytes).unwrap_or_default();
+            let sym = symbols
+                .get(i as usize)
+                .map(String::as_bytes)
+                .unwrap_or_default();
             key.index_bytes(sym, out)
         }
     }

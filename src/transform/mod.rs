@@ -169,7 +169,11 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
         return copy_value(h.tree(), node, cur, out, depth);
     }
     if depth > MAX_DEPTH {
-        return Err(DecodeError::new(crate::avro::binary::DecodeErrorKind::TooDeep, cur.position()).into());
+        return Err(DecodeError::new(
+            crate::avro::binary::DecodeErrorKind::TooDeep,
+            cur.position(),
+        )
+        .into());
     }
     match h.tree().node(node) {
         Node::Record(_) => h.record(node, cur, out, st, depth),
@@ -188,7 +192,8 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
                     return Ok(());
                 }
                 for _ in 0..n {
-                    value(h, *item, cur, out, st, depth + 1).map_err(|e| e.within(&format!("[{index}]")))?;
+                    value(h, *item, cur, out, st, depth + 1)
+                        .map_err(|e| e.within(&format!("[{index}]")))?;
                     index += 1;
                 }
             }
@@ -206,7 +211,8 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
                     let key = cur.read_str()?;
                     crate::avro::binary::write_bytes(out, key.as_bytes());
                     // Map keys are data (maybe sensitive): paths name the entry's position.
-                    value(h, *v, cur, out, st, depth + 1).map_err(|e| e.within(&format!("{{#{index}}}")))?;
+                    value(h, *v, cur, out, st, depth + 1)
+                        .map_err(|e| e.within(&format!("{{#{index}}}")))?;
                     index += 1;
                 }
             }

@@ -20,7 +20,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(mut cfg: Config, deterministic: &[&str], index: &[&str]) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut kek = [0u8; 32];
         rand::rng().fill_bytes(&mut kek);
@@ -29,10 +32,14 @@ impl Fixture {
         let engine = rt.block_on(async {
             let mut ks = Keyset::default();
             for d in deterministic {
-                ks.create(kms.as_ref(), Purpose::Deterministic, d).await.unwrap();
+                ks.create(kms.as_ref(), Purpose::Deterministic, d)
+                    .await
+                    .unwrap();
             }
             for d in index {
-                ks.create(kms.as_ref(), Purpose::BlindIndex, d).await.unwrap();
+                ks.create(kms.as_ref(), Purpose::BlindIndex, d)
+                    .await
+                    .unwrap();
             }
             ks.save(&cfg.keyset.file).unwrap();
             Engine::with_kms(cfg, kms).await.unwrap()
@@ -42,13 +49,20 @@ impl Fixture {
 
     /// Encrypts one datum, rotating the DEK if it runs out; returns the output and
     /// the DEKs needed to decrypt it.
-    pub fn encrypt(&self, enc: &Encryptor, datum: &[u8]) -> Result<(Vec<u8>, DekSet), fieldcrypt::transform::TransformError> {
+    pub fn encrypt(
+        &self,
+        enc: &Encryptor,
+        datum: &[u8],
+    ) -> Result<(Vec<u8>, DekSet), fieldcrypt::transform::TransformError> {
         self.rt.block_on(async {
             let mut deks = DekSet::new();
             loop {
                 let dek = self.engine.deks.current("test").await.unwrap();
                 let fresh = dek.uses() == 0;
-                deks.insert(*dek.id(), self.engine.dek_cache.get(dek.wrapped()).await.unwrap());
+                deks.insert(
+                    *dek.id(),
+                    self.engine.dek_cache.get(dek.wrapped()).await.unwrap(),
+                );
                 let mut out = Vec::new();
                 match enc.encrypt(datum, Some(&dek), &mut out) {
                     Ok(_) => return Ok((out, deks)),
