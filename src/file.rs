@@ -257,19 +257,7 @@ pub async fn encrypt_file(
             }
             report.records += 1;
         }
-        if cur.remaining() != 0 {
-            return Err(FileError::Container {
-                path: input.to_path_buf(),
-                source: ContainerError::BadBlock {
-                    block: block_index,
-                    msg: format!(
-                        "{} bytes left after its {} records",
-                        cur.remaining(),
-                        block.count
-                    ),
-                },
-            });
-        }
+        block_fully_read(input, block_index, &cur, block.count)?;
         blocks
             .write_block(block.count, out)
             .map_err(io_err(output))?;
@@ -331,6 +319,25 @@ pub async fn encrypt_file(
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// A block whose record count ends before its data does is damaged, not padding.
+fn block_fully_read(
+    input: &Path,
+    block: u64,
+    cur: &Cursor<'_>,
+    count: u64,
+) -> Result<(), FileError> {
+    if cur.remaining() == 0 {
+        return Ok(());
+    }
+    Err(FileError::Container {
+        path: input.to_path_buf(),
+        source: ContainerError::BadBlock {
+            block,
+            msg: format!("{} bytes left after its {count} records", cur.remaining()),
+        },
+    })
 }
 
 fn reader_bytes<R: Read>(r: &ContainerReader<Counting<R>>) -> u64 {
@@ -464,19 +471,7 @@ pub async fn decrypt_file(
                 report.fields += c;
                 report.records += 1;
             }
-            if cur.remaining() != 0 {
-                return Err(FileError::Container {
-                    path: input.to_path_buf(),
-                    source: ContainerError::BadBlock {
-                        block: block_index,
-                        msg: format!(
-                            "{} bytes left after its {} records",
-                            cur.remaining(),
-                            block.count
-                        ),
-                    },
-                });
-            }
+            block_fully_read(input, block_index, &cur, block.count)?;
             blocks
                 .write_block(block.count, out)
                 .map_err(io_err(output))?;
