@@ -21,16 +21,19 @@ pub enum DecodeErrorKind {
     Truncated,
     /// A varint ran past 10 bytes.
     BadVarint,
-    /// A negative or oversized length.
-    BadLength(i64),
+    /// A negative or implausible length or count. (Values are never kept in
+    /// errors: misread as the wrong type, they may be bytes of sensitive data.)
+    BadLength,
     /// A string is not UTF-8.
     BadUtf8,
     /// A boolean byte other than 0 or 1.
-    BadBoolean(u8),
+    BadBoolean,
     /// A union branch index outside the union.
-    BadUnionIndex(i64),
+    BadUnionIndex,
     /// An enum index outside the symbols.
-    BadEnumIndex(i64),
+    BadEnumIndex,
+    /// More zero-size items in one array or map than [`MAX_ZERO_SIZE_ITEMS`].
+    TooManyItems,
     /// Values nested deeper than [`MAX_DEPTH`].
     TooDeep,
     /// Bytes left over after the record.
@@ -73,11 +76,14 @@ impl fmt::Display for DecodeError {
         let what = match &self.kind {
             DecodeErrorKind::Truncated => "data ends inside a value".to_string(),
             DecodeErrorKind::BadVarint => "malformed varint".to_string(),
-            DecodeErrorKind::BadLength(n) => format!("invalid length {n}"),
+            DecodeErrorKind::BadLength => "invalid or implausible length".to_string(),
             DecodeErrorKind::BadUtf8 => "string is not valid UTF-8".to_string(),
-            DecodeErrorKind::BadBoolean(b) => format!("boolean byte {b} is neither 0 nor 1"),
-            DecodeErrorKind::BadUnionIndex(i) => format!("union branch {i} does not exist"),
-            DecodeErrorKind::BadEnumIndex(i) => format!("enum index {i} does not exist"),
+            DecodeErrorKind::BadBoolean => "boolean byte is neither 0 nor 1".to_string(),
+            DecodeErrorKind::BadUnionIndex => "union branch index out of range".to_string(),
+            DecodeErrorKind::BadEnumIndex => "enum index out of range".to_string(),
+            DecodeErrorKind::TooManyItems => {
+                format!("more than {MAX_ZERO_SIZE_ITEMS} zero-size items in one array or map")
+            }
             DecodeErrorKind::TooDeep => format!("values nested deeper than {MAX_DEPTH}"),
             DecodeErrorKind::TrailingBytes(n) => format!("{n} bytes left after the record"),
         };
@@ -163,7 +169,7 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let n = self.read_long()?;
         if n < 0 {
-            return Err(DecodeError::new(DecodeErrorKind::BadLength(n), at));
+            return Err(DecodeError::new(DecodeErrorKind::BadLength, at));
         }
         if n as u64 > self.remaining() as u64 {
             return Err(self.err(DecodeErrorKind::Truncated));
@@ -182,7 +188,7 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let i = self.read_long()?;
         if i < 0 || i as u64 >= branches as u64 {
-            return Err(DecodeError::new(DecodeErrorKind::BadUnionIndex(i), at));
+            return Err(DecodeError::new(DecodeErrorKind::BadUnionIndex, at));
         }
         Ok(i as usize)
     }
@@ -195,10 +201,10 @@ impl<'a> Cursor<'a> {
         if n < 0 {
             n = n
                 .checked_neg()
-                .ok_or(DecodeError::new(DecodeErrorKind::BadLength(n), at))?;
+                .ok_or(DecodeError::new(DecodeErrorKind::BadLength, at))?;
             let size = self.read_long()?;
             if size < 0 {
-                return Err(DecodeError::new(DecodeErrorKind::BadLength(size), at));
+                return Err(DecodeError::new(DecodeErrorKind::BadLength, at));
             }
         }
         let plausible = if min_item_size == 0 {
@@ -207,10 +213,20 @@ impl<'a> Cursor<'a> {
             (n as u64).saturating_mul(min_item_size as u64) <= self.remaining() as u64
         };
         if !plausible {
-            return Err(DecodeError::new(DecodeErrorKind::BadLength(n), at));
+            return Err(DecodeError::new(DecodeErrorKind::BadLength, at));
         }
         Ok(n as usize)
     }
+}
+
+/// Zero-size items (nulls, empty records) are the only ones whose count the input's
+/// length does not bound; cap them per array or map across all its blocks.
+#[inline]
+pub fn check_item_total(min_item_size: usize, total: usize, at: usize) -> Result<(), DecodeError> {
+    if min_item_size == 0 && total as i64 > MAX_ZERO_SIZE_ITEMS {
+        return Err(DecodeError::new(DecodeErrorKind::TooManyItems, at));
+    }
+    Ok(())
 }
 
 /// Appends a zig-zag varint.
@@ -234,6 +250,8 @@ pub fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Where the walker puts what it reads: nowhere (validation) or a buffer
 /// (canonical re-encoding).
 pub trait Sink {
+    /// True for sinks that keep nothing, so containers need not buffer their items.
+    const DISCARD: bool = false;
     fn long(&mut self, v: i64);
     fn raw(&mut self, b: &[u8]);
     fn bytes(&mut self, b: &[u8]) {
@@ -246,6 +264,7 @@ pub trait Sink {
 pub struct Discard;
 
 impl Sink for Discard {
+    const DISCARD: bool = true;
     #[inline]
     fn long(&mut self, _: i64) {}
     #[inline]
@@ -281,7 +300,7 @@ pub fn walk<S: Sink>(
             let b = cur.read_exact(1)?[0];
             if b > 1 {
                 return Err(DecodeError::new(
-                    DecodeErrorKind::BadBoolean(b),
+                    DecodeErrorKind::BadBoolean,
                     cur.pos - 1,
                 ));
             }
@@ -298,7 +317,7 @@ pub fn walk<S: Sink>(
             let at = cur.pos;
             let i = cur.read_long()?;
             if i < 0 || i as u64 >= symbols.len() as u64 {
-                return Err(DecodeError::new(DecodeErrorKind::BadEnumIndex(i), at));
+                return Err(DecodeError::new(DecodeErrorKind::BadEnumIndex, at));
             }
             sink.long(i);
         }
@@ -309,40 +328,22 @@ pub fn walk<S: Sink>(
         }
         Node::Array(item) => {
             let min = tree.min_size(*item);
-            let mut total = 0usize;
-            let mut scratch = Vec::new();
-            loop {
-                let n = cur.read_block_count(min)?;
-                if n == 0 {
-                    break;
-                }
-                for _ in 0..n {
-                    walk(tree, *item, cur, &mut scratch, depth + 1)
-                        .map_err(|e| e.within(&format!("[{total}]")))?;
-                    total += 1;
-                }
+            if S::DISCARD {
+                array_items(tree, *item, min, cur, &mut Discard, depth)?;
+            } else {
+                let mut scratch = Vec::new();
+                let total = array_items(tree, *item, min, cur, &mut scratch, depth)?;
+                emit_block::<S>(sink, total, &scratch);
             }
-            emit_block::<S>(sink, total, &scratch);
         }
         Node::Map(value) => {
-            let min = 1 + tree.min_size(*value);
-            let mut total = 0usize;
-            let mut scratch = Vec::new();
-            loop {
-                let n = cur.read_block_count(min)?;
-                if n == 0 {
-                    break;
-                }
-                for _ in 0..n {
-                    let key = cur.read_str()?;
-                    scratch.bytes(key.as_bytes());
-                    // Map keys are data (maybe sensitive): paths name the entry's position.
-                    walk(tree, *value, cur, &mut scratch, depth + 1)
-                        .map_err(|e| e.within(&format!("{{#{total}}}")))?;
-                    total += 1;
-                }
+            if S::DISCARD {
+                map_items(tree, *value, cur, &mut Discard, depth)?;
+            } else {
+                let mut scratch = Vec::new();
+                let total = map_items(tree, *value, cur, &mut scratch, depth)?;
+                emit_block::<S>(sink, total, &scratch);
             }
-            emit_block::<S>(sink, total, &scratch);
         }
         Node::Record(r) => {
             for f in &r.fields {
@@ -352,6 +353,54 @@ pub fn walk<S: Sink>(
         Node::Pending => {}
     }
     Ok(())
+}
+
+/// Walks an array's blocks, writing the items (without block headers) to `items`.
+fn array_items<I: Sink>(
+    tree: &SchemaTree,
+    item: NodeId,
+    min: usize,
+    cur: &mut Cursor<'_>,
+    items: &mut I,
+    depth: usize,
+) -> Result<usize, DecodeError> {
+    let mut total = 0usize;
+    loop {
+        let n = cur.read_block_count(min)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        check_item_total(min, total + n, cur.pos)?;
+        for _ in 0..n {
+            walk(tree, item, cur, items, depth + 1).map_err(|e| e.within(&format!("[{total}]")))?;
+            total += 1;
+        }
+    }
+}
+
+/// Walks a map's blocks, writing the entries (without block headers) to `items`.
+fn map_items<I: Sink>(
+    tree: &SchemaTree,
+    value: NodeId,
+    cur: &mut Cursor<'_>,
+    items: &mut I,
+    depth: usize,
+) -> Result<usize, DecodeError> {
+    let min = 1 + tree.min_size(value);
+    let mut total = 0usize;
+    loop {
+        let n = cur.read_block_count(min)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        for _ in 0..n {
+            let key = cur.read_str()?;
+            items.bytes(key.as_bytes());
+            // Map keys are data (maybe sensitive): paths name the entry's position.
+            walk(tree, value, cur, items, depth + 1).map_err(|e| e.within(&format!("{{#{total}}}")))?;
+            total += 1;
+        }
+    }
 }
 
 fn emit_block<S: Sink>(sink: &mut S, count: usize, items: &[u8]) {
@@ -440,7 +489,7 @@ mod tests {
         write_long(&mut input, i64::MAX / 2);
         assert!(matches!(
             validate(&t, &input).unwrap_err().kind,
-            DecodeErrorKind::BadLength(_)
+            DecodeErrorKind::BadLength
         ));
         let t = tree(json!({"type": "array", "items": "long"}));
         assert!(validate(&t, &input).is_err());

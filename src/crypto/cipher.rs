@@ -46,11 +46,12 @@ impl RandomizedKey {
         &self.id
     }
 
-    /// Appends the ciphertext of `plaintext` for field `context` to `out`.
-    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+    /// Appends the ciphertext of `plaintext` for field `context` to `out`. On
+    /// error `out` is left as it was (never with the plaintext in it).
+    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let mut nonce = [0u8; GCM_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        self.seal_with_nonce(&nonce, context, plaintext, out);
+        self.seal_with_nonce(&nonce, context, plaintext, out)
     }
 
     /// As [`seal_into`](Self::seal_into) with a caller-chosen nonce. Only for golden
@@ -62,13 +63,14 @@ impl RandomizedKey {
         context: &str,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), CryptoError> {
         let header = Header {
             algorithm: Algorithm::Aes256Gcm,
             key_id: self.id,
         }
         .to_bytes();
         out.reserve(plaintext.len() + Algorithm::Aes256Gcm.overhead());
+        let start = out.len();
         out.extend_from_slice(&header);
         out.extend_from_slice(nonce);
         let body = out.len();
@@ -76,13 +78,20 @@ impl RandomizedKey {
         let tag = AD.with(|ad| {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&header, context, &mut ad);
-            // Cannot fail: GCM only rejects plaintexts over 64 GiB, and Avro fields
-            // are bounded far below that by the input that carried them.
+            // GCM only refuses plaintexts over 64 GiB; fail closed all the same.
             self.cipher
                 .encrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut out[body..])
-                .unwrap_or_default()
         });
-        out.extend_from_slice(&tag);
+        match tag {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(CryptoError::Malformed("plaintext too long for AES-GCM".into()))
+            }
+        }
     }
 
     /// Appends the plaintext of `ct` (for field `context`) to `out`. On failure
@@ -181,13 +190,15 @@ impl DeterministicKey {
     }
 
     /// Appends the deterministic ciphertext of `plaintext` for `context` to `out`.
-    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+    /// On error `out` is left as it was.
+    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let header = Header {
             algorithm: Algorithm::Aes256Siv,
             key_id: self.id,
         }
         .to_bytes();
         out.reserve(plaintext.len() + Algorithm::Aes256Siv.overhead());
+        let start = out.len();
         out.extend_from_slice(&header);
         let iv_at = out.len();
         out.extend_from_slice(&[0u8; SIV_IV_LEN]);
@@ -196,11 +207,19 @@ impl DeterministicKey {
         let iv = AD.with(|ad| {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&header, context, &mut ad);
-            // Cannot fail: one header is far below the 126-header limit.
+            // One header is far below the 126-header limit; fail closed all the same.
             self.with(|siv| siv.encrypt_in_place_detached([&*ad], &mut out[body..]))
-                .unwrap_or_default()
         });
-        out[iv_at..body].copy_from_slice(&iv);
+        match iv {
+            Ok(iv) => {
+                out[iv_at..body].copy_from_slice(&iv);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(CryptoError::Malformed("AES-SIV refused the message".into()))
+            }
+        }
     }
 
     /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
@@ -252,7 +271,7 @@ mod tests {
     fn gcm_round_trips_and_binds_the_context() {
         let k = gcm();
         let mut ct = Vec::new();
-        k.seal_into("R.a", b"hello", &mut ct);
+        k.seal_into("R.a", b"hello", &mut ct).unwrap();
         assert_eq!(ct.len(), 5 + Algorithm::Aes256Gcm.overhead());
         let mut pt = b"prefix".to_vec();
         k.open_into("R.a", &ct, &mut pt).unwrap();
@@ -264,7 +283,7 @@ mod tests {
         );
         assert!(pt.is_empty());
         let mut other = Vec::new();
-        k.seal_into("R.a", b"hello", &mut other);
+        k.seal_into("R.a", b"hello", &mut other).unwrap();
         assert_ne!(ct, other, "randomized mode never repeats a ciphertext");
     }
 
@@ -275,9 +294,9 @@ mod tests {
         for key in 0..2 {
             let mut ct = Vec::new();
             if key == 0 {
-                k.seal_into("R.a", b"abc", &mut ct)
+                k.seal_into("R.a", b"abc", &mut ct).unwrap()
             } else {
-                d.seal_into("R.a", b"abc", &mut ct)
+                d.seal_into("R.a", b"abc", &mut ct).unwrap()
             }
             for i in 0..ct.len() * 8 {
                 let mut bad = ct.clone();
@@ -296,9 +315,9 @@ mod tests {
     fn siv_is_deterministic_per_context() {
         let d = siv();
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-        d.seal_into("R.a", b"x@y.z", &mut a);
-        d.seal_into("R.a", b"x@y.z", &mut b);
-        d.seal_into("R.b", b"x@y.z", &mut c);
+        d.seal_into("R.a", b"x@y.z", &mut a).unwrap();
+        d.seal_into("R.a", b"x@y.z", &mut b).unwrap();
+        d.seal_into("R.b", b"x@y.z", &mut c).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mut pt = Vec::new();
@@ -313,7 +332,7 @@ mod tests {
     #[test]
     fn wrong_key_id_is_named() {
         let mut ct = Vec::new();
-        gcm().seal_into("R.a", b"", &mut ct);
+        gcm().seal_into("R.a", b"", &mut ct).unwrap();
         let other = RandomizedKey::new([8u8; 16], &[1u8; 32]).unwrap();
         assert!(matches!(
             other.open_into("R.a", &ct, &mut Vec::new()),

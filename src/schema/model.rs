@@ -71,6 +71,8 @@ pub struct SchemaTree {
     pub names: HashMap<String, NodeId>,
     /// `logicalType` of nodes that declare one.
     pub logical: HashMap<NodeId, String>,
+    /// Per node: a lower bound on its encoded size (see [`SchemaTree::min_size`]).
+    min_sizes: Vec<usize>,
 }
 
 const PRIMITIVES: [&str; 8] = [
@@ -86,12 +88,15 @@ impl SchemaTree {
             logical: HashMap::new(),
         };
         let root = b.node(json, "", "")?;
-        Ok(SchemaTree {
+        let mut tree = SchemaTree {
             nodes: b.nodes,
             root,
             names: b.names,
             logical: b.logical,
-        })
+            min_sizes: Vec::new(),
+        };
+        tree.min_sizes = tree.compute_min_sizes();
+        Ok(tree)
     }
 
     /// The node behind an id.
@@ -139,30 +144,44 @@ impl SchemaTree {
         }
     }
 
-    /// The smallest number of bytes a value of this node can encode to; used to
-    /// bound block counts so that hostile input cannot make us loop forever.
+    /// A lower bound on the bytes a value of this node encodes to; used to bound
+    /// block counts so that hostile input cannot make us loop or allocate.
     pub fn min_size(&self, id: NodeId) -> usize {
-        self.min_size_inner(id, 0)
+        self.min_sizes[id]
     }
 
-    fn min_size_inner(&self, id: NodeId, depth: usize) -> usize {
-        if depth > 32 {
-            return 0;
+    /// Computed once per tree, memoised; a type on a cycle counts 0 inside itself
+    /// (still a lower bound), so recursive and deeply shared schemas stay linear.
+    fn compute_min_sizes(&self) -> Vec<usize> {
+        const UNSEEN: usize = usize::MAX;
+        const IN_PROGRESS: usize = usize::MAX - 1;
+        let mut memo = vec![UNSEEN; self.nodes.len()];
+        fn go(t: &SchemaTree, id: NodeId, memo: &mut [usize]) -> usize {
+            match memo[id] {
+                IN_PROGRESS => return 0,
+                UNSEEN => {}
+                v => return v,
+            }
+            memo[id] = IN_PROGRESS;
+            let v = match &t.nodes[id] {
+                Node::Null | Node::Pending => 0,
+                Node::Boolean | Node::Int | Node::Long | Node::Bytes | Node::String => 1,
+                Node::Enum { .. } | Node::Array(_) | Node::Map(_) | Node::Union(_) => 1,
+                Node::Float => 4,
+                Node::Double => 8,
+                Node::Fixed { size, .. } => *size,
+                Node::Record(r) => r
+                    .fields
+                    .iter()
+                    .fold(0usize, |acc, f| acc.saturating_add(go(t, f.node, memo))),
+            };
+            memo[id] = v;
+            v
         }
-        match &self.nodes[id] {
-            Node::Null => 0,
-            Node::Boolean | Node::Int | Node::Long | Node::Bytes | Node::String => 1,
-            Node::Enum { .. } | Node::Array(_) | Node::Map(_) | Node::Union(_) => 1,
-            Node::Float => 4,
-            Node::Double => 8,
-            Node::Fixed { size, .. } => *size,
-            Node::Record(r) => r
-                .fields
-                .iter()
-                .map(|f| self.min_size_inner(f.node, depth + 1))
-                .sum(),
-            Node::Pending => 0,
+        for id in 0..self.nodes.len() {
+            go(self, id, &mut memo);
         }
+        memo
     }
 }
 
@@ -221,6 +240,8 @@ impl Builder {
         if let Some(p) = Self::primitive(name) {
             return Ok(self.push(p));
         }
+        // A name with a dot is a full name; one without is looked up in the
+        // enclosing namespace, then (as Java's Avro does) in the null namespace.
         let candidates = if name.contains('.') || ns.is_empty() {
             vec![name.to_string()]
         } else {

@@ -168,7 +168,11 @@ impl Encryptor {
                     return Err(TransformError::new(TransformErrorKind::DekExhausted));
                 }
                 write_long(out, (pt.len() + Algorithm::Aes256Gcm.overhead()) as i64);
-                dek.key().seal_into(&f.context, pt, out);
+                let start = out.len();
+                dek.key().seal_into(&f.context, pt, out).map_err(|e| {
+                    out.truncate(start);
+                    TransformError::new(TransformErrorKind::Crypto(e))
+                })?;
                 st.counts.randomized += 1;
             }
             Some(k) => {
@@ -179,8 +183,8 @@ impl Encryptor {
                     c.clear();
                     walk(tree, node, cur, &mut *c, depth)?;
                     write_long(out, (c.len() + Algorithm::Aes256Siv.overhead()) as i64);
-                    k.seal_into(&f.context, &c, out);
-                    Ok(())
+                    k.seal_into(&f.context, &c, out)
+                        .map_err(|e| TransformError::new(TransformErrorKind::Crypto(e)))
                 })?;
                 st.counts.deterministic += 1;
             }

@@ -191,6 +191,7 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
                 if n == 0 {
                     return Ok(());
                 }
+                crate::avro::binary::check_item_total(min, index + n, cur.position())?;
                 for _ in 0..n {
                     value(h, *item, cur, out, st, depth + 1)
                         .map_err(|e| e.within(&format!("[{index}]")))?;
