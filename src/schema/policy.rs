@@ -221,6 +221,14 @@ pub fn select(
             }
             if let Some(v) = f.json.get("sensitive") {
                 if let Some(spec) = attribute_policy(v).map_err(|m| perr(path.clone(), m))? {
+                    if spec.domain.is_some() && spec.mode != Some(Mode::Deterministic) {
+                        return Err(perr(
+                            path,
+                            "\"domain\" names a deterministic key but the mode is not \"deterministic\"; \
+                             add \"mode\": \"deterministic\" or remove the domain"
+                                .into(),
+                        ));
+                    }
                     put(
                         &mut sel,
                         (id, i),
@@ -285,19 +293,21 @@ pub fn select(
             continue;
         };
         for fpath in &rule.fields {
-            let key = resolve_path(tree, start, fpath).map_err(|m| {
+            let keys = resolve_path(tree, start, fpath).map_err(|m| {
                 perr(
                     format!("{}.{}", rule.record, fpath),
                     format!("rule #{}: {m}", ri + 1),
                 )
             })?;
-            put(
-                &mut sel,
-                key,
-                resolve(&rule.policy(), cfg),
-                Source::Rule(ri),
-                format!("{}.{}", rule.record, fpath),
-            )?;
+            for key in keys {
+                put(
+                    &mut sel,
+                    key,
+                    resolve(&rule.policy(), cfg),
+                    Source::Rule(ri),
+                    format!("{}.{}", rule.record, fpath),
+                )?;
+            }
         }
     }
     Ok(sel)
@@ -324,21 +334,21 @@ fn records_under(tree: &SchemaTree, id: NodeId, out: &mut Vec<NodeId>) {
     }
 }
 
-/// Resolves `a.b.c` from a record to (record node, field index) of the last step.
-fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<(NodeId, usize), String> {
+/// Resolves `a.b.c` from a record to every (record node, field index) it can reach:
+/// where a step passes through a union of several records, each record that has the
+/// next field is followed, so no branch is silently left unencrypted.
+fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<Vec<(NodeId, usize)>, String> {
     let steps: Vec<&str> = path.split('.').collect();
     let mut candidates = vec![start];
     for (n, step) in steps.iter().enumerate() {
-        let mut hit = None;
-        for &rid in &candidates {
-            if let Some(r) = tree.record(rid) {
-                if let Some(i) = r.fields.iter().position(|f| f.name == *step) {
-                    hit = Some((rid, i));
-                    break;
-                }
-            }
-        }
-        let Some((rid, i)) = hit else {
+        let hits: Vec<(NodeId, usize)> = candidates
+            .iter()
+            .filter_map(|&rid| {
+                let r = tree.record(rid)?;
+                r.fields.iter().position(|f| f.name == *step).map(|i| (rid, i))
+            })
+            .collect();
+        if hits.is_empty() {
             let names: Vec<String> = candidates
                 .iter()
                 .filter_map(|c| tree.record(*c))
@@ -348,18 +358,18 @@ fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<(NodeId,
                 "no field \"{step}\" here (fields: {}); fix the path",
                 names.join(", ")
             ));
-        };
-        if n + 1 == steps.len() {
-            return Ok((rid, i));
         }
-        let field_node = tree.record(rid).map(|r| r.fields[i].node).unwrap_or(rid);
+        if n + 1 == steps.len() {
+            return Ok(hits);
+        }
         candidates.clear();
-        records_under(tree, field_node, &mut candidates);
+        for (rid, i) in hits {
+            if let Some(r) = tree.record(rid) {
+                records_under(tree, r.fields[i].node, &mut candidates);
+            }
+        }
         if candidates.is_empty() {
-            return Err(format!(
-                "\"{step}\" is not a record, so it has no field \"{}\"",
-                steps[n + 1]
-            ));
+            return Err(format!("\"{step}\" is not a record, so it has no field \"{}\"", steps[n + 1]));
         }
     }
     Err("empty field path".into())
@@ -425,6 +435,25 @@ mod tests {
         );
         let email = sel.values().find(|s| s.source == Source::Rule(0)).unwrap();
         assert_eq!(email.policy.domain.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn a_rule_through_a_union_covers_every_branch_with_the_field() {
+        let s = json!({"type": "record", "name": "Evt", "fields": [
+            {"name": "payload", "type": [
+                {"type": "record", "name": "A", "fields": [{"name": "email", "type": "string"}]},
+                {"type": "record", "name": "B", "fields": [{"name": "email", "type": "string"}]},
+                {"type": "record", "name": "C", "fields": [{"name": "other", "type": "string"}]}]}]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let mut c = cfg();
+        c.rules.push(Rule {
+            record: "Evt".into(),
+            fields: vec!["payload.email".into()],
+            mode: None,
+            domain: None,
+            blind_index: None,
+        });
+        assert_eq!(names(&tree, &select(&tree, "t", &c).unwrap()), vec!["A.email", "B.email"]);
     }
 
     #[test]
