@@ -2,7 +2,8 @@
 //! start-up, and the per-schema encryptors and decryptors built from them. This is
 //! the one place the file mode (and later the Kafka pipeline) gets its crypto from.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -36,6 +37,42 @@ pub struct Engine {
     pub deks: DekManager,
     /// Decrypt-side DEKs.
     pub dek_cache: DekCache,
+    /// Plans are built once per schema (keyed by its JSON text).
+    encryptors: PlanCache<Encryptor>,
+    decryptors: PlanCache<Decryptor>,
+}
+
+/// Most schemas whose plans are kept; past that the cache starts over (schemas are
+/// few in practice, so this only bounds memory against a flood of schema ids).
+const PLAN_CACHE_LIMIT: usize = 10_000;
+
+#[derive(Debug)]
+struct PlanCache<T>(Mutex<HashMap<String, Arc<T>>>);
+
+impl<T> Default for PlanCache<T> {
+    fn default() -> Self {
+        PlanCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> PlanCache<T> {
+    fn get_or_build<E>(
+        &self,
+        schema: &serde_json::Value,
+        build: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let key = schema.to_string();
+        if let Some(t) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(build()?);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= PLAN_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key, t.clone());
+        Ok(t)
+    }
 }
 
 /// Opens the configured KMS.
@@ -69,6 +106,8 @@ impl Engine {
             keys: Arc::new(keys),
             kms,
             config,
+            encryptors: PlanCache::default(),
+            decryptors: PlanCache::default(),
         })
     }
 
@@ -81,23 +120,27 @@ impl Engine {
         EncryptPlan::build(schema, label, &self.config.plan_config()).map(Arc::new)
     }
 
-    /// An encryptor for a writer schema.
+    /// The encryptor for a writer schema, built on first use and cached.
     pub fn encryptor(
         &self,
         schema: &serde_json::Value,
         label: &str,
-    ) -> Result<Encryptor, EngineError> {
-        let plan = self.encrypt_plan(schema, label)?;
-        Ok(Encryptor::new(plan, &self.keys)?)
+    ) -> Result<Arc<Encryptor>, EngineError> {
+        self.encryptors.get_or_build(schema, || {
+            let plan = self.encrypt_plan(schema, label)?;
+            Ok(Encryptor::new(plan, &self.keys)?)
+        })
     }
 
-    /// A decryptor for an encrypted schema.
+    /// The decryptor for an encrypted schema, built on first use and cached.
     pub fn decryptor(
         &self,
         schema: &serde_json::Value,
         label: &str,
-    ) -> Result<Decryptor, EngineError> {
-        let plan = Arc::new(DecryptPlan::build(schema, label)?);
-        Ok(Decryptor::new(plan, self.keys.clone()))
+    ) -> Result<Arc<Decryptor>, EngineError> {
+        self.decryptors.get_or_build(schema, || {
+            let plan = Arc::new(DecryptPlan::build(schema, label)?);
+            Ok(Decryptor::new(plan, self.keys.clone()))
+        })
     }
 }

@@ -218,6 +218,8 @@ pub async fn encrypt_file(
             used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
             dek = Some(d);
         }
+        let min = enc.plan().tree.min_size(enc.plan().tree.root);
+        block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
         let mut out = Vec::with_capacity(block.data.len() + block.data.len() / 2 + 64);
         let mut cur = Cursor::new(&block.data);
         for _ in 0..block.count {
@@ -319,6 +321,32 @@ pub async fn encrypt_file(
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// A record count the block's bytes cannot hold is damaged (and, with zero-size
+/// records, would otherwise spin for up to 2^63 iterations).
+fn block_count_plausible(
+    input: &Path,
+    block: u64,
+    count: u64,
+    data_len: usize,
+    min: usize,
+) -> Result<(), FileError> {
+    let fits = if min == 0 {
+        count <= (crate::avro::binary::MAX_ZERO_SIZE_ITEMS as u64).max(data_len as u64)
+    } else {
+        count.saturating_mul(min as u64) <= data_len as u64
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(FileError::Container {
+        path: input.to_path_buf(),
+        source: ContainerError::BadBlock {
+            block,
+            msg: format!("its record count {count} cannot fit in its {data_len} bytes"),
+        },
+    })
 }
 
 /// A block whose record count ends before its data does is damaged, not padding.
@@ -457,6 +485,8 @@ pub async fn decrypt_file(
             path: input.to_path_buf(),
             source,
         })? {
+            let min = dec.plan().tree.min_size(dec.plan().tree.root);
+            block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
             let mut out = Vec::with_capacity(block.data.len());
             let mut cur = Cursor::new(&block.data);
             for _ in 0..block.count {

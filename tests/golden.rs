@@ -56,7 +56,8 @@ fn gcm_field_ciphertext_is_pinned() {
     let pt = avro_string(v["value"].as_str().unwrap());
     assert_eq!(hex::encode(&pt), v["plaintext"].as_str().unwrap());
     let mut ct = Vec::new();
-    k.seal_with_nonce(&nonce, v["context"].as_str().unwrap(), &pt, &mut ct).unwrap();
+    k.seal_with_nonce(&nonce, v["context"].as_str().unwrap(), &pt, &mut ct)
+        .unwrap();
     assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
     let mut back = Vec::new();
     k.open_into(v["context"].as_str().unwrap(), &ct, &mut back)
@@ -71,7 +72,8 @@ fn siv_field_ciphertext_is_pinned() {
     let pt = avro_string(v["value"].as_str().unwrap());
     assert_eq!(hex::encode(&pt), v["plaintext"].as_str().unwrap());
     let mut ct = Vec::new();
-    k.seal_into(v["context"].as_str().unwrap(), &pt, &mut ct).unwrap();
+    k.seal_into(v["context"].as_str().unwrap(), &pt, &mut ct)
+        .unwrap();
     assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
 }
 

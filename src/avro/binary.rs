@@ -299,10 +299,7 @@ pub fn walk<S: Sink>(
         Node::Boolean => {
             let b = cur.read_exact(1)?[0];
             if b > 1 {
-                return Err(DecodeError::new(
-                    DecodeErrorKind::BadBoolean,
-                    cur.pos - 1,
-                ));
+                return Err(DecodeError::new(DecodeErrorKind::BadBoolean, cur.pos - 1));
             }
             sink.raw(&[b]);
         }
@@ -397,7 +394,8 @@ fn map_items<I: Sink>(
             let key = cur.read_str()?;
             items.bytes(key.as_bytes());
             // Map keys are data (maybe sensitive): paths name the entry's position.
-            walk(tree, value, cur, items, depth + 1).map_err(|e| e.within(&format!("{{#{total}}}")))?;
+            walk(tree, value, cur, items, depth + 1)
+                .map_err(|e| e.within(&format!("{{#{total}}}")))?;
             total += 1;
         }
     }
@@ -493,6 +491,20 @@ mod tests {
         ));
         let t = tree(json!({"type": "array", "items": "long"}));
         assert!(validate(&t, &input).is_err());
+    }
+
+    #[test]
+    fn zero_size_items_are_capped_across_blocks() {
+        let t = tree(json!({"type": "array", "items": "null"}));
+        let mut input = Vec::new();
+        for _ in 0..3 {
+            write_long(&mut input, MAX_ZERO_SIZE_ITEMS / 2);
+        }
+        write_long(&mut input, 0);
+        assert_eq!(
+            validate(&t, &input).unwrap_err().kind,
+            DecodeErrorKind::TooManyItems
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ use super::binary::write_long;
 const MAGIC: &[u8; 4] = b"Obj\x01";
 /// Largest compressed block we accept; real writers use kilobytes to a few MiB.
 pub const MAX_BLOCK_BYTES: u64 = 1 << 30;
+/// Largest decompressed block we accept, so a small hostile block cannot claim
+/// gigabytes of memory (a decompression bomb).
+pub const MAX_DECOMPRESSED_BYTES: usize = 256 << 20;
 
 /// Container-level problems. Record-level problems are the transform's.
 #[derive(Debug, Error)]
@@ -219,17 +222,52 @@ impl<R: Read> ContainerReader<R> {
                 msg: "sync marker does not match the header's (corrupt or spliced file)".into(),
             });
         }
-        self.codec
-            .decompress(&mut data)
-            .map_err(|e| ContainerError::BadBlock {
-                block,
-                msg: format!("{} decompression failed: {e}", self.codec_name),
-            })?;
+        let data = decompress(self.codec, data).map_err(|e| ContainerError::BadBlock {
+            block,
+            msg: format!("{} decompression failed: {e}", self.codec_name),
+        })?;
         self.blocks += 1;
         Ok(Some(Block {
             count: count as u64,
             data,
         }))
+    }
+}
+
+/// Decompresses a block, refusing to produce more than [`MAX_DECOMPRESSED_BYTES`].
+fn decompress(codec: Codec, mut data: Vec<u8>) -> Result<Vec<u8>, String> {
+    let too_big = || format!("the block decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes");
+    match codec {
+        Codec::Null => Ok(data),
+        Codec::Deflate(_) => {
+            miniz_oxide::inflate::decompress_to_vec_with_limit(&data, MAX_DECOMPRESSED_BYTES)
+                .map_err(|e| match e.status {
+                    miniz_oxide::inflate::TINFLStatus::HasMoreOutput => too_big(),
+                    s => format!("{s:?}"),
+                })
+        }
+        Codec::Snappy => {
+            // The block is the raw snappy stream plus a 4-byte CRC32 of the output.
+            let body = &data[..data.len().saturating_sub(4)];
+            let n = snap::raw::decompress_len(body).map_err(|e| e.to_string())?;
+            if n > MAX_DECOMPRESSED_BYTES {
+                return Err(too_big());
+            }
+            codec.decompress(&mut data).map_err(|e| e.to_string())?;
+            Ok(data)
+        }
+        Codec::Zstandard(_) => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(data.as_slice())
+                .map_err(|e| e.to_string())?
+                .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+            if out.len() > MAX_DECOMPRESSED_BYTES {
+                return Err(too_big());
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -350,6 +388,22 @@ mod tests {
             let back = apache_avro::Reader::new(bytes.as_slice()).unwrap();
             assert_eq!(back.count(), 100);
         }
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused() {
+        let zeros = vec![0u8; MAX_DECOMPRESSED_BYTES + 1];
+        let small = miniz_oxide::deflate::compress_to_vec(&zeros, 6);
+        assert!(small.len() < 1 << 20);
+        let e = decompress(Codec::Deflate(Default::default()), small).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let z = zstd::bulk::compress(&zeros, 1).unwrap();
+        let e = decompress(Codec::Zstandard(Default::default()), z).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let mut s = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
+        s.extend_from_slice(&[0, 0, 0, 0]);
+        let e = decompress(Codec::Snappy, s).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
     }
 
     #[test]

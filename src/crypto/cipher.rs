@@ -48,7 +48,12 @@ impl RandomizedKey {
 
     /// Appends the ciphertext of `plaintext` for field `context` to `out`. On
     /// error `out` is left as it was (never with the plaintext in it).
-    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn seal_into(
+        &self,
+        context: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let mut nonce = [0u8; GCM_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         self.seal_with_nonce(&nonce, context, plaintext, out)
@@ -89,7 +94,9 @@ impl RandomizedKey {
             }
             Err(_) => {
                 out.truncate(start);
-                Err(CryptoError::Malformed("plaintext too long for AES-GCM".into()))
+                Err(CryptoError::Malformed(
+                    "plaintext too long for AES-GCM".into(),
+                ))
             }
         }
     }
@@ -191,7 +198,12 @@ impl DeterministicKey {
 
     /// Appends the deterministic ciphertext of `plaintext` for `context` to `out`.
     /// On error `out` is left as it was.
-    pub fn seal_into(&self, context: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn seal_into(
+        &self,
+        context: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let header = Header {
             algorithm: Algorithm::Aes256Siv,
             key_id: self.id,

@@ -454,6 +454,26 @@ mod tests {
     }
 
     #[test]
+    fn min_size_is_linear_on_deeply_shared_types() {
+        // R0{a: R1, b: R1}, R1{a: R2, b: R2}, ...: 2^70 paths, 71 records.
+        let mut t =
+            json!({"type": "record", "name": "R70", "fields": [{"name": "x", "type": "long"}]});
+        for i in (0..70).rev() {
+            t = json!({"type": "record", "name": format!("R{i}"), "fields": [
+                {"name": "a", "type": t}, {"name": "b", "type": format!("R{}", i + 1)}]});
+        }
+        let tree = SchemaTree::compile(&t).unwrap();
+        assert_eq!(
+            tree.min_size(tree.root),
+            usize::MAX,
+            "saturates instead of overflowing"
+        );
+        let rec = json!({"type": "record", "name": "L", "fields": [{"name": "next", "type": ["null", "L"]}]});
+        let tree = SchemaTree::compile(&rec).unwrap();
+        assert_eq!(tree.min_size(tree.root), 1);
+    }
+
+    #[test]
     fn unknown_names_are_errors_with_location() {
         let s = json!({"type": "record", "name": "R", "fields": [{"name": "x", "type": "Nope"}]});
         let e = SchemaTree::compile(&s).unwrap_err().to_string();

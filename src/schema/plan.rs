@@ -375,10 +375,23 @@ impl DecryptPlan {
     pub fn build(json: &Json, label: &str) -> Result<Self, SchemaError> {
         let tree = SchemaTree::compile(json)?;
         let original_json = restore_original(json)?;
-        let original_tree = SchemaTree::compile(&original_json)?;
         let err = |msg: String| SchemaError::Other {
             schema: label.into(),
             msg,
+        };
+        // The schema comes from the data (a file header, a registry): check that what
+        // we will write is a valid schema before writing anything.
+        apache_avro::Schema::parse(&original_json)
+            .map_err(|e| err(format!("the restored original schema is invalid: {e}")))?;
+        let original_tree = SchemaTree::compile(&original_json)?;
+        let bytes_like = |id: NodeId| match tree.node(id) {
+            Node::Bytes => true,
+            Node::Union(bs) => {
+                bs.len() == 2
+                    && tree.null_branch(id).is_some()
+                    && bs.iter().any(|b| matches!(tree.node(*b), Node::Bytes))
+            }
+            _ => false,
         };
         let mut actions: Vec<Vec<DecryptAction>> = vec![Vec::new(); tree.nodes.len()];
         for (id, node) in tree.nodes.iter().enumerate() {
@@ -389,6 +402,12 @@ impl DecryptPlan {
                 .and_then(|o| original_tree.record(*o));
             for f in &r.fields {
                 let attr = f.json.get(ATTR).and_then(Json::as_object);
+                if attr.is_some() && !bytes_like(f.node) {
+                    return Err(err(format!(
+                        "field {}.{} carries a fieldcrypt attribute but is not bytes or [null, bytes]",
+                        r.fullname, f.name
+                    )));
+                }
                 let action = match attr {
                     None => DecryptAction::Copy,
                     Some(a) if a.contains_key("blind_index_of") => DecryptAction::Drop,

@@ -337,7 +337,11 @@ fn records_under(tree: &SchemaTree, id: NodeId, out: &mut Vec<NodeId>) {
 /// Resolves `a.b.c` from a record to every (record node, field index) it can reach:
 /// where a step passes through a union of several records, each record that has the
 /// next field is followed, so no branch is silently left unencrypted.
-fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<Vec<(NodeId, usize)>, String> {
+fn resolve_path(
+    tree: &SchemaTree,
+    start: NodeId,
+    path: &str,
+) -> Result<Vec<(NodeId, usize)>, String> {
     let steps: Vec<&str> = path.split('.').collect();
     let mut candidates = vec![start];
     for (n, step) in steps.iter().enumerate() {
@@ -345,7 +349,10 @@ fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<Vec<(Nod
             .iter()
             .filter_map(|&rid| {
                 let r = tree.record(rid)?;
-                r.fields.iter().position(|f| f.name == *step).map(|i| (rid, i))
+                r.fields
+                    .iter()
+                    .position(|f| f.name == *step)
+                    .map(|i| (rid, i))
             })
             .collect();
         if hits.is_empty() {
@@ -369,7 +376,10 @@ fn resolve_path(tree: &SchemaTree, start: NodeId, path: &str) -> Result<Vec<(Nod
             }
         }
         if candidates.is_empty() {
-            return Err(format!("\"{step}\" is not a record, so it has no field \"{}\"", steps[n + 1]));
+            return Err(format!(
+                "\"{step}\" is not a record, so it has no field \"{}\"",
+                steps[n + 1]
+            ));
         }
     }
     Err("empty field path".into())
@@ -453,7 +463,10 @@ mod tests {
             domain: None,
             blind_index: None,
         });
-        assert_eq!(names(&tree, &select(&tree, "t", &c).unwrap()), vec!["A.email", "B.email"]);
+        assert_eq!(
+            names(&tree, &select(&tree, "t", &c).unwrap()),
+            vec!["A.email", "B.email"]
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Decrypting records: field ciphertexts are opened with the key they name (a DEK
 //! handed in by the caller, or a deterministic keyset key), checked against the
 //! field's original schema, and spliced back; blind-index fields are dropped. The
-//! result is a datum of the original schema, byte for byte what was encrypted.
+//! result is a datum of the original schema with exactly the original values; its
+//! bytes equal the input's whenever the writer used Avro's canonical layout (minimal
+//! varints, one block per array or map), as mainstream writers do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
