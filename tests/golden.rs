@@ -110,3 +110,60 @@ fn customer_output_schema_is_pinned() {
     .unwrap();
     assert_eq!(plan.output_json, golden);
 }
+
+/// A whole record in deterministic mode with blind indexes over every indexable
+/// type, nullable fields null and not null: pins the output datum layout (union
+/// branches, length prefixes, index placement) byte for byte.
+#[test]
+fn deterministic_record_layout_is_pinned() {
+    use std::sync::Arc;
+    let v = vectors();
+    let g = &v["record"];
+    let det = Arc::new(DeterministicKey::new(hex16(&g["siv_key_id"]), &key(&g["siv_key_labels"])).unwrap());
+    let idx = |norm: Vec<Normalize>| {
+        Arc::new(BlindIndexKey::new([0; 16], &key(&g["index_key_labels"]), 8, norm).unwrap())
+    };
+    let keys = fieldcrypt::keys::KeyMaterial::from_keys(
+        vec![("default".into(), det)],
+        vec![("plain".into(), idx(vec![])), ("email".into(), idx(vec![Normalize::Trim, Normalize::Lowercase]))],
+    );
+    let schema = g["schema"].clone();
+    let mut cfg = Config::default();
+    cfg.blind_index.domains.insert(
+        "email".into(),
+        fieldcrypt::config::DomainConfig {
+            normalize: vec![Normalize::Trim, Normalize::Lowercase],
+        },
+    );
+    let plan = std::sync::Arc::new(EncryptPlan::build(&schema, "golden", &cfg.plan_config()).unwrap());
+    let enc = fieldcrypt::transform::Encryptor::new(plan.clone(), &keys).unwrap();
+    let avro = apache_avro::Schema::parse(&schema).unwrap();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&avro).build().unwrap();
+    use apache_avro::types::Value as V;
+    let value = V::Record(vec![
+        ("email".into(), V::String(" Ann@Example.COM ".into())),
+        ("age".into(), V::Int(42)),
+        ("balance".into(), V::Long(-7)),
+        ("score".into(), V::Float(1.5)),
+        ("ratio".into(), V::Double(0.25)),
+        ("vip".into(), V::Boolean(true)),
+        ("tier".into(), V::Enum(1, "GOLD".into())),
+        ("tag".into(), V::Fixed(4, b"abcd".to_vec())),
+        ("blob".into(), V::Bytes(b"xyz".to_vec())),
+        ("phone".into(), V::Union(1, Box::new(V::String("+1 555".into())))),
+        ("fax".into(), V::Union(0, Box::new(V::Null))),
+        ("kept".into(), V::String("plain text".into())),
+    ]);
+    let datum = writer.write_value_to_vec(value).unwrap();
+    let mut out = Vec::new();
+    enc.encrypt(&datum, None, &mut out).unwrap();
+    assert_eq!(hex::encode(&out), g["encrypted"].as_str().unwrap());
+    // And it decrypts back with the same keys.
+    let dec = fieldcrypt::transform::Decryptor::new(
+        Arc::new(fieldcrypt::schema::plan::DecryptPlan::build(&plan.output_json, "golden").unwrap()),
+        Arc::new(keys),
+    );
+    let mut back = Vec::new();
+    dec.decrypt(&out, &Default::default(), &mut back).unwrap();
+    assert_eq!(back, datum);
+}

@@ -306,6 +306,19 @@ impl KeyMaterial {
         Ok(m)
     }
 
+    /// Key material from keys already in memory (golden vectors and tools that
+    /// derive keys themselves); production code unwraps a keyset instead.
+    #[doc(hidden)]
+    pub fn from_keys(deterministic: Vec<(String, Arc<DeterministicKey>)>, blind: Vec<(String, Arc<BlindIndexKey>)>) -> Self {
+        let mut m = KeyMaterial::default();
+        for (domain, k) in deterministic {
+            m.deterministic_by_id.insert(*k.id(), k.clone());
+            m.deterministic.insert(domain, k);
+        }
+        m.blind = blind.into_iter().collect();
+        m
+    }
+
     fn missing(&self, purpose: Purpose, domain: &str) -> KeysetError {
         KeysetError::Missing(format!(
             "no {purpose} key for domain \"{domain}\" in keyset {}; create one with \

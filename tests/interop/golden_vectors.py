@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import pathlib
+import struct
 import sys
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
@@ -67,7 +68,46 @@ def compute(v):
     for case in b["cases"]:
         mac = hmac.new(key(b["key_labels"]), normalize(case["value"], b["normalize"]).encode(), hashlib.sha256)
         case["index"] = mac.digest()[: b["length"]].hex()
+    r = v["record"]
+    r["encrypted"] = record_vector(r).hex()
     return v
+
+
+def record_vector(r):
+    """The Golden record encrypted per docs/ENCRYPTION.md, from scratch."""
+    siv = AESSIV(key(r["siv_key_labels"]))
+    ikey = key(r["index_key_labels"])
+    header = bytes([1, 2]) + bytes.fromhex(r["siv_key_id"])
+    s = avro_string
+    i64 = lambda n: struct.pack(">q", n)
+    # field: (plaintext Avro encoding, blind-index input, nullable)
+    fields = [
+        ("email", s(" Ann@Example.COM "), normalize(" Ann@Example.COM ", ["trim", "lowercase"]).encode(), False),
+        ("age", zigzag(42), i64(42), False),
+        ("balance", zigzag(-7), i64(-7), False),
+        ("score", struct.pack("<f", 1.5), struct.pack("<f", 1.5), False),
+        ("ratio", struct.pack("<d", 0.25), struct.pack("<d", 0.25), False),
+        ("vip", b"\x01", b"\x01", False),
+        ("tier", zigzag(1), b"GOLD", False),
+        ("tag", b"abcd", b"abcd", False),
+        ("blob", zigzag(3) + b"xyz", b"xyz", False),
+        ("phone", zigzag(1) + s("+1 555"), b"+1 555", True),
+        ("fax", None, None, True),
+    ]
+    out = b""
+    for name, pt, index_input, nullable in fields:
+        if pt is None:
+            out += zigzag(0) + zigzag(0)  # null field, null index
+            continue
+        ct = header + siv.encrypt(pt, [header + f"fc.test.Golden.{name}".encode()])
+        idx = hmac.new(ikey, index_input, hashlib.sha256).digest()[:8]
+        if nullable:
+            out += zigzag(1)
+        out += zigzag(len(ct)) + ct
+        if nullable:
+            out += zigzag(1)
+        out += zigzag(len(idx)) + idx
+    return out + s("plain text")
 
 
 def main():
