@@ -119,13 +119,21 @@ fn deterministic_record_layout_is_pinned() {
     use std::sync::Arc;
     let v = vectors();
     let g = &v["record"];
-    let det = Arc::new(DeterministicKey::new(hex16(&g["siv_key_id"]), &key(&g["siv_key_labels"])).unwrap());
+    let det = Arc::new(
+        DeterministicKey::new(hex16(&g["siv_key_id"]), &key(&g["siv_key_labels"])).unwrap(),
+    );
     let idx = |norm: Vec<Normalize>| {
         Arc::new(BlindIndexKey::new([0; 16], &key(&g["index_key_labels"]), 8, norm).unwrap())
     };
     let keys = fieldcrypt::keys::KeyMaterial::from_keys(
         vec![("default".into(), det)],
-        vec![("plain".into(), idx(vec![])), ("email".into(), idx(vec![Normalize::Trim, Normalize::Lowercase]))],
+        vec![
+            ("plain".into(), idx(vec![])),
+            (
+                "email".into(),
+                idx(vec![Normalize::Trim, Normalize::Lowercase]),
+            ),
+        ],
     );
     let schema = g["schema"].clone();
     let mut cfg = Config::default();
@@ -135,10 +143,13 @@ fn deterministic_record_layout_is_pinned() {
             normalize: vec![Normalize::Trim, Normalize::Lowercase],
         },
     );
-    let plan = std::sync::Arc::new(EncryptPlan::build(&schema, "golden", &cfg.plan_config()).unwrap());
+    let plan =
+        std::sync::Arc::new(EncryptPlan::build(&schema, "golden", &cfg.plan_config()).unwrap());
     let enc = fieldcrypt::transform::Encryptor::new(plan.clone(), &keys).unwrap();
     let avro = apache_avro::Schema::parse(&schema).unwrap();
-    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&avro).build().unwrap();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&avro)
+        .build()
+        .unwrap();
     use apache_avro::types::Value as V;
     let value = V::Record(vec![
         ("email".into(), V::String(" Ann@Example.COM ".into())),
@@ -150,7 +161,10 @@ fn deterministic_record_layout_is_pinned() {
         ("tier".into(), V::Enum(1, "GOLD".into())),
         ("tag".into(), V::Fixed(4, b"abcd".to_vec())),
         ("blob".into(), V::Bytes(b"xyz".to_vec())),
-        ("phone".into(), V::Union(1, Box::new(V::String("+1 555".into())))),
+        (
+            "phone".into(),
+            V::Union(1, Box::new(V::String("+1 555".into()))),
+        ),
         ("fax".into(), V::Union(0, Box::new(V::Null))),
         ("kept".into(), V::String("plain text".into())),
     ]);
@@ -160,7 +174,9 @@ fn deterministic_record_layout_is_pinned() {
     assert_eq!(hex::encode(&out), g["encrypted"].as_str().unwrap());
     // And it decrypts back with the same keys.
     let dec = fieldcrypt::transform::Decryptor::new(
-        Arc::new(fieldcrypt::schema::plan::DecryptPlan::build(&plan.output_json, "golden").unwrap()),
+        Arc::new(
+            fieldcrypt::schema::plan::DecryptPlan::build(&plan.output_json, "golden").unwrap(),
+        ),
         Arc::new(keys),
     );
     let mut back = Vec::new();

@@ -309,7 +309,10 @@ impl KeyMaterial {
     /// Key material from keys already in memory (golden vectors and tools that
     /// derive keys themselves); production code unwraps a keyset instead.
     #[doc(hidden)]
-    pub fn from_keys(deterministic: Vec<(String, Arc<DeterministicKey>)>, blind: Vec<(String, Arc<BlindIndexKey>)>) -> Self {
+    pub fn from_keys(
+        deterministic: Vec<(String, Arc<DeterministicKey>)>,
+        blind: Vec<(String, Arc<BlindIndexKey>)>,
+    ) -> Self {
         let mut m = KeyMaterial::default();
         for (domain, k) in deterministic {
             m.deterministic_by_id.insert(*k.id(), k.clone());
