@@ -25,6 +25,7 @@ pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod file;
+pub mod kafka;
 pub mod keys;
 pub mod sample;
 pub mod schema;

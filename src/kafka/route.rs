@@ -1,0 +1,233 @@
+//! Topic routing: which source topics a pipeline reads, and for each record's source
+//! topic, which target and dead-letter topics it goes to. Sources are topic names, or
+//! regexes when they start with `^` (librdkafka's subscription convention); targets
+//! are templates where `${topic}` stands for the source topic.
+
+use std::path::PathBuf;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// `[[routes]]` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Source topic, or a regex when it starts with `^` (e.g. `^cdc\..*`).
+    pub source: String,
+    /// Target topic template, e.g. `secure.${topic}`.
+    pub target: String,
+    /// Dead-letter topic template (default `dlq.${topic}`).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Writer schema file for raw Avro values, when no Schema Registry is used.
+    #[serde(default)]
+    pub value_schema: Option<PathBuf>,
+}
+
+/// A route problem, naming the route.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RouteError {
+    #[error("routes[{index}].{key}: {msg}")]
+    Invalid {
+        index: usize,
+        key: &'static str,
+        msg: String,
+    },
+    #[error("topic {0} matches no route")]
+    NoRoute(String),
+    #[error("route for topic {topic} would write to {target}, which is itself a source: records would loop")]
+    Loop { topic: String, target: String },
+}
+
+enum Source {
+    Exact(String),
+    Pattern(Regex),
+}
+
+struct Route {
+    source: Source,
+    target: String,
+    dead_letter: String,
+}
+
+/// Where one source topic's records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub route: usize,
+    pub target: String,
+    pub dead_letter: String,
+}
+
+/// Compiled routes.
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+/// Kafka's legal topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn check_template(index: usize, key: &'static str, t: &str) -> Result<(), RouteError> {
+    let sample = t.replace("${topic}", "x");
+    if !valid_topic(&sample) || sample.contains('$') {
+        return Err(RouteError::Invalid {
+            index,
+            key,
+            msg: format!(
+                "\"{t}\" is not a topic name or template (letters, digits, '.', '_', '-', and ${{topic}})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Router {
+    /// Compiles and checks the routes.
+    pub fn new(configs: &[RouteConfig]) -> Result<Self, RouteError> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for (index, c) in configs.iter().enumerate() {
+            let source = if c.source.starts_with('^') {
+                Source::Pattern(Regex::new(&c.source).map_err(|e| RouteError::Invalid {
+                    index,
+                    key: "source",
+                    msg: format!("invalid regex: {e}"),
+                })?)
+            } else if valid_topic(&c.source) {
+                Source::Exact(c.source.clone())
+            } else {
+                return Err(RouteError::Invalid {
+                    index,
+                    key: "source",
+                    msg: format!(
+                        "\"{}\" is not a topic name (or a regex starting with ^)",
+                        c.source
+                    ),
+                });
+            };
+            check_template(index, "target", &c.target)?;
+            let dead_letter = c
+                .dead_letter
+                .clone()
+                .unwrap_or_else(|| "dlq.${topic}".into());
+            check_template(index, "dead_letter", &dead_letter)?;
+            if c.target == dead_letter {
+                return Err(RouteError::Invalid {
+                    index,
+                    key: "dead_letter",
+                    msg: "must differ from target".into(),
+                });
+            }
+            routes.push(Route {
+                source,
+                target: c.target.clone(),
+                dead_letter,
+            });
+        }
+        let router = Router { routes };
+        // Literal sources can be checked now; pattern sources are checked per topic.
+        for c in configs {
+            if !c.source.starts_with('^') {
+                router.route(&c.source)?;
+            }
+        }
+        Ok(router)
+    }
+
+    /// Subscription list for the consumer (topics and `^` regexes).
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .map(|r| match &r.source {
+                Source::Exact(t) => t.clone(),
+                Source::Pattern(p) => p.as_str().to_string(),
+            })
+            .collect()
+    }
+
+    fn is_source(&self, topic: &str) -> bool {
+        self.routes.iter().any(|r| match &r.source {
+            Source::Exact(t) => t == topic,
+            Source::Pattern(p) => p.is_match(topic),
+        })
+    }
+
+    /// The destination of records from `topic`: the first route that matches.
+    pub fn route(&self, topic: &str) -> Result<Destination, RouteError> {
+        for (i, r) in self.routes.iter().enumerate() {
+            let hit = match &r.source {
+                Source::Exact(t) => t == topic,
+                Source::Pattern(p) => p.is_match(topic),
+            };
+            if hit {
+                let target = r.target.replace("${topic}", topic);
+                let dead_letter = r.dead_letter.replace("${topic}", topic);
+                for t in [&target, &dead_letter] {
+                    if self.is_source(t) {
+                        return Err(RouteError::Loop {
+                            topic: topic.into(),
+                            target: t.clone(),
+                        });
+                    }
+                }
+                return Ok(Destination {
+                    route: i,
+                    target,
+                    dead_letter,
+                });
+            }
+        }
+        Err(RouteError::NoRoute(topic.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(source: &str, target: &str) -> RouteConfig {
+        RouteConfig {
+            source: source.into(),
+            target: target.into(),
+            dead_letter: None,
+            value_schema: None,
+        }
+    }
+
+    #[test]
+    fn literal_and_pattern_routes_render_templates() {
+        let r = Router::new(&[
+            rc("customers", "secure.customers"),
+            rc(r"^cdc\..*", "secure.${topic}"),
+        ])
+        .unwrap();
+        assert_eq!(r.subscriptions(), vec!["customers", r"^cdc\..*"]);
+        let d = r.route("cdc.orders").unwrap();
+        assert_eq!(
+            (d.route, d.target.as_str(), d.dead_letter.as_str()),
+            (1, "secure.cdc.orders", "dlq.cdc.orders")
+        );
+        assert_eq!(r.route("customers").unwrap().target, "secure.customers");
+        assert_eq!(r.route("other"), Err(RouteError::NoRoute("other".into())));
+    }
+
+    #[test]
+    fn loops_and_bad_names_are_refused() {
+        assert!(matches!(
+            Router::new(&[rc("a", "a")]),
+            Err(RouteError::Loop { .. })
+        ));
+        let r = Router::new(&[rc(r"^cdc\..*", "cdc.enc.${topic}")]).unwrap();
+        assert!(matches!(r.route("cdc.x"), Err(RouteError::Loop { .. })));
+        let e = Router::new(&[rc("a b", "t")]).err().unwrap().to_string();
+        assert!(e.contains("routes[0].source"), "{e}");
+        let e = Router::new(&[rc("a", "t/${x}")]).err().unwrap().to_string();
+        assert!(e.contains("routes[0].target"), "{e}");
+        let e = Router::new(&[rc("^(", "t")]).err().unwrap().to_string();
+        assert!(e.contains("invalid regex"), "{e}");
+    }
+}
