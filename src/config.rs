@@ -55,6 +55,83 @@ pub struct Config {
     pub tags: BTreeMap<String, PolicySpec>,
     /// Fields selected by record full name and field path.
     pub rules: Vec<Rule>,
+    /// Kafka connection (for `fieldcrypt run`).
+    pub kafka: KafkaConfig,
+    /// Stream-processing behaviour (for `fieldcrypt run`).
+    pub pipeline: PipelineConfig,
+    /// Source topics and where their records go (for `fieldcrypt run`).
+    pub routes: Vec<crate::kafka::route::RouteConfig>,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers (default `127.0.0.1:9092`).
+    pub bootstrap_servers: String,
+    /// Consumer group (default `fieldcrypt`).
+    pub group_id: String,
+    /// Client id (default `fieldcrypt`).
+    pub client_id: String,
+    /// librdkafka properties passed to the consumer and producer as they are
+    /// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "fieldcrypt".into(),
+            client_id: "fieldcrypt".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the pipeline does to records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineMode {
+    #[default]
+    Encrypt,
+    Decrypt,
+}
+
+/// What happens to a record that cannot be transformed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Send it (original bytes) to the route's dead-letter topic and go on.
+    #[default]
+    DeadLetter,
+    /// Stop the pipeline without committing the record.
+    Stop,
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// `encrypt` (default) or `decrypt`.
+    pub mode: PipelineMode,
+    /// `dead-letter` (default) or `stop`.
+    pub on_error: OnError,
+    /// Most records consumed but not yet delivered (default 10000).
+    pub max_in_flight: usize,
+    /// Seconds to wait for in-flight records on shutdown (default 30).
+    pub drain_timeout_seconds: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            mode: PipelineMode::Encrypt,
+            on_error: OnError::DeadLetter,
+            max_in_flight: 10_000,
+            drain_timeout_seconds: 30,
+        }
+    }
 }
 
 /// Which KMS holds the KEK.
@@ -266,6 +343,27 @@ impl Config {
         for (tag, p) in &self.tags {
             check_policy(&format!("tags.{tag}"), p)?;
         }
+        if self.pipeline.max_in_flight == 0 {
+            return Err(invalid("pipeline.max_in_flight", "must be at least 1"));
+        }
+        if self.kafka.group_id.is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        for k in [
+            "enable.auto.offset.store",
+            "group.id",
+            "bootstrap.servers",
+            "client.id",
+        ] {
+            if self.kafka.properties.contains_key(k) {
+                return Err(invalid(
+                    format!("kafka.properties.\"{k}\""),
+                    "is managed by fieldcrypt; use the [kafka] keys (offsets are stored only after delivery)",
+                ));
+            }
+        }
+        crate::kafka::route::Router::new(&self.routes)
+            .map_err(|e| invalid("routes", e.to_string()))?;
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("rules[{i}]");
             if r.record.is_empty() {

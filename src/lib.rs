@@ -27,6 +27,7 @@ pub mod engine;
 pub mod file;
 pub mod kafka;
 pub mod keys;
+pub mod pipeline;
 pub mod sample;
 pub mod schema;
 pub mod transform;

@@ -71,6 +71,12 @@ enum Command {
         input: PathBuf,
         output: PathBuf,
     },
+    /// Run the Kafka stream processor (consume, encrypt or decrypt, produce) until
+    /// SIGINT/SIGTERM, then drain in-flight records and commit.
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print records of an Avro container file as JSON lines (bytes as base64).
     Cat {
         file: PathBuf,
@@ -261,6 +267,19 @@ async fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Run { config } => {
+            let cfg = load_config(config.as_deref())?;
+            if cfg.routes.is_empty() {
+                bail!("no [[routes]] in the config: nothing to consume");
+            }
+            let engine = Arc::new(Engine::start(cfg.clone()).await?);
+            let stats = fieldcrypt::pipeline::run(engine, &cfg, shutdown_signal()).await?;
+            eprintln!(
+                "stopped: {} records consumed, {} produced, {} dead-lettered",
+                stats.consumed, stats.produced, stats.dead_lettered
+            );
+            Ok(())
+        }
         Command::Cat { file, limit } => display::cat(&file, limit),
         Command::Sample {
             schema,
@@ -285,6 +304,30 @@ async fn run(cmd: Command) -> Result<()> {
             seconds,
         } => bench(config.as_deref(), &schema, records, rounds, seconds).await,
     }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested: draining");
 }
 
 fn sorted(s: std::collections::HashSet<String>) -> Vec<String> {
