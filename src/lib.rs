@@ -14,6 +14,10 @@
 //! - [`transform`]: the record walker that encrypts or decrypts one datum by plan.
 //! - [`engine`]: puts config, keys and plans together; what the commands use.
 //! - [`file`]: encrypt/decrypt Avro container files (no Kafka).
+//! - [`kafka`]: Kafka record formats: Confluent framing, DEK and dead-letter headers,
+//!   topic routing.
+//! - [`pipeline`]: `fieldcrypt run`, the at-least-once consume → transform → produce
+//!   loop (rdkafka).
 //! - [`config`]: the TOML configuration, validated at start-up.
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
 //! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`.
