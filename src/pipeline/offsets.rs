@@ -21,13 +21,14 @@ struct Partition {
 impl OffsetTracker {
     /// A record was taken from the partition and is in flight.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        // Nothing below the first record we took is ours to store.
         let p = self
             .parts
             .entry((topic.to_string(), partition))
             .or_insert(Partition {
                 pending: BTreeSet::new(),
-                max_seen: -1,
-                stored: -1,
+                max_seen: offset - 1,
+                stored: offset - 1,
             });
         p.pending.insert(offset);
         p.max_seen = p.max_seen.max(offset);
