@@ -144,6 +144,20 @@ fn out_dir(output: &Path) -> PathBuf {
     }
 }
 
+/// Opens `input` for a transform into `output`, refusing to overwrite the input.
+fn open_distinct(
+    input: &Path,
+    output: &Path,
+) -> Result<ContainerReader<Counting<BufReader<File>>>, FileError> {
+    if same_file(input, output) {
+        return Err(FileError::Invalid {
+            path: input.to_path_buf(),
+            msg: "input and output are the same file".into(),
+        });
+    }
+    open_input(input)
+}
+
 fn same_file(input: &Path, output: &Path) -> bool {
     match (input.canonicalize(), output.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -163,10 +177,7 @@ pub async fn encrypt_file(
         path: input.to_path_buf(),
         msg,
     };
-    if same_file(input, output) {
-        return Err(invalid("input and output are the same file".into()));
-    }
-    let mut reader = open_input(input)?;
+    let mut reader = open_distinct(input, output)?;
     if reader.meta(META_DEKS).is_some() {
         return Err(invalid(
             "already encrypted by fieldcrypt (it has fieldcrypt.deks metadata)".into(),
@@ -397,10 +408,7 @@ pub async fn decrypt_file(
         path: input.to_path_buf(),
         msg,
     };
-    if same_file(input, output) {
-        return Err(invalid("input and output are the same file".into()));
-    }
-    let mut reader = open_input(input)?;
+    let mut reader = open_distinct(input, output)?;
     let meta = reader.meta(META_DEKS).ok_or_else(|| {
         invalid("not encrypted by fieldcrypt (no fieldcrypt.deks metadata)".into())
     })?;

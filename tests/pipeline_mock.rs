@@ -25,6 +25,28 @@ fn schema_path() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/customer.avsc")
 }
 
+type Runner = std::thread::JoinHandle<
+    Result<fieldcrypt::pipeline::RunStats, fieldcrypt::pipeline::PipelineError>,
+>;
+
+/// Runs a pipeline on its own thread until the returned sender fires.
+fn start(
+    engine: Arc<fieldcrypt::engine::Engine>,
+    cfg: Config,
+) -> (tokio::sync::oneshot::Sender<()>, Runner) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(fieldcrypt::pipeline::run(engine, &cfg, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    (stop_tx, runner)
+}
+
 fn consume_all(bootstrap: &str, topic: &str, want: usize) -> Vec<OwnedMessage> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -136,20 +158,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         ))
         .unwrap(),
     );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let cfg = cfg.clone();
-        let engine = engine.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(fieldcrypt::pipeline::run(engine, &cfg, async {
-                let _ = stop_rx.await;
-            }))
-        })
-    };
+    let (stop_tx, runner) = start(engine.clone(), cfg.clone());
 
     let out = consume_all(&bootstrap, "secure.customers", 602);
     let dead = consume_all(&bootstrap, "dlq.customers", 4);
@@ -250,19 +259,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         dead_letter: Some("dlq.secure.customers".into()),
         value_schema: Some(out_schema),
     }];
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let engine = engine.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(fieldcrypt::pipeline::run(engine, &dcfg, async {
-                let _ = stop_rx.await;
-            }))
-        })
-    };
+    let (stop_tx, runner) = start(engine.clone(), dcfg);
     let plain = consume_all(&bootstrap, "plain.customers", 602);
     stop_tx.send(()).unwrap();
     runner
