@@ -144,6 +144,29 @@ fn out_dir(output: &Path) -> PathBuf {
     }
 }
 
+/// The output file's metadata: its schema, the input's codec, and the input's user
+/// metadata (fieldcrypt's own entries are dropped; encryption adds fresh ones).
+fn output_metadata<R: Read>(
+    schema: &serde_json::Value,
+    reader: &ContainerReader<R>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut metadata = vec![
+        ("avro.schema".to_string(), schema.to_string().into_bytes()),
+        (
+            "avro.codec".to_string(),
+            reader.codec_name.clone().into_bytes(),
+        ),
+    ];
+    metadata.extend(
+        reader
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("avro.") && !k.starts_with("fieldcrypt."))
+            .cloned(),
+    );
+    metadata
+}
+
 /// Opens `input` for a transform into `output`, refusing to overwrite the input.
 fn open_distinct(
     input: &Path,
@@ -280,23 +303,7 @@ pub async fn encrypt_file(
     report.blocks = block_index;
     report.deks = used.len();
 
-    let mut metadata = vec![
-        (
-            "avro.schema".to_string(),
-            enc.plan().output_json.to_string().into_bytes(),
-        ),
-        (
-            "avro.codec".to_string(),
-            reader.codec_name.clone().into_bytes(),
-        ),
-    ];
-    metadata.extend(
-        reader
-            .metadata
-            .iter()
-            .filter(|(k, _)| !k.starts_with("avro."))
-            .cloned(),
-    );
+    let mut metadata = output_metadata(&enc.plan().output_json, &reader);
     let mut deks: Vec<&WrappedDek> = used.values().collect();
     deks.sort_by_key(|d| d.id);
     let meta = DekMeta {
@@ -461,23 +468,7 @@ pub async fn decrypt_file(
 
     let dir = out_dir(output);
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
-    let mut metadata = vec![
-        (
-            "avro.schema".to_string(),
-            dec.plan().original_json.to_string().into_bytes(),
-        ),
-        (
-            "avro.codec".to_string(),
-            reader.codec_name.clone().into_bytes(),
-        ),
-    ];
-    metadata.extend(
-        reader
-            .metadata
-            .iter()
-            .filter(|(k, _)| !k.starts_with("avro.") && !k.starts_with("fieldcrypt."))
-            .cloned(),
-    );
+    let metadata = output_metadata(&dec.plan().original_json, &reader);
     let mut sync = [0u8; 16];
     rand::rng().fill_bytes(&mut sync);
     let mut report = FileReport {
