@@ -61,6 +61,75 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Source topics and where their records go (for `fieldcrypt run`).
     pub routes: Vec<crate::kafka::route::RouteConfig>,
+    /// Confluent Schema Registry (for `fieldcrypt run`); none by default.
+    pub schema_registry: SchemaRegistryConfig,
+    /// The `/metrics` and `/health` listener (for `fieldcrypt run`).
+    pub metrics: MetricsConfig,
+}
+
+/// `[schema_registry]`: with a `url`, values (and Avro keys) are Confluent-framed
+/// and their schemas come from the registry; without, values are raw Avro with the
+/// writer schema from each route's `value_schema` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8081` (none: raw Avro).
+    pub url: Option<String>,
+    /// Basic-auth user.
+    pub username: Option<String>,
+    /// Basic-auth password; prefer the `FIELDCRYPT_SCHEMA_REGISTRY_PASSWORD`
+    /// environment variable, which is read when this is absent.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    /// PEM CA bundle to trust (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS), with `key_file` (PKCS#8 PEM).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Per-request timeout (default 10).
+    pub timeout_seconds: u64,
+    /// Retries of a failed request (connection error, timeout, 5xx, 429) with
+    /// exponential backoff before the pipeline stops (default 5).
+    pub retries: u32,
+    /// Register output schemas under the target subject (default true); false:
+    /// look them up and fail clearly if they are not registered.
+    pub auto_register: bool,
+    /// Subject naming for output schemas: `topic` (default), `record`, `topic-record`.
+    pub subject_strategy: crate::registry::SubjectStrategy,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        SchemaRegistryConfig {
+            url: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout_seconds: 10,
+            retries: 5,
+            auto_register: true,
+            subject_strategy: Default::default(),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener (default `127.0.0.1:9464`; port 0 picks one;
+    /// empty turns it off).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// `[kafka]`
@@ -109,16 +178,49 @@ pub enum OnError {
     Stop,
 }
 
+/// Delivery guarantee of the pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Offsets committed only after delivery: no loss, duplicates after a crash.
+    #[default]
+    AtLeastOnce,
+    /// Output records and input offsets committed in one Kafka transaction.
+    ExactlyOnce,
+}
+
+/// What a dead letter carries as its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterPayload {
+    /// The original record bytes (the topic then needs the source's access controls).
+    #[default]
+    Keep,
+    /// No value: headers only (error, source topic/partition/offset).
+    Drop,
+}
+
 /// `[pipeline]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// `encrypt` (default) or `decrypt`.
     pub mode: PipelineMode,
+    /// `at-least-once` (default) or `exactly-once`.
+    pub delivery: Delivery,
     /// `dead-letter` (default) or `stop`.
     pub on_error: OnError,
+    /// `keep` (default) or `drop` the original bytes in dead letters.
+    pub dead_letter_payload: DeadLetterPayload,
     /// Most records consumed but not yet delivered (default 10000).
     pub max_in_flight: usize,
+    /// Transform workers; partitions are spread over them (default 0: one per core).
+    pub workers: usize,
+    /// Exactly-once: how often a transaction is committed (default 100 ms).
+    pub transaction_interval_ms: u64,
+    /// Exactly-once: `transactional.id` of this instance (default
+    /// `<group_id>-<host>-<pid>`; must be unique among running instances).
+    pub transactional_id: Option<String>,
     /// Seconds to wait for in-flight records on shutdown (default 30).
     pub drain_timeout_seconds: u64,
 }
@@ -127,8 +229,13 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             mode: PipelineMode::Encrypt,
+            delivery: Delivery::AtLeastOnce,
             on_error: OnError::DeadLetter,
+            dead_letter_payload: DeadLetterPayload::Keep,
             max_in_flight: 10_000,
+            workers: 0,
+            transaction_interval_ms: 100,
+            transactional_id: None,
             drain_timeout_seconds: 30,
         }
     }
@@ -349,11 +456,27 @@ impl Config {
         if self.kafka.group_id.is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
         }
+        if self.pipeline.transaction_interval_ms == 0 {
+            return Err(invalid(
+                "pipeline.transaction_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.schema_registry.timeout_seconds == 0 {
+            return Err(invalid(
+                "schema_registry.timeout_seconds",
+                "must be at least 1",
+            ));
+        }
         for k in [
             "enable.auto.offset.store",
+            "enable.auto.commit",
             "group.id",
             "bootstrap.servers",
             "client.id",
+            "transactional.id",
+            "isolation.level",
+            "enable.idempotence",
         ] {
             if self.kafka.properties.contains_key(k) {
                 return Err(invalid(
@@ -362,8 +485,38 @@ impl Config {
                 ));
             }
         }
+        if self.pipeline.delivery == Delivery::ExactlyOnce
+            && self
+                .kafka
+                .properties
+                .get("partition.assignment.strategy")
+                .is_some_and(|s| s.contains("cooperative"))
+        {
+            return Err(invalid(
+                "kafka.properties.\"partition.assignment.strategy\"",
+                "exactly-once aborts the open transaction when partitions are revoked, which needs an eager strategy (range or roundrobin)",
+            ));
+        }
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;
+        for (i, r) in self.routes.iter().enumerate() {
+            let registry = self.schema_registry.url.is_some();
+            if !registry && r.value_schema.is_none() {
+                return Err(invalid(
+                    format!("routes[{i}].value_schema"),
+                    "required without [schema_registry]: the writer schema file of the raw Avro values",
+                ));
+            }
+            if r.key_format == crate::kafka::route::KeyFormat::Avro
+                && !registry
+                && r.key_schema.is_none()
+            {
+                return Err(invalid(
+                    format!("routes[{i}].key_schema"),
+                    "key_format = \"avro\" without [schema_registry] needs the writer schema file of the raw Avro keys",
+                ));
+            }
+        }
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("rules[{i}]");
             if r.record.is_empty() {

@@ -10,8 +10,9 @@ use thiserror::Error;
 use crate::config::{Config, KmsProvider};
 use crate::keys::keyset::KeysetError;
 use crate::keys::{
-    DekCache, DekManager, KeyMaterial, Keyset, Kms, KmsError, LocalKms, SystemClock,
+    DekCache, DekManager, Instrumented, KeyMaterial, Keyset, Kms, KmsError, LocalKms, SystemClock,
 };
+use crate::observe::Metrics;
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
 use crate::schema::SchemaError;
 use crate::transform::{Decryptor, Encryptor};
@@ -37,6 +38,8 @@ pub struct Engine {
     pub deks: DekManager,
     /// Decrypt-side DEKs.
     pub dek_cache: DekCache,
+    /// Every metric of this process (KMS calls and DEK caches are counted here).
+    pub metrics: Arc<Metrics>,
     /// Plans are built once per schema (keyed by its JSON text).
     encryptors: PlanCache<Encryptor>,
     decryptors: PlanCache<Decryptor>,
@@ -91,6 +94,8 @@ impl Engine {
 
     /// As [`start`](Self::start) with a given KMS (tests, other providers).
     pub async fn with_kms(config: Config, kms: Arc<dyn Kms>) -> Result<Self, EngineError> {
+        let metrics = Arc::new(Metrics::new());
+        let kms: Arc<dyn Kms> = Arc::new(Instrumented::new(kms, metrics.clone()));
         let keyset = Keyset::load(&config.keyset.file)?;
         let keys = KeyMaterial::unwrap(
             &keyset,
@@ -100,9 +105,14 @@ impl Engine {
         )
         .await?;
         let settings = config.dek_settings();
+        let deks = DekManager::new(kms.clone(), Arc::new(SystemClock::default()), settings);
+        let dek_cache = DekCache::new(kms.clone(), settings);
+        metrics.watch_dek_stats("encrypt", deks.stats.clone());
+        metrics.watch_dek_stats("decrypt", dek_cache.stats.clone());
         Ok(Engine {
-            deks: DekManager::new(kms.clone(), Arc::new(SystemClock::default()), settings),
-            dek_cache: DekCache::new(kms.clone(), settings),
+            deks,
+            dek_cache,
+            metrics,
             keys: Arc::new(keys),
             kms,
             config,

@@ -16,8 +16,11 @@
 //! - [`file`]: encrypt/decrypt Avro container files (no Kafka).
 //! - [`kafka`]: Kafka record formats: Confluent framing, DEK and dead-letter headers,
 //!   topic routing.
-//! - [`pipeline`]: `fieldcrypt run`, the at-least-once consume → transform → produce
-//!   loop (rdkafka).
+//! - [`registry`]: the Schema Registry client (writer schemas by id, output schemas
+//!   registered under the target subject).
+//! - [`pipeline`]: `fieldcrypt run`, the consume → transform → produce loop (rdkafka):
+//!   parallel workers, at-least-once or exactly-once, dead letters.
+//! - [`observe`]: Prometheus metrics and the `/metrics` + `/health` listener.
 //! - [`config`]: the TOML configuration, validated at start-up.
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
 //! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`.
@@ -31,7 +34,9 @@ pub mod engine;
 pub mod file;
 pub mod kafka;
 pub mod keys;
+pub mod observe;
 pub mod pipeline;
+pub mod registry;
 pub mod sample;
 pub mod schema;
 pub mod transform;

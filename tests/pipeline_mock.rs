@@ -36,7 +36,7 @@ fn start(
 ) -> (tokio::sync::oneshot::Sender<()>, Runner) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let runner = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap();
@@ -87,6 +87,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
     }
 
     let mut cfg = Config::default();
+    cfg.metrics.listen = "127.0.0.1:0".into();
     cfg.kafka.bootstrap_servers = bootstrap.clone();
     cfg.kafka.group_id = "fieldcrypt-test".into();
     cfg.routes = vec![RouteConfig {
@@ -94,6 +95,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         target: "secure.customers".into(),
         dead_letter: None,
         value_schema: Some(schema_path()),
+        ..Default::default()
     }];
     let f = common::Fixture::new(cfg.clone(), &["default"], &["email"]);
     cfg.keyset = f.engine.config.keyset.clone();
@@ -258,6 +260,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         target: "plain.customers".into(),
         dead_letter: Some("dlq.secure.customers".into()),
         value_schema: Some(out_schema),
+        ..Default::default()
     }];
     let (stop_tx, runner) = start(engine.clone(), dcfg);
     let plain = consume_all(&bootstrap, "plain.customers", 602);

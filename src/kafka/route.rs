@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// `[[routes]]` in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Source topic, or a regex when it starts with `^` (e.g. `^cdc\..*`).
@@ -23,6 +23,27 @@ pub struct RouteConfig {
     /// Writer schema file for raw Avro values, when no Schema Registry is used.
     #[serde(default)]
     pub value_schema: Option<PathBuf>,
+    /// Record keys: `passthrough` (default, untouched) or `avro` (sensitive fields
+    /// encrypted, deterministically only).
+    #[serde(default)]
+    pub key_format: KeyFormat,
+    /// Writer schema file for raw Avro keys (`key_format = "avro"` without a
+    /// Schema Registry).
+    #[serde(default)]
+    pub key_schema: Option<PathBuf>,
+}
+
+/// How a route treats record keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFormat {
+    /// Keys are copied as they are.
+    #[default]
+    Passthrough,
+    /// Keys are Avro (Confluent-framed with a registry, raw otherwise); their
+    /// sensitive fields are encrypted deterministically, so equal keys stay equal
+    /// and partitioning and compaction keep working.
+    Avro,
 }
 
 /// A route problem, naming the route.
@@ -193,8 +214,7 @@ mod tests {
         RouteConfig {
             source: source.into(),
             target: target.into(),
-            dead_letter: None,
-            value_schema: None,
+            ..Default::default()
         }
     }
 

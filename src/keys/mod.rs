@@ -6,12 +6,14 @@
 
 pub mod clock;
 pub mod dek;
+pub mod instrumented;
 pub mod keyset;
 pub mod kms;
 pub mod local;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use dek::{Dek, DekCache, DekManager, DekSettings, WrappedDek};
+pub use dek::{Dek, DekCache, DekManager, DekSettings, DekStats, WrappedDek};
+pub use instrumented::Instrumented;
 pub use keyset::{KeyMaterial, Keyset, Purpose};
 pub use kms::{EncryptionContext, Kms, KmsError, WrappedKey};
 pub use local::LocalKms;

@@ -1,54 +1,78 @@
-//! `fieldcrypt run`: the consume → transform → produce loop, at-least-once.
+//! `fieldcrypt run`: the consume → transform → produce loop.
 //!
-//! Delivery idea (after rust-rdkafka's `at_least_once` example and Vector's Kafka
+//! One task consumes and owns the offsets; transform [`worker`]s each own a share of
+//! the partitions (a partition always goes to the same worker, so per-partition order
+//! holds) and run concurrently. At most `pipeline.max_in_flight` records are
+//! consumed but unsettled: a full window (or a full producer queue) stops
+//! consumption, never drops.
+//!
+//! At-least-once (after rust-rdkafka's `at_least_once` example and Vector's Kafka
 //! source): offsets are stored for commit only after the output record (or its dead
-//! letter) is acknowledged by the broker, in order per partition
-//! ([`offsets::OffsetTracker`]); librdkafka auto-commits what was stored.
-//! Acknowledgements are handled before new input, and at most
-//! `pipeline.max_in_flight` records are consumed but undelivered (backpressure: a
-//! full window stops consumption, never drops). On shutdown the loop stops
-//! fetching, waits for in-flight deliveries up to `pipeline.drain_timeout_seconds`,
-//! commits, and returns. A record that fails to deliver stops the pipeline without
-//! storing its offset, so it is read again on restart.
+//! letter) is acknowledged, in order per partition ([`offsets::OffsetTracker`]);
+//! librdkafka auto-commits what was stored. On revoke, what is stored is committed
+//! and the rest is forgotten.
+//!
+//! Exactly-once: a transactional producer; every `pipeline.transaction_interval_ms`
+//! the loop stops taking records, waits until everything in flight is acknowledged,
+//! sends the consumed offsets with `send_offsets_to_transaction` and commits. On
+//! revoke the open transaction is aborted (its records are discarded for
+//! `read_committed` readers and read again by the partitions' next owner); an
+//! abortable commit failure aborts and rewinds every partition to its last commit; a
+//! fatal one (fenced by a newer producer with the same `transactional.id`) stops the
+//! pipeline.
+//!
+//! On shutdown the loop stops fetching, waits for in-flight records up to
+//! `pipeline.drain_timeout_seconds`, commits, and returns. A record that fails to
+//! deliver, or meets a KMS or registry outage, stops the pipeline without its
+//! offset being committed, so it is read again on restart.
 
 pub mod offsets;
 pub mod record;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
+use tokio::sync::{mpsc, Semaphore};
 
-use crate::config::{Config, OnError};
+use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::kafka::route::Router;
-use offsets::OffsetTracker;
-use record::{Outcome, Transformer};
+use crate::observe::Metrics;
+use crate::registry::SchemaRegistry;
+use offsets::{OffsetTracker, Settled};
+use record::Transformer;
+use worker::{Done, Job, Shared};
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, Error)]
 pub enum PipelineError {
     #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[from] KafkaError),
     #[error("{0}")]
     Setup(String),
-    #[error("{topic}/{partition}@{offset}: {msg}")]
+    #[error("{topic}/{partition}@{offset}: {code}: {msg}")]
     Record {
         topic: String,
         partition: i32,
         offset: i64,
+        code: &'static str,
         msg: String,
     },
+    #[error("exactly-once transaction failed: {0}")]
+    Transaction(String),
 }
 
 /// Counters of one run, for reports and tests.
@@ -57,14 +81,37 @@ pub struct RunStats {
     pub consumed: u64,
     pub produced: u64,
     pub dead_lettered: u64,
+    pub transactions: u64,
 }
 
-/// Commits what is done for revoked partitions and forgets what is not.
+/// Exactly-once state the rebalance callback needs.
+struct Txn {
+    producer: FutureProducer,
+    gate: Arc<RwLock<()>>,
+}
+
+/// Rebalance handling and statistics (consumer lag).
 struct Context {
     tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: Arc<Metrics>,
+    txn: Option<Txn>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, s: Statistics) {
+        for (topic, t) in &s.topics {
+            for (p, part) in &t.partitions {
+                // Partition -1 is librdkafka's internal one; lag -1 means unknown.
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(
@@ -73,27 +120,99 @@ impl ConsumerContext for Context {
         rebalance: &Rebalance<'_>,
     ) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::warn!(error = %e, "commit before revoking partitions failed");
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            match &self.txn {
+                Some(txn) => {
+                    // Hold off workers while the transaction is swapped, so no
+                    // record of a revoked partition lands in the next one.
+                    let _g = txn.gate.write().unwrap_or_else(|p| p.into_inner());
+                    match txn
+                        .producer
+                        .abort_transaction(Timeout::After(Duration::from_secs(30)))
+                    {
+                        Ok(()) => {
+                            self.metrics
+                                .transactions
+                                .with_label_values(&["aborted"])
+                                .inc();
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "aborting the transaction on revoke failed")
+                        }
+                    }
+                    if let Err(e) = txn.producer.begin_transaction() {
+                        tracing::error!(error = %e, "beginning a transaction after revoke failed");
+                    }
+                }
+                None => match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) => {}
+                    Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "commit before revoking partitions failed")
+                    }
+                },
             }
             let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
             for e in tpl.elements() {
                 t.forget(e.topic(), e.partition());
+                let _ = self
+                    .metrics
+                    .consumer_lag
+                    .remove_label_values(&[e.topic(), &e.partition().to_string()]);
             }
+            self.metrics.add_assigned(-(tpl.count() as i64));
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.metrics.add_assigned(tpl.count() as i64);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 }
 
-type Delivery = Pin<Box<dyn Future<Output = (String, i32, i64, bool, Result<(), String>)> + Send>>;
-
-fn client_config(config: &Config) -> ClientConfig {
+/// The librdkafka settings common to consumer and producer: fieldcrypt's defaults,
+/// then the user's pass-through properties (which may override the defaults but
+/// not the managed keys, refused by config validation).
+fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("client.id", &config.kafka.client_id);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.kafka.properties {
         c.set(k, v);
     }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", &config.kafka.client_id);
     c
+}
+
+/// This instance's `transactional.id`.
+fn transactional_id(config: &Config) -> String {
+    if let Some(id) = &config.pipeline.transactional_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{}-{host}-{}", config.kafka.group_id, std::process::id())
+}
+
+fn worker_for(topic: &str, partition: i32, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    partition.hash(&mut h);
+    (h.finish() % n as u64) as usize
 }
 
 /// Runs until `shutdown` resolves (then drains and commits) or a fatal error.
@@ -102,218 +221,446 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, PipelineError> {
-    let router = Router::new(&config.routes).map_err(|e| PipelineError::Setup(e.to_string()))?;
-    let transformer =
-        Transformer::new(engine.clone(), config, &router).map_err(PipelineError::Setup)?;
+    let setup = |e: String| PipelineError::Setup(e);
+    let metrics = engine.metrics.clone();
+    let registry = match &config.schema_registry.url {
+        Some(_) => Some(Arc::new(
+            SchemaRegistry::new(&config.schema_registry, metrics.clone())
+                .map_err(|e| setup(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let router = Router::new(&config.routes).map_err(|e| setup(e.to_string()))?;
+    let transformer = Transformer::new(engine.clone(), config, registry).map_err(setup)?;
+    let _server = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(
+            crate::observe::server::serve(&config.metrics.listen, metrics.clone())
+                .await
+                .map_err(|e| setup(e.to_string()))?,
+        )
+    };
+    let eos = config.pipeline.delivery == Delivery::ExactlyOnce;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let gate = Arc::new(RwLock::new(()));
 
-    let consumer: StreamConsumer<Context> = client_config(config)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(Context {
-            tracker: tracker.clone(),
+    let mut pc = client_config(config, &[("linger.ms", "5")]);
+    pc.set("enable.idempotence", "true").set("acks", "all");
+    if eos {
+        pc.set("transactional.id", transactional_id(config));
+    }
+    let producer: FutureProducer = pc.create()?;
+    if eos {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            p.init_transactions(Timeout::After(Duration::from_secs(60)))?;
+            p.begin_transaction()
+        })
+        .await
+        .map_err(|e| setup(e.to_string()))?
+        .map_err(|e| {
+            PipelineError::Transaction(format!(
+                "cannot start transactions (does the broker support them, and is transactional.id unique?): {e}"
+            ))
         })?;
-    let producer: FutureProducer = client_config(config)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
+    }
+
+    let consumer: StreamConsumer<Context> = client_config(
+        config,
+        &[
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "5000"),
+        ],
+    )
+    .set("group.id", &config.kafka.group_id)
+    .set("enable.auto.commit", if eos { "false" } else { "true" })
+    .set("enable.auto.offset.store", "false")
+    // Records of aborted upstream transactions must never be encrypted and passed on.
+    .set("isolation.level", "read_committed")
+    .create_with_context(Context {
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        txn: eos.then(|| Txn {
+            producer: producer.clone(),
+            gate: gate.clone(),
+        }),
+    })?;
     let subs = router.subscriptions();
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
     consumer.subscribe(&subs)?;
 
-    let mut stats = RunStats::default();
-    let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
-    let mut partitions: HashMap<String, Option<i32>> = HashMap::new();
+    let shared = Arc::new(Shared {
+        producer: producer.clone(),
+        transformer,
+        router,
+        metrics: metrics.clone(),
+        tracker: tracker.clone(),
+        gate,
+        on_error: config.pipeline.on_error,
+        dead_letter_payload: config.pipeline.dead_letter_payload,
+        partitions: Mutex::new(HashMap::new()),
+    });
+    let n_workers = match config.pipeline.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut queues = Vec::with_capacity(n_workers);
+    let mut workers = Vec::with_capacity(n_workers);
+    for _ in 0..n_workers {
+        let (tx, rx) = mpsc::channel(1024);
+        workers.push(tokio::spawn(worker::run(
+            shared.clone(),
+            rx,
+            done_tx.clone(),
+        )));
+        queues.push(tx);
+    }
+    drop(done_tx);
+    tracing::info!(
+        workers = n_workers,
+        delivery = if eos { "exactly-once" } else { "at-least-once" },
+        topics = ?subs,
+        "pipeline started"
+    );
+
     let max = config.pipeline.max_in_flight;
+    let window = Arc::new(Semaphore::new(max));
+    let mut l = Loop {
+        consumer: &consumer,
+        producer: &producer,
+        tracker: &tracker,
+        metrics: &metrics,
+        stats: RunStats::default(),
+        eos,
+        sent_in_txn: 0,
+    };
+    let mut txn_timer = tokio::time::interval(Duration::from_millis(
+        config.pipeline.transaction_interval_ms,
+    ));
+    txn_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut committing = false;
     tokio::pin!(shutdown);
     let mut failure: Option<PipelineError> = None;
 
     loop {
+        if committing && l.unsettled() == 0 {
+            if let Err(e) = l.commit_transaction().await {
+                failure = Some(e);
+                break;
+            }
+            committing = false;
+        }
         tokio::select! {
             biased;
-            Some(done) = in_flight.next() => {
-                if let Err(e) = settle(&consumer, &tracker, done, &mut stats) {
+            Some(done) = done_rx.recv() => {
+                if let Err(e) = l.settle(done) {
                     failure = Some(e);
                     break;
                 }
             }
             _ = &mut shutdown => break,
-            msg = consumer.recv(), if in_flight.len() < max => {
+            _ = txn_timer.tick(), if eos && !committing => committing = true,
+            msg = consumer.recv(), if !committing && window.available_permits() > 0 => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        metrics.errors.with_label_values(&["kafka_consume"]).inc();
                         tracing::warn!(error = %e, "consume error");
                         continue;
                     }
                 };
-                stats.consumed += 1;
-                match dispatch(&msg, &transformer, &producer, &router, &mut partitions, config.pipeline.on_error).await {
-                    Ok(d) => {
-                        tracker
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .begin(msg.topic(), msg.partition(), msg.offset());
-                        in_flight.push(d);
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
+                let permit = window.clone().try_acquire_owned().expect("the window has room");
+                let msg = msg.detach();
+                let bytes = msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len);
+                metrics.records_consumed.with_label_values(&[msg.topic()]).inc();
+                metrics.bytes_consumed.with_label_values(&[msg.topic()]).inc_by(bytes as u64);
+                metrics.in_flight.inc();
+                l.stats.consumed += 1;
+                let epoch = tracker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .begin(msg.topic(), msg.partition(), msg.offset());
+                let w = worker_for(msg.topic(), msg.partition(), n_workers);
+                if queues[w].send(Job { msg, epoch, permit }).await.is_err() {
+                    failure = Some(setup("a transform worker stopped unexpectedly".into()));
+                    break;
                 }
             }
         }
     }
 
-    // Drain: deliveries already handed to the producer finish or time out.
+    // Drain: records already taken finish (or fail) before the final commit.
     let deadline = tokio::time::sleep(Duration::from_secs(config.pipeline.drain_timeout_seconds));
     tokio::pin!(deadline);
-    while !in_flight.is_empty() {
+    let mut drained = true;
+    while window.available_permits() < max {
         tokio::select! {
-            Some(done) = in_flight.next() => {
-                if let Err(e) = settle(&consumer, &tracker, done, &mut stats) {
-                    failure.get_or_insert(e);
+            done = done_rx.recv() => match done {
+                Some(d) => {
+                    if let Err(e) = l.settle(d) {
+                        failure.get_or_insert(e);
+                    }
                 }
-            }
+                None => break,
+            },
             _ = &mut deadline => {
-                tracing::warn!(left = in_flight.len(), "drain deadline reached; undelivered records will be read again");
+                tracing::warn!(left = max - window.available_permits(), "drain deadline reached; undelivered records will be read again");
+                drained = false;
                 break;
             }
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing stored yet is not an error worth failing the shutdown for.
-        tracing::debug!(error = %e, "final commit");
+    if eos {
+        if failure.is_none() && drained {
+            if let Err(e) = l.commit_transaction().await {
+                failure = Some(e);
+            }
+        } else {
+            let p = producer.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                p.abort_transaction(Timeout::After(Duration::from_secs(30)))
+            })
+            .await;
+        }
+    } else {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit failed"),
+        }
     }
-    let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
+    drop(queues);
+    if drained {
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+    metrics.clear_assigned();
+    let stats = l.stats;
+    tracing::info!(
+        consumed = stats.consumed,
+        produced = stats.produced,
+        dead_lettered = stats.dead_lettered,
+        transactions = stats.transactions,
+        "pipeline stopped"
+    );
+    let p = producer.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(5)))).await;
     match failure {
-        Some(e) => Err(e),
+        Some(e) => {
+            metrics.errors.with_label_values(&[error_code(&e)]).inc();
+            Err(e)
+        }
         None => Ok(stats),
     }
 }
 
-/// Handles one acknowledgement: store the offset if the partition advanced.
-fn settle(
-    consumer: &StreamConsumer<Context>,
-    tracker: &Arc<Mutex<OffsetTracker>>,
-    (topic, partition, offset, dead, result): (String, i32, i64, bool, Result<(), String>),
-    stats: &mut RunStats,
-) -> Result<(), PipelineError> {
-    if let Err(msg) = result {
-        return Err(PipelineError::Record {
-            topic,
-            partition,
-            offset,
-            msg: format!("delivery failed: {msg}"),
-        });
+fn error_code(e: &PipelineError) -> &'static str {
+    match e {
+        PipelineError::Kafka(_) => "kafka",
+        PipelineError::Setup(_) => "setup",
+        PipelineError::Record { code, .. } => code,
+        PipelineError::Transaction(_) => "transaction",
     }
-    if dead {
-        stats.dead_lettered += 1;
-    } else {
-        stats.produced += 1;
-    }
-    let store = tracker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .done(&topic, partition, offset);
-    if let Some(o) = store {
-        if let Err(e) = consumer.store_offset(&topic, partition, o) {
-            tracing::debug!(error = %e, topic, partition, "offset not stored (partition revoked?)");
-        }
-    }
-    Ok(())
 }
 
-/// Transforms one message and hands the result to the producer.
-async fn dispatch(
-    msg: &BorrowedMessage<'_>,
-    transformer: &Transformer,
-    producer: &FutureProducer,
-    router: &Router,
-    partitions: &mut HashMap<String, Option<i32>>,
-    on_error: OnError,
-) -> Result<Delivery, PipelineError> {
-    let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-    let fail = |m: String| PipelineError::Record {
-        topic: topic.clone(),
-        partition,
-        offset,
-        msg: m,
-    };
-    let dest = router.route(&topic).map_err(|e| fail(e.to_string()))?;
-    let outcome = transformer
-        .transform(msg, dest.route)
+/// The loop's state between events.
+struct Loop<'a> {
+    consumer: &'a StreamConsumer<Context>,
+    producer: &'a FutureProducer,
+    tracker: &'a Arc<Mutex<OffsetTracker>>,
+    metrics: &'a Arc<Metrics>,
+    stats: RunStats,
+    eos: bool,
+    /// Records acknowledged in the open transaction.
+    sent_in_txn: u64,
+}
+
+impl Loop<'_> {
+    fn unsettled(&self) -> usize {
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight()
+    }
+
+    /// Books one record's outcome: metrics, and the offset to store.
+    fn settle(&mut self, done: Done) -> Result<(), PipelineError> {
+        self.metrics.in_flight.dec();
+        match done {
+            Done::Stale { .. } => Ok(()),
+            Done::Failed {
+                source, code, msg, ..
+            } => {
+                let owned = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).owns(
+                    &source.topic,
+                    source.partition,
+                    source.offset,
+                    source.epoch,
+                );
+                if !owned {
+                    // Revoked or rewound meanwhile: its failure is no longer ours.
+                    return Ok(());
+                }
+                self.metrics.errors.with_label_values(&[code]).inc();
+                Err(PipelineError::Record {
+                    topic: source.topic,
+                    partition: source.partition,
+                    offset: source.offset,
+                    code,
+                    msg,
+                })
+            }
+            Done::Delivered {
+                source,
+                topic,
+                code,
+                bytes,
+                timestamp,
+                ..
+            } => {
+                let settled = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).done(
+                    &source.topic,
+                    source.partition,
+                    source.offset,
+                    source.epoch,
+                );
+                let Settled::Owned(store) = settled else {
+                    return Ok(());
+                };
+                match code {
+                    None => {
+                        self.stats.produced += 1;
+                        self.metrics
+                            .records_produced
+                            .with_label_values(&[&topic])
+                            .inc();
+                        self.metrics
+                            .bytes_produced
+                            .with_label_values(&[&topic])
+                            .inc_by(bytes as u64);
+                    }
+                    Some(c) => {
+                        self.stats.dead_lettered += 1;
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[&source.topic, c])
+                            .inc();
+                    }
+                }
+                if let Some(ts) = timestamp {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    if now >= ts {
+                        self.metrics
+                            .end_to_end_seconds
+                            .observe((now - ts) as f64 / 1000.0);
+                    }
+                }
+                if self.eos {
+                    self.sent_in_txn += 1;
+                } else if let Some(o) = store {
+                    if let Err(e) = self
+                        .consumer
+                        .store_offset(&source.topic, source.partition, o)
+                    {
+                        tracing::debug!(error = %e, topic = %source.topic, partition = source.partition, "offset not stored (partition revoked?)");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Exactly-once: commits the open transaction with the consumed offsets and
+    /// begins the next. Everything taken must be settled first.
+    async fn commit_transaction(&mut self) -> Result<(), PipelineError> {
+        let offsets = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .uncommitted();
+        if offsets.is_empty() && self.sent_in_txn == 0 {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in &offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+        }
+        let gm = self.consumer.group_metadata().ok_or_else(|| {
+            PipelineError::Transaction("the consumer has no group metadata".into())
+        })?;
+        let p = self.producer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            if tpl.count() > 0 {
+                p.send_offsets_to_transaction(&tpl, &gm, Timeout::After(Duration::from_secs(30)))?;
+            }
+            p.commit_transaction(Timeout::After(Duration::from_secs(60)))
+        })
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let (target, payload, headers, dead) = match outcome {
-        Outcome::Produce { payload, headers } => (dest.target.clone(), payload, headers, false),
-        Outcome::DeadLetter { code, message } => {
-            if on_error == OnError::Stop {
-                return Err(fail(format!("{code}: {message}")));
+        .map_err(|e| PipelineError::Transaction(e.to_string()))?;
+        match committed {
+            Ok(()) => {
+                self.tracker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mark_committed();
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.stats.transactions += 1;
+                tracing::debug!(records = self.sent_in_txn, partitions = offsets.len(), "transaction committed");
             }
-            let headers = record::dead_letter_headers(msg, code, &message);
-            (
-                dest.dead_letter.clone(),
-                msg.payload().map(<[u8]>::to_vec),
-                headers,
-                true,
-            )
-        }
-    };
-    // Keep the input partition when the target has enough partitions, so per-key
-    // order holds end to end; otherwise let the partitioner hash the key.
-    let out_partition = match partitions.get(&target) {
-        Some(p) => *p,
-        None => {
-            let count = producer
-                .client()
-                .fetch_metadata(Some(&target), Timeout::After(Duration::from_secs(10)))
-                .ok()
-                .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
-                .filter(|n| *n > 0);
-            partitions.insert(target.clone(), count);
-            count
-        }
-    };
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&target).headers(headers);
-    if let Some(k) = msg.key() {
-        rec = rec.key(k);
-    }
-    if let Some(p) = payload.as_deref() {
-        rec = rec.payload(p);
-    }
-    if let Some(ts) = msg.timestamp().to_millis() {
-        rec = rec.timestamp(ts);
-    }
-    if let Some(n) = out_partition {
-        if partition < n {
-            rec = rec.partition(partition);
-        }
-    }
-    let fut = loop {
-        match producer.send_result(rec) {
-            Ok(f) => break f,
-            Err((e, r))
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                ) =>
-            {
-                // Backpressure: wait for the producer queue to drain, never drop.
-                rec = r;
-                producer.poll(Timeout::After(Duration::from_millis(10)));
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                tracing::warn!(error = %e, "transaction commit failed; aborting and rewinding to the last commit");
+                self.abort_and_rewind().await?;
             }
-            Err((e, _)) => return Err(fail(format!("cannot produce to {target}: {e}"))),
+            Err(e) => {
+                return Err(PipelineError::Transaction(format!(
+                    "{e} (a fatal error such as being fenced by another instance with the same transactional.id; records since the last commit will be read again)"
+                )))
+            }
         }
-    };
-    Ok(Box::pin(async move {
-        let r = match fut.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("producer dropped".to_string()),
-        };
-        (topic, partition, offset, dead, r)
-    }))
+        self.sent_in_txn = 0;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| PipelineError::Transaction(format!("cannot begin a transaction: {e}")))
+    }
+
+    async fn abort_and_rewind(&mut self) -> Result<(), PipelineError> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            p.abort_transaction(Timeout::After(Duration::from_secs(30)))
+        })
+        .await
+        .map_err(|e| PipelineError::Transaction(e.to_string()))?
+        .map_err(|e| PipelineError::Transaction(format!("abort failed: {e}")))?;
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        let seeks = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rewind();
+        for (t, p, o) in seeks {
+            self.consumer
+                .seek(
+                    &t,
+                    p,
+                    Offset::Offset(o),
+                    Timeout::After(Duration::from_secs(10)),
+                )
+                .map_err(|e| {
+                    PipelineError::Transaction(format!("cannot rewind {t}/{p} to {o}: {e}"))
+                })?;
+        }
+        Ok(())
+    }
 }

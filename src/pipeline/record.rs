@@ -1,174 +1,456 @@
-//! One Kafka record through the transform: its value encrypted (or decrypted) by
-//! the route's schema plan, DEK headers added (or read and removed), everything
-//! else — key, other headers, timestamp, tombstones — preserved. A record that
+//! One Kafka record through the transform: its value (and, for `key_format =
+//! "avro"` routes, its key) encrypted or decrypted by the schema's plan, DEK headers
+//! added (or read and removed), everything else — other headers, timestamp,
+//! tombstones — preserved. Values are raw Avro with the route's schema file, or
+//! Confluent-framed with writer schemas from the Schema Registry and the output
+//! schema registered under the target subject once per schema id. A record that
 //! cannot be transformed becomes a dead letter; it is never produced to the target
 //! with a sensitive field in plaintext.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use serde_json::Value as Json;
+use thiserror::Error;
 
 use crate::config::{Config, PipelineMode};
 use crate::engine::Engine;
 use crate::kafka::headers;
-use crate::kafka::route::Router;
+use crate::kafka::route::KeyFormat;
+use crate::kafka::wire;
 use crate::keys::KmsError;
+use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
 use crate::schema::parse_schema_json;
 use crate::transform::decrypt::DekSet;
-use crate::transform::{Decryptor, Encryptor, TransformErrorKind};
+use crate::transform::{Counts, Decryptor, Encryptor, TransformErrorKind};
 
 /// What to send for one input record.
 pub enum Outcome {
     /// To the route's target topic.
     Produce {
+        /// The new key; `None` keeps the input key as it is.
+        key: Option<Vec<u8>>,
         payload: Option<Vec<u8>>,
         headers: OwnedHeaders,
+        counts: Counts,
     },
     /// To the route's dead-letter topic, with this error.
     DeadLetter { code: &'static str, message: String },
 }
 
-enum Codec {
-    Encrypt { enc: Arc<Encryptor>, scope: String },
-    Decrypt { dec: Arc<Decryptor> },
+/// A failure that is not the record's fault: the pipeline stops (fail closed)
+/// without storing the record's offset, so it is read again after a restart.
+#[derive(Debug, Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error(transparent)]
+    Registry(RegistryError),
 }
 
-/// Per-route transforms, built at start-up.
+impl Fatal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Fatal::Kms(_) => "kms_unavailable",
+            Fatal::Registry(e) => e.code(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Codec {
+    Encrypt(Arc<Encryptor>),
+    Decrypt(Arc<Decryptor>),
+}
+
+/// A codec for one registry schema id, and the id of its output schema.
+struct Framed {
+    codec: Codec,
+    out_id: u32,
+}
+
+/// (schema id → target topic → codec), for keys or values of one route.
+type FramedCache = Mutex<HashMap<u32, HashMap<String, Arc<Framed>>>>;
+
+struct RouteCodecs {
+    /// DEK scope, bound into each DEK's encryption context: one per route, stable
+    /// across instances and restarts.
+    scope: String,
+    raw_value: Option<Codec>,
+    key_format: KeyFormat,
+    raw_key: Option<Codec>,
+    framed_values: FramedCache,
+    framed_keys: FramedCache,
+}
+
+/// Per-route transforms, built at start-up (raw) or per schema id (registry).
 pub struct Transformer {
     engine: Arc<Engine>,
-    routes: Vec<Codec>,
+    registry: Option<Arc<SchemaRegistry>>,
+    mode: PipelineMode,
+    auto_register: bool,
+    strategy: SubjectStrategy,
+    routes: Vec<RouteCodecs>,
 }
 
+/// A record-level failure: dead-letter code and message.
+type Dead = (&'static str, String);
+
 impl Transformer {
-    /// Builds each route's plan from its `value_schema` file.
-    pub fn new(engine: Arc<Engine>, config: &Config, _router: &Router) -> Result<Self, String> {
+    /// Builds each route's plans from its schema files; with a registry, plans are
+    /// built as schema ids appear.
+    pub fn new(
+        engine: Arc<Engine>,
+        config: &Config,
+        registry: Option<Arc<SchemaRegistry>>,
+    ) -> Result<Self, String> {
+        let mode = config.pipeline.mode;
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let path = r.value_schema.as_ref().ok_or_else(|| {
-                format!(
-                    "routes[{i}].value_schema: required (the writer schema of the raw Avro values)"
-                )
-            })?;
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "routes[{i}].value_schema: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-            let json = parse_schema_json(&text)
-                .map_err(|e| format!("routes[{i}].value_schema {}: {e}", path.display()))?;
-            let label = path.display().to_string();
-            routes.push(match config.pipeline.mode {
-                PipelineMode::Encrypt => Codec::Encrypt {
-                    enc: engine.encryptor(&json, &label).map_err(|e| e.to_string())?,
-                    // The scope is bound into each DEK's encryption context: one per
-                    // route, stable across instances and restarts.
-                    scope: format!("route:{}", r.target),
-                },
-                PipelineMode::Decrypt => Codec::Decrypt {
-                    dec: engine.decryptor(&json, &label).map_err(|e| e.to_string())?,
-                },
+            let load = |key: &str, path: &std::path::Path, is_key: bool| {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("routes[{i}].{key}: cannot read {}: {e}", path.display())
+                })?;
+                let json = parse_schema_json(&text)
+                    .map_err(|e| format!("routes[{i}].{key} {}: {e}", path.display()))?;
+                codec_for(&engine, mode, &json, &path.display().to_string(), is_key)
+                    .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))
+            };
+            let (raw_value, raw_key) = if registry.is_some() {
+                (None, None)
+            } else {
+                let v = match &r.value_schema {
+                    Some(p) => Some(load("value_schema", p, false)?),
+                    None => {
+                        return Err(format!(
+                        "routes[{i}].value_schema: required without [schema_registry] (the writer schema of the raw Avro values)"
+                    ))
+                    }
+                };
+                let k = match (&r.key_format, &r.key_schema) {
+                    (KeyFormat::Avro, Some(p)) => Some(load("key_schema", p, true)?),
+                    (KeyFormat::Avro, None) => {
+                        return Err(format!(
+                            "routes[{i}].key_schema: key_format = \"avro\" without [schema_registry] needs the raw keys' writer schema"
+                        ))
+                    }
+                    (KeyFormat::Passthrough, _) => None,
+                };
+                (v, k)
+            };
+            routes.push(RouteCodecs {
+                scope: format!("route:{}", r.target),
+                raw_value,
+                key_format: r.key_format,
+                raw_key,
+                framed_values: Mutex::default(),
+                framed_keys: Mutex::default(),
             });
         }
-        Ok(Transformer { engine, routes })
+        Ok(Transformer {
+            engine,
+            registry,
+            mode,
+            auto_register: config.schema_registry.auto_register,
+            strategy: config.schema_registry.subject_strategy,
+            routes,
+        })
     }
 
-    /// Transforms one record of route `route`. `Err` means the KMS failed: the
-    /// pipeline must not go on (nothing about this record is wrong).
-    pub async fn transform(
+    /// Encrypting or decrypting.
+    pub fn mode(&self) -> PipelineMode {
+        self.mode
+    }
+
+    /// Transforms one record of route `route` bound for `target`. `Err` means an
+    /// infrastructure failure (KMS, registry): nothing about this record is wrong.
+    pub async fn transform<M: Message>(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
         route: usize,
-    ) -> Result<Outcome, KmsError> {
-        let Some(codec) = self.routes.get(route) else {
-            return Ok(dead("no_route", "no transform for this route".into()));
+        target: &str,
+    ) -> Result<Outcome, Fatal> {
+        let Some(rc) = self.routes.get(route) else {
+            return Ok(dead(("no_route", "no transform for this route".into())));
+        };
+        let key = match self.transform_key(msg, rc, target).await? {
+            Ok(k) => k,
+            Err(d) => return Ok(dead(d)),
         };
         let Some(value) = msg.payload() else {
             // Tombstones stay tombstones: deletes must reach compacted topics.
             return Ok(Outcome::Produce {
+                key,
                 payload: None,
                 headers: copy_headers(msg),
+                counts: Counts::default(),
             });
         };
-        match codec {
-            Codec::Encrypt { enc, scope } => {
-                let mut out = Vec::with_capacity(value.len() * 2 + 64);
-                if !enc.needs_dek() {
-                    return Ok(match enc.encrypt(value, None, &mut out) {
-                        Ok(_) => Outcome::Produce {
-                            payload: Some(out),
-                            headers: copy_headers(msg),
-                        },
-                        Err(e) => dead(e.code(), e.to_string()),
-                    });
-                }
-                loop {
-                    let dek = self.engine.deks.current(scope).await?;
-                    let fresh = dek.uses() == 0;
-                    match enc.encrypt(value, Some(&dek), &mut out) {
-                        Ok(c) => {
-                            let mut h = copy_headers(msg);
-                            if c.randomized > 0 {
-                                let v = headers::encode_dek(dek.wrapped())
-                                    .map_err(|e| KmsError::Config(e.to_string()))?;
-                                h = h.insert(Header {
-                                    key: headers::DEK,
-                                    value: Some(&v),
-                                });
-                            }
-                            return Ok(Outcome::Produce {
-                                payload: Some(out),
-                                headers: h,
-                            });
-                        }
-                        Err(e) if e.kind == TransformErrorKind::DekExhausted && !fresh => continue,
-                        Err(e) => return Ok(dead(e.code(), e.to_string())),
-                    }
+        let framed;
+        let (codec, datum, out_id) = match &rc.raw_value {
+            Some(c) => (c, value, None),
+            None => {
+                let (id, datum) = match wire::parse(value) {
+                    Ok(x) => x,
+                    Err(e) => return Ok(dead(("bad_framing", format!("value: {e}")))),
+                };
+                framed = match self.framed(&rc.framed_values, id, target, false).await? {
+                    Ok(f) => f,
+                    Err(d) => return Ok(dead(d)),
+                };
+                (&framed.codec, datum, Some(framed.out_id))
+            }
+        };
+        let mut out = Vec::with_capacity(value.len() * 2 + 64);
+        if let Some(id) = out_id {
+            wire::frame_header(id, &mut out);
+        }
+        let mut headers = copy_headers(msg);
+        let counts = match codec {
+            Codec::Encrypt(enc) => {
+                match self
+                    .encrypt_value(enc, &rc.scope, datum, &mut out, &mut headers)
+                    .await?
+                {
+                    Ok(c) => c,
+                    Err(d) => return Ok(dead(d)),
                 }
             }
-            Codec::Decrypt { dec } => {
-                let mut deks = DekSet::new();
-                if let Some(hs) = msg.headers() {
-                    for h in hs.iter().filter(|h| h.key == headers::DEK) {
-                        let w = match h.value.map(headers::decode_dek) {
-                            Some(Ok(w)) => w,
-                            Some(Err(e)) => return Ok(dead("bad_dek_header", e.to_string())),
-                            None => {
-                                return Ok(dead(
-                                    "bad_dek_header",
-                                    "empty fieldcrypt.dek header".into(),
-                                ))
-                            }
-                        };
-                        match self.engine.dek_cache.get(&w).await {
-                            Ok(k) => {
-                                deks.insert(w.id, k);
-                            }
-                            Err(e) if e.is_retriable() => return Err(e),
-                            Err(e) => return Ok(dead("dek_unwrap_failed", e.to_string())),
-                        }
-                    }
+            Codec::Decrypt(dec) => {
+                let deks = match self.dek_set(msg).await? {
+                    Ok(d) => d,
+                    Err(d) => return Ok(dead(d)),
+                };
+                match dec.decrypt(datum, &deks, &mut out) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(dead((e.code(), format!("value: {e}")))),
                 }
-                let mut out = Vec::with_capacity(value.len());
-                Ok(match dec.decrypt(value, &deks, &mut out) {
-                    Ok(_) => Outcome::Produce {
-                        payload: Some(out),
-                        headers: copy_headers(msg),
-                    },
-                    Err(e) => dead(e.code(), e.to_string()),
-                })
+            }
+        };
+        Ok(Outcome::Produce {
+            key,
+            payload: Some(out),
+            headers,
+            counts,
+        })
+    }
+
+    /// The output key: `Ok(None)` keeps the input key.
+    async fn transform_key<M: Message>(
+        &self,
+        msg: &M,
+        rc: &RouteCodecs,
+        target: &str,
+    ) -> Result<Result<Option<Vec<u8>>, Dead>, Fatal> {
+        if rc.key_format == KeyFormat::Passthrough {
+            return Ok(Ok(None));
+        }
+        let Some(key) = msg.key() else {
+            return Ok(Ok(None));
+        };
+        let framed;
+        let (codec, datum, out_id) = match &rc.raw_key {
+            Some(c) => (c, key, None),
+            None => {
+                let (id, datum) = match wire::parse(key) {
+                    Ok(x) => x,
+                    Err(e) => return Ok(Err(("bad_key_framing", format!("key: {e}")))),
+                };
+                framed = match self.framed(&rc.framed_keys, id, target, true).await? {
+                    Ok(f) => f,
+                    Err(d) => return Ok(Err(d)),
+                };
+                (&framed.codec, datum, Some(framed.out_id))
+            }
+        };
+        let mut out = Vec::with_capacity(key.len() * 2 + 32);
+        if let Some(id) = out_id {
+            wire::frame_header(id, &mut out);
+        }
+        // Key plans never need a DEK (checked when the codec was built).
+        let r = match codec {
+            Codec::Encrypt(enc) => enc.encrypt(datum, None, &mut out),
+            Codec::Decrypt(dec) => dec.decrypt(datum, &DekSet::new(), &mut out),
+        };
+        Ok(match r {
+            Ok(_) => Ok(Some(out)),
+            Err(e) => Err((e.code(), format!("key: {e}"))),
+        })
+    }
+
+    async fn encrypt_value(
+        &self,
+        enc: &Encryptor,
+        scope: &str,
+        datum: &[u8],
+        out: &mut Vec<u8>,
+        headers: &mut OwnedHeaders,
+    ) -> Result<Result<Counts, Dead>, Fatal> {
+        if !enc.needs_dek() {
+            return Ok(enc
+                .encrypt(datum, None, out)
+                .map_err(|e| (e.code(), format!("value: {e}"))));
+        }
+        loop {
+            let dek = self.engine.deks.current(scope).await?;
+            let fresh = dek.uses() == 0;
+            match enc.encrypt(datum, Some(&dek), out) {
+                Ok(c) => {
+                    if c.randomized > 0 {
+                        let v = headers::encode_dek(dek.wrapped())
+                            .map_err(|e| KmsError::Config(e.to_string()))?;
+                        *headers = std::mem::replace(headers, OwnedHeaders::new()).insert(Header {
+                            key: headers::DEK,
+                            value: Some(&v),
+                        });
+                    }
+                    return Ok(Ok(c));
+                }
+                // The DEK hit its usage limit mid-record: redo the record with a new one.
+                Err(e) if e.kind == TransformErrorKind::DekExhausted && !fresh => continue,
+                Err(e) => return Ok(Err((e.code(), format!("value: {e}")))),
             }
         }
     }
+
+    /// The DEKs named by the record's `fieldcrypt.dek` headers, unwrapped.
+    async fn dek_set<M: Message>(&self, msg: &M) -> Result<Result<DekSet, Dead>, Fatal> {
+        let mut deks = DekSet::new();
+        if let Some(hs) = msg.headers() {
+            for h in hs.iter().filter(|h| h.key == headers::DEK) {
+                let w = match h.value.map(headers::decode_dek) {
+                    Some(Ok(w)) => w,
+                    Some(Err(e)) => return Ok(Err(("bad_dek_header", e.to_string()))),
+                    None => {
+                        return Ok(Err((
+                            "bad_dek_header",
+                            "empty fieldcrypt.dek header".into(),
+                        )))
+                    }
+                };
+                match self.engine.dek_cache.get(&w).await {
+                    Ok(k) => {
+                        deks.insert(w.id, k);
+                    }
+                    Err(e) if e.is_retriable() => return Err(e.into()),
+                    Err(e) => return Ok(Err(("dek_unwrap_failed", e.to_string()))),
+                }
+            }
+        }
+        Ok(Ok(deks))
+    }
+
+    /// The codec for registry schema `id` on its way to `target`, built (and the
+    /// output schema registered) on first sight.
+    async fn framed(
+        &self,
+        cache: &FramedCache,
+        id: u32,
+        target: &str,
+        is_key: bool,
+    ) -> Result<Result<Arc<Framed>, Dead>, Fatal> {
+        if let Some(f) = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|m| m.get(target))
+        {
+            return Ok(Ok(f.clone()));
+        }
+        let Some(reg) = &self.registry else {
+            return Ok(Err(("no_registry", "no schema registry configured".into())));
+        };
+        let part = if is_key { "key" } else { "value" };
+        let registry_err = |e: RegistryError| -> Result<Result<Arc<Framed>, Dead>, Fatal> {
+            if e.is_infrastructure() {
+                Err(Fatal::Registry(e))
+            } else {
+                Ok(Err((e.code(), format!("{part}: {e}"))))
+            }
+        };
+        let schema = match reg.schema_by_id(id).await {
+            Ok(s) => s,
+            Err(e) => return registry_err(e),
+        };
+        let label = format!("schema id {id} ({part})");
+        let codec = match codec_for(&self.engine, self.mode, &schema.json, &label, is_key) {
+            Ok(c) => c,
+            Err(d) => return Ok(Err(d)),
+        };
+        let out_json: &Json = match &codec {
+            Codec::Encrypt(e) => &e.plan().output_json,
+            Codec::Decrypt(d) => &d.plan().original_json,
+        };
+        let subject = self.strategy.subject(target, is_key, out_json);
+        let out_id = match reg.id_for(&subject, out_json, self.auto_register).await {
+            Ok(i) => i,
+            Err(e) => return registry_err(e),
+        };
+        tracing::info!(
+            schema_id = id,
+            output_schema_id = out_id,
+            subject,
+            part,
+            "new schema: plan built and output schema registered"
+        );
+        let f = Arc::new(Framed { codec, out_id });
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .insert(target.to_string(), f.clone());
+        Ok(Ok(f))
+    }
 }
 
-fn dead(code: &'static str, message: String) -> Outcome {
+/// Builds the encryptor or decryptor for a schema. Keys must not need a DEK: a
+/// randomized key field would break partitioning and compaction.
+fn codec_for(
+    engine: &Engine,
+    mode: PipelineMode,
+    json: &Json,
+    label: &str,
+    is_key: bool,
+) -> Result<Codec, Dead> {
+    match mode {
+        PipelineMode::Encrypt => {
+            let enc = engine
+                .encryptor(json, label)
+                .map_err(|e| ("policy_error", e.to_string()))?;
+            if is_key && enc.needs_dek() {
+                let fields: Vec<String> = enc
+                    .plan()
+                    .rows
+                    .iter()
+                    .filter(|r| r.mode == crate::schema::policy::Mode::Randomized)
+                    .map(|r| r.path.clone())
+                    .collect();
+                return Err((
+                    "randomized_key_field",
+                    format!(
+                        "key schema {label}: field(s) {} are randomized; record keys may only be encrypted deterministically (equal keys must stay equal for partitioning and compaction): use \"sensitive\": {{\"mode\": \"deterministic\"}}",
+                        fields.join(", ")
+                    ),
+                ));
+            }
+            Ok(Codec::Encrypt(enc))
+        }
+        PipelineMode::Decrypt => engine
+            .decryptor(json, label)
+            .map(Codec::Decrypt)
+            .map_err(|e| ("policy_error", e.to_string())),
+    }
+}
+
+fn dead((code, message): Dead) -> Outcome {
     Outcome::DeadLetter { code, message }
 }
 
 /// The record's headers, minus fieldcrypt's own DEK headers (the output gets its
 /// own, or none after decryption).
-fn copy_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
+fn copy_headers<M: Message>(msg: &M) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     if let Some(hs) = msg.headers() {
         for h in hs.iter().filter(|h| h.key != headers::DEK) {
@@ -182,7 +464,7 @@ fn copy_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
 }
 
 /// The original headers plus the error and source-position headers.
-pub fn dead_letter_headers(msg: &BorrowedMessage<'_>, code: &str, message: &str) -> OwnedHeaders {
+pub fn dead_letter_headers<M: Message>(msg: &M, code: &str, message: &str) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     if let Some(hs) = msg.headers() {
         for h in hs.iter() {

@@ -1,0 +1,353 @@
+//! The Prometheus metrics of one process: every counter, gauge and histogram that
+//! `/metrics` exposes, registered once in a private registry. Names are stable
+//! (dashboards and alerts depend on them) and listed in docs/OPERATIONS.md. No label
+//! ever carries a record value: labels are topics, partitions, modes and error codes.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::keys::DekStats;
+use crate::transform::Counts;
+
+/// Every metric fieldcrypt exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub records_consumed: IntCounterVec,
+    pub bytes_consumed: IntCounterVec,
+    pub records_produced: IntCounterVec,
+    pub bytes_produced: IntCounterVec,
+    pub fields: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub transform_seconds: Histogram,
+    pub end_to_end_seconds: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub in_flight: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub ready: IntGauge,
+    pub transactions: IntCounterVec,
+    dek_hits: IntCounterVec,
+    dek_misses: IntCounterVec,
+    pub kms_requests: IntCounterVec,
+    pub kms_seconds: HistogramVec,
+    pub registry_requests: IntCounterVec,
+    /// The DEK counters live in the key managers; they are copied in at scrape time.
+    dek_sources: std::sync::Mutex<Vec<(&'static str, Arc<DekStats>)>>,
+    /// False after a KMS call failed for a retriable reason, until one succeeds.
+    pub kms_reachable: AtomicBool,
+    assigned: AtomicI64,
+}
+
+/// Latency buckets from 10 µs to 10 s: transforms take microseconds, deliveries
+/// milliseconds, KMS calls up to seconds.
+fn buckets() -> Vec<f64> {
+    vec![
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+macro_rules! reg {
+    ($r:expr, $m:expr) => {{
+        let m = $m.expect("metric definition is valid");
+        $r.register(Box::new(m.clone()))
+            .expect("metric names are unique");
+        m
+    }};
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let hist = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets()))
+        };
+        Metrics {
+            records_consumed: reg!(
+                r,
+                counter(
+                    "fieldcrypt_records_consumed_total",
+                    "Records read from source topics.",
+                    &["topic"]
+                )
+            ),
+            bytes_consumed: reg!(
+                r,
+                counter(
+                    "fieldcrypt_bytes_consumed_total",
+                    "Key and value bytes read from source topics.",
+                    &["topic"]
+                )
+            ),
+            records_produced: reg!(
+                r,
+                counter(
+                    "fieldcrypt_records_produced_total",
+                    "Records acknowledged by the broker on target topics (dead letters not included).",
+                    &["topic"]
+                )
+            ),
+            bytes_produced: reg!(
+                r,
+                counter(
+                    "fieldcrypt_bytes_produced_total",
+                    "Key and value bytes acknowledged on target topics.",
+                    &["topic"]
+                )
+            ),
+            fields: reg!(
+                r,
+                counter(
+                    "fieldcrypt_fields_total",
+                    "Field values transformed, by operation (encrypt, decrypt) and mode (randomized, deterministic, blind_index).",
+                    &["operation", "mode"]
+                )
+            ),
+            dead_letters: reg!(
+                r,
+                counter(
+                    "fieldcrypt_dead_letters_total",
+                    "Records acknowledged on a dead-letter topic, by source topic and error code.",
+                    &["topic", "code"]
+                )
+            ),
+            errors: reg!(
+                r,
+                counter(
+                    "fieldcrypt_errors_total",
+                    "Errors by code: record errors (also dead-lettered) and pipeline errors (kafka, kms, registry, delivery).",
+                    &["code"]
+                )
+            ),
+            transform_seconds: reg!(
+                r,
+                hist(
+                    "fieldcrypt_transform_duration_seconds",
+                    "Time to transform one record (decode, crypto, encode), KMS waits included."
+                )
+            ),
+            end_to_end_seconds: reg!(
+                r,
+                hist(
+                    "fieldcrypt_end_to_end_latency_seconds",
+                    "From the source record's timestamp to the broker's acknowledgement of its output."
+                )
+            ),
+            consumer_lag: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "fieldcrypt_consumer_lag",
+                        "Records behind the high watermark per assigned partition (from librdkafka statistics)."
+                    ),
+                    &["topic", "partition"]
+                )
+            ),
+            in_flight: reg!(
+                r,
+                IntGauge::new(
+                    "fieldcrypt_in_flight_records",
+                    "Records consumed but not yet acknowledged on their output topic."
+                )
+            ),
+            assigned_partitions: reg!(
+                r,
+                IntGauge::new(
+                    "fieldcrypt_assigned_partitions",
+                    "Source partitions assigned to this instance."
+                )
+            ),
+            ready: reg!(
+                r,
+                IntGauge::new(
+                    "fieldcrypt_ready",
+                    "1 when partitions are assigned and the KMS is reachable (as /health/ready)."
+                )
+            ),
+            transactions: reg!(
+                r,
+                counter(
+                    "fieldcrypt_transactions_total",
+                    "Exactly-once transactions by outcome (committed, aborted).",
+                    &["outcome"]
+                )
+            ),
+            dek_hits: reg!(
+                r,
+                counter(
+                    "fieldcrypt_dek_cache_hits_total",
+                    "Data-key lookups served from the cache, by side (encrypt, decrypt).",
+                    &["side"]
+                )
+            ),
+            dek_misses: reg!(
+                r,
+                counter(
+                    "fieldcrypt_dek_cache_misses_total",
+                    "Data-key lookups that went to the KMS, by side (encrypt, decrypt).",
+                    &["side"]
+                )
+            ),
+            kms_requests: reg!(
+                r,
+                counter(
+                    "fieldcrypt_kms_requests_total",
+                    "KMS requests by operation and outcome.",
+                    &["operation", "outcome"]
+                )
+            ),
+            kms_seconds: reg!(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "fieldcrypt_kms_request_duration_seconds",
+                        "KMS request latency by operation."
+                    )
+                    .buckets(buckets()),
+                    &["operation"]
+                )
+            ),
+            registry_requests: reg!(
+                r,
+                counter(
+                    "fieldcrypt_schema_registry_requests_total",
+                    "Schema Registry requests by operation and outcome.",
+                    &["operation", "outcome"]
+                )
+            ),
+            registry: r,
+            dek_sources: std::sync::Mutex::new(Vec::new()),
+            kms_reachable: AtomicBool::new(true),
+            assigned: AtomicI64::new(0),
+        }
+    }
+
+    /// Exposes a DEK cache's counters as `side`.
+    pub fn watch_dek_stats(&self, side: &'static str, stats: Arc<DekStats>) {
+        self.dek_hits.with_label_values(&[side]);
+        self.dek_misses.with_label_values(&[side]);
+        self.dek_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((side, stats));
+    }
+
+    /// Adds one record's field counts.
+    pub fn count_fields(&self, operation: &str, c: &Counts) {
+        for (mode, n) in [
+            ("randomized", c.randomized),
+            ("deterministic", c.deterministic),
+            ("blind_index", c.indexes),
+        ] {
+            if n > 0 {
+                self.fields.with_label_values(&[operation, mode]).inc_by(n);
+            }
+        }
+    }
+
+    /// Partitions assigned (+) or revoked (−).
+    pub fn add_assigned(&self, delta: i64) {
+        let now = self.assigned.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.assigned_partitions.set(now.max(0));
+        self.refresh_ready();
+    }
+
+    /// Forgets every assignment (the consumer left the group).
+    pub fn clear_assigned(&self) {
+        self.assigned.store(0, Ordering::SeqCst);
+        self.assigned_partitions.set(0);
+        self.refresh_ready();
+    }
+
+    /// Records whether the last KMS call reached the KMS.
+    pub fn set_kms_reachable(&self, ok: bool) {
+        self.kms_reachable.store(ok, Ordering::SeqCst);
+        self.refresh_ready();
+    }
+
+    /// Ready: partitions assigned and the KMS reachable.
+    pub fn is_ready(&self) -> bool {
+        self.assigned.load(Ordering::SeqCst) > 0 && self.kms_reachable.load(Ordering::SeqCst)
+    }
+
+    fn refresh_ready(&self) {
+        self.ready.set(i64::from(self.is_ready()));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        for (side, s) in self
+            .dek_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            sync_counter(&self.dek_hits, side, s.hits.load(Ordering::Relaxed));
+            sync_counter(&self.dek_misses, side, s.misses.load(Ordering::Relaxed));
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+/// Brings a counter up to a monotonic total kept elsewhere.
+fn sync_counter(c: &IntCounterVec, side: &str, total: u64) {
+    let c = c.with_label_values(&[side]);
+    let have = c.get();
+    if total > have {
+        c.inc_by(total - have);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names_and_readiness() {
+        let m = Metrics::new();
+        let stats = Arc::new(DekStats::default());
+        m.watch_dek_stats("encrypt", stats.clone());
+        stats.hits.fetch_add(5, Ordering::Relaxed);
+        m.records_consumed.with_label_values(&["a"]).inc_by(3);
+        m.count_fields(
+            "encrypt",
+            &Counts {
+                randomized: 2,
+                deterministic: 1,
+                indexes: 1,
+                nulls: 0,
+            },
+        );
+        let text = m.render();
+        assert!(text.contains("fieldcrypt_records_consumed_total{topic=\"a\"} 3"));
+        assert!(text.contains("fieldcrypt_dek_cache_hits_total{side=\"encrypt\"} 5"));
+        assert!(
+            text.contains("fieldcrypt_fields_total{mode=\"randomized\",operation=\"encrypt\"} 2")
+        );
+        assert!(!m.is_ready(), "nothing assigned yet");
+        m.add_assigned(3);
+        assert!(m.is_ready());
+        m.set_kms_reachable(false);
+        assert!(!m.is_ready());
+        assert!(m.render().contains("fieldcrypt_ready 0"));
+    }
+}

@@ -1,0 +1,312 @@
+//! Transform workers: each owns a share of the partitions (a partition always goes
+//! to the same worker, so its records are transformed and produced in order),
+//! transforms records concurrently with the other workers, hands the results to the
+//! producer, and reports every acknowledgement back to the loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::offsets::OffsetTracker;
+use super::record::{dead_letter_headers, Outcome, Transformer};
+use crate::config::{DeadLetterPayload, OnError};
+use crate::kafka::route::Router;
+use crate::observe::Metrics;
+
+/// One consumed record on its way to a worker.
+pub struct Job {
+    pub msg: OwnedMessage,
+    /// The partition epoch from [`OffsetTracker::begin`].
+    pub epoch: u64,
+    /// Holds one slot of the in-flight window until the record is settled.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Where a record came from, and the partition epoch it belongs to.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: u64,
+}
+
+/// What became of one record.
+pub enum Done {
+    /// Acknowledged by the broker on `topic` (a dead letter when `code` is set).
+    Delivered {
+        source: Source,
+        topic: String,
+        code: Option<&'static str>,
+        bytes: usize,
+        timestamp: Option<i64>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// No longer this instance's (revoked or rewound) before it was produced.
+    Stale { _permit: OwnedSemaphorePermit },
+    /// The record could not be delivered, or an infrastructure failure (KMS,
+    /// registry) happened while transforming it: the pipeline stops without
+    /// storing its offset.
+    Failed {
+        source: Source,
+        code: &'static str,
+        msg: String,
+        _permit: OwnedSemaphorePermit,
+    },
+}
+
+type Delivery = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// Everything the workers share.
+pub struct Shared {
+    pub producer: FutureProducer,
+    pub transformer: Transformer,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// Exactly-once: held for reading while a record is handed to the producer,
+    /// for writing while a transaction is aborted, so no record of an aborted
+    /// transaction's partitions slips into the next one.
+    pub gate: Arc<RwLock<()>>,
+    pub on_error: OnError,
+    pub dead_letter_payload: DeadLetterPayload,
+    /// Target topic → partition count (None: unknown, let the partitioner pick).
+    pub partitions: Mutex<HashMap<String, Option<i32>>>,
+}
+
+/// Runs one worker until its queue closes and its deliveries are reported.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(d) = deliveries.next() => {
+                let _ = done.send(d);
+            }
+            job = jobs.recv() => match job {
+                Some(job) => match process(&shared, job).await {
+                    Ok(d) => deliveries.push(d),
+                    Err(d) => {
+                        let _ = done.send(d);
+                    }
+                },
+                None => break,
+            },
+        }
+    }
+    while let Some(d) = deliveries.next().await {
+        let _ = done.send(d);
+    }
+}
+
+/// Transforms one record and hands it to the producer.
+async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
+    let Job { msg, epoch, permit } = job;
+    let source = Source {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        epoch,
+    };
+    let stale = |permit| Done::Stale { _permit: permit };
+    let owned = |s: &Shared| {
+        s.tracker.lock().unwrap_or_else(|p| p.into_inner()).owns(
+            &source.topic,
+            source.partition,
+            source.offset,
+            source.epoch,
+        )
+    };
+    if !owned(shared) {
+        return Err(stale(permit));
+    }
+    let fail = |code: &'static str, msg: String, permit| Done::Failed {
+        source: source.clone(),
+        code,
+        msg,
+        _permit: permit,
+    };
+    let dest = match shared.router.route(&source.topic) {
+        Ok(d) => d,
+        Err(e) => return Err(fail("no_route", e.to_string(), permit)),
+    };
+    let started = Instant::now();
+    let outcome = shared
+        .transformer
+        .transform(&msg, dest.route, &dest.target)
+        .await;
+    shared
+        .metrics
+        .transform_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return Err(fail(e.code(), e.to_string(), permit)),
+    };
+    let (target, key, payload, headers, code) = match outcome {
+        Outcome::Produce {
+            key,
+            payload,
+            headers,
+            counts,
+        } => {
+            let op = match shared.transformer_mode() {
+                crate::config::PipelineMode::Encrypt => "encrypt",
+                crate::config::PipelineMode::Decrypt => "decrypt",
+            };
+            shared.metrics.count_fields(op, &counts);
+            (dest.target.clone(), key, payload, headers, None)
+        }
+        Outcome::DeadLetter { code, message } => {
+            shared.metrics.errors.with_label_values(&[code]).inc();
+            if shared.on_error == OnError::Stop {
+                return Err(fail(
+                    code,
+                    format!("{message} (pipeline.on_error = \"stop\")"),
+                    permit,
+                ));
+            }
+            tracing::warn!(
+                topic = %source.topic,
+                partition = source.partition,
+                offset = source.offset,
+                code,
+                error = %message,
+                dead_letter_topic = %dest.dead_letter,
+                "record sent to the dead-letter topic"
+            );
+            let headers = dead_letter_headers(&msg, code, &message);
+            let payload = match shared.dead_letter_payload {
+                DeadLetterPayload::Keep => msg.payload().map(<[u8]>::to_vec),
+                DeadLetterPayload::Drop => None,
+            };
+            (dest.dead_letter.clone(), None, payload, headers, Some(code))
+        }
+    };
+    let out_partition = partition_count(shared, &target).await;
+    let key: Option<&[u8]> = match &key {
+        Some(k) => Some(k.as_slice()),
+        None => msg.key(),
+    };
+    let bytes = key.map_or(0, <[u8]>::len) + payload.as_ref().map_or(0, Vec::len);
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&target).headers(headers);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    if let Some(p) = payload.as_deref() {
+        rec = rec.payload(p);
+    }
+    let timestamp = msg.timestamp().to_millis();
+    if let Some(ts) = timestamp {
+        rec = rec.timestamp(ts);
+    }
+    // Keep the input partition when the target has enough partitions, so per-key
+    // order holds end to end; otherwise let the partitioner hash the key.
+    if let Some(n) = out_partition {
+        if source.partition < n {
+            rec = rec.partition(source.partition);
+        }
+    }
+    let fut = loop {
+        let sent = {
+            let _g = shared.gate.read().unwrap_or_else(|p| p.into_inner());
+            if !owned(shared) {
+                return Err(stale(permit));
+            }
+            shared.producer.send_result(rec)
+        };
+        match sent {
+            Ok(f) => break f,
+            Err((e, r))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ) =>
+            {
+                // Backpressure: wait for the producer queue to drain, never drop.
+                rec = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => {
+                return Err(fail(
+                    "produce_failed",
+                    format!("cannot produce to {target}: {e}"),
+                    permit,
+                ))
+            }
+        }
+    };
+    Ok(Box::pin(async move {
+        match fut.await {
+            Ok(Ok(_)) => Done::Delivered {
+                source,
+                topic: target,
+                code,
+                bytes,
+                timestamp,
+                _permit: permit,
+            },
+            Ok(Err((e, _))) => Done::Failed {
+                source,
+                code: "delivery_failed",
+                msg: format!("delivery to {target} failed: {e}"),
+                _permit: permit,
+            },
+            Err(_) => Done::Failed {
+                source,
+                code: "delivery_failed",
+                msg: format!("delivery to {target} failed: producer dropped"),
+                _permit: permit,
+            },
+        }
+    }))
+}
+
+impl Shared {
+    fn transformer_mode(&self) -> crate::config::PipelineMode {
+        self.transformer.mode()
+    }
+}
+
+/// The target's partition count, fetched once per topic off the async threads.
+async fn partition_count(shared: &Shared, target: &str) -> Option<i32> {
+    if let Some(p) = shared
+        .partitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(target)
+    {
+        return *p;
+    }
+    let producer = shared.producer.clone();
+    let t = target.to_string();
+    let count = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&t), Timeout::After(Duration::from_secs(10)))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+            .filter(|n| *n > 0)
+    })
+    .await
+    .ok()
+    .flatten();
+    shared
+        .partitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(target.to_string(), count);
+    count
+}

@@ -1,0 +1,472 @@
+//! Schema Registry client (the Confluent REST API subset fieldcrypt needs): writer
+//! schemas fetched by id and cached for the life of the process (ids are immutable),
+//! output schemas registered (or looked up) under a subject and cached, basic auth
+//! and TLS. Transient failures (connection errors, timeouts, 5xx, 429) are retried
+//! with exponential backoff; the registry's own answers (unknown id, invalid or
+//! incompatible schema, bad credentials) are returned at once. Credentials never
+//! appear in errors, logs or `Debug` output.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde::Deserialize;
+use serde_json::Value as Json;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::config::SchemaRegistryConfig;
+use crate::observe::Metrics;
+
+/// A registry failure, classified for the caller.
+#[derive(Debug, Clone, Error)]
+pub enum RegistryError {
+    /// The schema id or subject does not exist (a record-level problem).
+    #[error("schema registry has no {what}")]
+    NotFound { what: String },
+    /// The registry refused the request (invalid or incompatible schema, ...).
+    #[error("schema registry rejected {what}: HTTP {status}, error {code}: {message}")]
+    Rejected {
+        what: String,
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    /// Bad or missing credentials (a configuration problem).
+    #[error("schema registry refused the credentials for {what} (HTTP {status}); check schema_registry.username and the password")]
+    Unauthorized { what: String, status: u16 },
+    /// The registry could not be reached or kept failing: retry later.
+    #[error("schema registry unavailable for {what}: {msg}")]
+    Unavailable { what: String, msg: String },
+    /// The registry answered something that is not a schema.
+    #[error("schema registry returned an unusable answer for {what}: {msg}")]
+    Invalid { what: String, msg: String },
+    #[error("schema_registry: {0}")]
+    Config(String),
+}
+
+impl RegistryError {
+    /// A failure of the registry rather than of the record: the pipeline must stop
+    /// (or wait) instead of dead-lettering.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Unavailable { .. }
+                | RegistryError::Unauthorized { .. }
+                | RegistryError::Config(_)
+        )
+    }
+
+    /// The error code for metrics and dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegistryError::NotFound { .. } => "unknown_schema_id",
+            RegistryError::Rejected { .. } => "schema_rejected",
+            RegistryError::Unauthorized { .. } => "registry_unauthorized",
+            RegistryError::Unavailable { .. } => "registry_unavailable",
+            RegistryError::Invalid { .. } => "registry_invalid_answer",
+            RegistryError::Config(_) => "registry_config",
+        }
+    }
+}
+
+/// A schema as the registry stores it: text and parsed JSON.
+#[derive(Debug)]
+pub struct RegisteredSchema {
+    pub id: u32,
+    pub json: Json,
+}
+
+/// The client. Cheap to share (`Arc`).
+pub struct SchemaRegistry {
+    http: reqwest::Client,
+    base: String,
+    username: Option<String>,
+    password: Option<Zeroizing<String>>,
+    retries: u32,
+    by_id: Cache<u32, Arc<RegisteredSchema>>,
+    /// (subject, schema text) → id.
+    ids: Cache<(String, String), u32>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("base", &self.base)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error_code: Option<i64>,
+    message: Option<String>,
+}
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The environment variable read for the password when the config has none.
+pub const PASSWORD_ENV: &str = "FIELDCRYPT_SCHEMA_REGISTRY_PASSWORD";
+
+impl SchemaRegistry {
+    /// Builds the client from `[schema_registry]` (which must have a `url`).
+    pub fn new(cfg: &SchemaRegistryConfig, metrics: Arc<Metrics>) -> Result<Self, RegistryError> {
+        let url = cfg
+            .url
+            .as_deref()
+            .ok_or_else(|| RegistryError::Config("url is not set".into()))?;
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(RegistryError::Config(format!(
+                "url must start with http:// or https:// (got {base:?})"
+            )));
+        }
+        if base.contains('@') {
+            return Err(RegistryError::Config(
+                "url must not carry credentials; use schema_registry.username and the password settings".into(),
+            ));
+        }
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_seconds))
+            .connect_timeout(Duration::from_secs(cfg.timeout_seconds.min(10)))
+            .user_agent(concat!("fieldcrypt/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                RegistryError::Config(format!("ca_file: cannot read {}: {e}", ca.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                RegistryError::Config(format!(
+                    "ca_file {}: not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
+            b = b.add_root_certificate(cert);
+        }
+        match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => {
+                let read = |p: &std::path::Path, key: &str| {
+                    std::fs::read(p).map_err(|e| {
+                        RegistryError::Config(format!("{key}: cannot read {}: {e}", p.display()))
+                    })
+                };
+                let cert = read(c, "cert_file")?;
+                let key = Zeroizing::new(read(k, "key_file")?);
+                let id = reqwest::Identity::from_pkcs8_pem(&cert, &key).map_err(|e| {
+                    RegistryError::Config(format!(
+                        "cert_file/key_file: not a PEM certificate and PKCS#8 key: {e}"
+                    ))
+                })?;
+                b = b.identity(id);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(RegistryError::Config(
+                    "cert_file and key_file go together (client TLS certificate)".into(),
+                ))
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| RegistryError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let password = cfg
+            .password
+            .clone()
+            .or_else(|| std::env::var(PASSWORD_ENV).ok())
+            .map(Zeroizing::new);
+        if cfg.username.is_some() && password.is_none() {
+            return Err(RegistryError::Config(format!(
+                "username is set but no password: set schema_registry.password or {PASSWORD_ENV}"
+            )));
+        }
+        Ok(SchemaRegistry {
+            http,
+            base,
+            username: cfg.username.clone(),
+            password,
+            retries: cfg.retries,
+            by_id: Cache::builder().max_capacity(10_000).build(),
+            ids: Cache::builder().max_capacity(10_000).build(),
+            metrics,
+        })
+    }
+
+    /// The writer schema with this id (cached for good: ids never change).
+    pub async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
+        self.by_id
+            .try_get_with(id, async move {
+                let what = format!("schema id {id}");
+                let body = self
+                    .call(
+                        "get_schema",
+                        &what,
+                        reqwest::Method::GET,
+                        &format!("/schemas/ids/{id}"),
+                        None,
+                    )
+                    .await?;
+                let text = body.get("schema").and_then(Json::as_str).ok_or_else(|| {
+                    RegistryError::Invalid {
+                        what: what.clone(),
+                        msg: "no \"schema\" string in the answer".into(),
+                    }
+                })?;
+                if let Some(t) = body.get("schemaType").and_then(Json::as_str) {
+                    if t != "AVRO" {
+                        return Err(RegistryError::Rejected {
+                            what,
+                            status: 200,
+                            code: 0,
+                            message: format!("schema type {t} is not Avro"),
+                        });
+                    }
+                }
+                let json = serde_json::from_str(text).map_err(|e| RegistryError::Invalid {
+                    what,
+                    msg: format!("schema is not JSON: {e}"),
+                })?;
+                Ok(Arc::new(RegisteredSchema { id, json }))
+            })
+            .await
+            .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+
+    /// Registers `schema` under `subject` (or finds it there when `register` is
+    /// false) and returns its id.
+    pub async fn id_for(
+        &self,
+        subject: &str,
+        schema: &Json,
+        register: bool,
+    ) -> Result<u32, RegistryError> {
+        let text = schema.to_string();
+        let key = (subject.to_string(), text.clone());
+        self.ids
+            .try_get_with(key, async move {
+                let enc = encode_segment(subject);
+                let body = serde_json::json!({ "schema": text, "schemaType": "AVRO" });
+                let (op, path, what) = if register {
+                    (
+                        "register",
+                        format!("/subjects/{enc}/versions"),
+                        format!("registering the schema under subject {subject}"),
+                    )
+                } else {
+                    (
+                        "lookup",
+                        format!("/subjects/{enc}"),
+                        format!("subject {subject} with this schema (auto_register is off: register it first)"),
+                    )
+                };
+                let ans = self
+                    .call(op, &what, reqwest::Method::POST, &path, Some(&body))
+                    .await?;
+                ans.get("id")
+                    .and_then(Json::as_u64)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| RegistryError::Invalid {
+                        what,
+                        msg: "no numeric \"id\" in the answer".into(),
+                    })
+            })
+            .await
+            .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+
+    async fn call(
+        &self,
+        op: &str,
+        what: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<Json, RegistryError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            let r = self.call_once(what, method.clone(), path, body).await;
+            let outcome = match &r {
+                Ok(_) => "ok",
+                Err(RegistryError::NotFound { .. }) => "not_found",
+                Err(RegistryError::Unavailable { .. }) => "unavailable",
+                Err(_) => "error",
+            };
+            self.metrics
+                .registry_requests
+                .with_label_values(&[op, outcome])
+                .inc();
+            match r {
+                Err(RegistryError::Unavailable { ref msg, .. }) if attempt < self.retries => {
+                    attempt += 1;
+                    tracing::warn!(what, error = %msg, attempt, "schema registry call failed; retrying");
+                    // Full jitter keeps many instances from retrying in step.
+                    let jitter = rand::random::<f64>();
+                    tokio::time::sleep(delay.mul_f64(0.5 + jitter / 2.0)).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<Json, RegistryError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("accept", CONTENT_TYPE);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            req = req.basic_auth(u, Some(p.as_str()));
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", CONTENT_TYPE).body(b.to_string());
+        }
+        let unavailable = |msg: String| RegistryError::Unavailable {
+            what: what.to_string(),
+            msg,
+        };
+        let resp = req.send().await.map_err(|e| unavailable(describe(&e)))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| unavailable(describe(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+                what: what.to_string(),
+                msg: format!("not JSON: {e}"),
+            });
+        }
+        let err: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        let code = err.as_ref().and_then(|e| e.error_code).unwrap_or(0);
+        let message = err
+            .and_then(|e| e.message)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
+        let s = status.as_u16();
+        Err(match s {
+            401 | 403 => RegistryError::Unauthorized {
+                what: what.to_string(),
+                status: s,
+            },
+            404 => RegistryError::NotFound {
+                what: what.to_string(),
+            },
+            429 | 500..=599 => unavailable(format!("HTTP {s}, error {code}: {message}")),
+            _ => RegistryError::Rejected {
+                what: what.to_string(),
+                status: s,
+                code,
+                message,
+            },
+        })
+    }
+}
+
+/// A transport error without the URL (which is ours) repeated, with its cause.
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Percent-encodes a subject for a URL path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Subject naming, as Confluent's serializers do it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` / `<topic>-key` (TopicNameStrategy, the default).
+    #[default]
+    Topic,
+    /// The record's full name (RecordNameStrategy).
+    Record,
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy).
+    TopicRecord,
+}
+
+impl SubjectStrategy {
+    /// The subject for `schema` written to `topic`.
+    pub fn subject(self, topic: &str, is_key: bool, schema: &Json) -> String {
+        let record = || record_fullname(schema).unwrap_or_else(|| "unnamed".into());
+        match self {
+            SubjectStrategy::Topic => {
+                format!("{topic}-{}", if is_key { "key" } else { "value" })
+            }
+            SubjectStrategy::Record => record(),
+            SubjectStrategy::TopicRecord => format!("{topic}-{}", record()),
+        }
+    }
+}
+
+/// The full name of a named top-level schema.
+fn record_fullname(schema: &Json) -> Option<String> {
+    let name = schema.get("name")?.as_str()?;
+    if name.contains('.') {
+        return Some(name.to_string());
+    }
+    match schema.get("namespace").and_then(Json::as_str) {
+        Some(ns) if !ns.is_empty() => Some(format!("{ns}.{name}")),
+        _ => Some(name.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_confluent_strategies() {
+        let s = serde_json::json!({"type":"record","name":"C","namespace":"a.b","fields":[]});
+        assert_eq!(SubjectStrategy::Topic.subject("t", false, &s), "t-value");
+        assert_eq!(SubjectStrategy::Topic.subject("t", true, &s), "t-key");
+        assert_eq!(SubjectStrategy::Record.subject("t", false, &s), "a.b.C");
+        assert_eq!(
+            SubjectStrategy::TopicRecord.subject("t", false, &s),
+            "t-a.b.C"
+        );
+        assert_eq!(encode_segment("a/b c.d-value"), "a%2Fb%20c.d-value");
+    }
+
+    #[test]
+    fn credentials_stay_out_of_urls_and_debug() {
+        let cfg = SchemaRegistryConfig {
+            url: Some("http://u:secret@localhost:8081".into()),
+            ..Default::default()
+        };
+        let e = SchemaRegistry::new(&cfg, Arc::new(Metrics::new())).unwrap_err();
+        assert!(!e.to_string().contains("secret"));
+        let cfg = SchemaRegistryConfig {
+            url: Some("http://localhost:8081".into()),
+            username: Some("u".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        let r = SchemaRegistry::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}
