@@ -2,6 +2,8 @@
 //! holding the domains a test needs.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::sync::Arc;
 
 use fieldcrypt::config::Config;
