@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs every check a submission must pass: formatting, clippy, and all tests
-# (unit, property, golden-vector, CLI and Python interop). Installs the Python test
-# tools (fastavro, cryptography) into the current Python if they are missing.
+# (unit, property, golden-vector, CLI, Python interop, and the real-broker pipeline
+# tests). Installs what the tests need if it is missing: the Python test tools
+# (fastavro, cryptography, confluent-kafka) and the tansu broker binary
+# (scripts/broker.sh install). The broker tests start their own tansu and test
+# registry on free 127.0.0.1 ports and stop them when they finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import fastavro, cryptography' 2>/dev/null; then
+if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro' 2>/dev/null; then
   echo "== installing Python test tools"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
+
+echo "== tansu broker"
+scripts/broker.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

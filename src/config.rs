@@ -631,6 +631,32 @@ mod tests {
     }
 
     #[test]
+    fn pipeline_combinations_are_checked() {
+        let route = "[[routes]]\nsource = \"a\"\ntarget = \"b\"\n";
+        let e = parse(route).unwrap_err();
+        assert!(
+            e.contains("routes[0].value_schema") && e.contains("schema_registry"),
+            "{e}"
+        );
+        let with_registry = format!("[schema_registry]\nurl = \"http://r:8081\"\n{route}");
+        parse(&with_registry).unwrap();
+        let e = parse(&format!(
+            "{route}value_schema = \"s.avsc\"\nkey_format = \"avro\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("routes[0].key_schema"), "{e}");
+        let e = parse(
+            "[pipeline]\ndelivery = \"exactly-once\"\n[kafka.properties]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("eager"), "{e}");
+        let e = parse("[kafka.properties]\n\"transactional.id\" = \"x\"\n").unwrap_err();
+        assert!(e.contains("managed by fieldcrypt"), "{e}");
+        let e = parse("[pipeline]\ndelivery = \"twice\"\n").unwrap_err();
+        assert!(e.contains("delivery") || e.contains("twice"), "{e}");
+    }
+
+    #[test]
     fn empty_config_is_the_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.dek.max_uses, 1 << 24);

@@ -259,9 +259,20 @@ impl SchemaRegistry {
                         format!("subject {subject} with this schema (auto_register is off: register it first)"),
                     )
                 };
-                let ans = self
+                let ans = match self
                     .call(op, &what, reqwest::Method::POST, &path, Some(&body))
-                    .await?;
+                    .await
+                {
+                    Err(RegistryError::NotFound { .. }) => {
+                        return Err(RegistryError::Rejected {
+                            what,
+                            status: 404,
+                            code: 40403,
+                            message: "the output schema is not registered under this subject and schema_registry.auto_register is false".into(),
+                        })
+                    }
+                    r => r?,
+                };
                 ans.get("id")
                     .and_then(Json::as_u64)
                     .and_then(|i| u32::try_from(i).ok())

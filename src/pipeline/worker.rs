@@ -170,7 +170,6 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
             (dest.target.clone(), key, payload, headers, None)
         }
         Outcome::DeadLetter { code, message } => {
-            shared.metrics.errors.with_label_values(&[code]).inc();
             if shared.on_error == OnError::Stop {
                 return Err(fail(
                     code,
@@ -178,6 +177,8 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                     permit,
                 ));
             }
+            // (With on_error = "stop" the loop counts it when it stops.)
+            shared.metrics.errors.with_label_values(&[code]).inc();
             tracing::warn!(
                 topic = %source.topic,
                 partition = source.partition,
