@@ -101,6 +101,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments, e.g. `["--basic-auth", "user:password"]`.
+    pub fn start_with(extra: &[&str]) -> Registry {
         let port = free_port();
         let mut child = Command::new("python3")
             .arg(repo().join("tools/test_registry.py"))
@@ -111,6 +116,7 @@ impl Registry {
                 &port.to_string(),
                 "--exit-with-parent",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
