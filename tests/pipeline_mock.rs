@@ -16,61 +16,13 @@ use fieldcrypt::kafka::route::RouteConfig;
 use fieldcrypt::sample::Generator;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::TopicPartitionList;
 
 fn schema_path() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/customer.avsc")
-}
-
-type Runner = std::thread::JoinHandle<
-    Result<fieldcrypt::pipeline::RunStats, fieldcrypt::pipeline::PipelineError>,
->;
-
-/// Runs a pipeline on its own thread until the returned sender fires.
-fn start(
-    engine: Arc<fieldcrypt::engine::Engine>,
-    cfg: Config,
-) -> (tokio::sync::oneshot::Sender<()>, Runner) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(fieldcrypt::pipeline::run(engine, &cfg, async {
-            let _ = stop_rx.await;
-        }))
-    });
-    (stop_tx, runner)
-}
-
-fn consume_all(bootstrap: &str, topic: &str, want: usize) -> Vec<OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("check-{topic}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while out.len() < want && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(m.detach());
-        }
-    }
-    // Anything beyond `want` would be a duplicate or a stray: read a little longer.
-    let extra = std::time::Instant::now() + Duration::from_secs(1);
-    while std::time::Instant::now() < extra {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    out
 }
 
 #[test]
@@ -160,10 +112,10 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         ))
         .unwrap(),
     );
-    let (stop_tx, runner) = start(engine.clone(), cfg.clone());
+    let (stop_tx, runner) = common::broker::start_pipeline(engine.clone(), cfg.clone());
 
-    let out = consume_all(&bootstrap, "secure.customers", 602);
-    let dead = consume_all(&bootstrap, "dlq.customers", 4);
+    let out = common::broker::consume(&bootstrap, "secure.customers", 602, Duration::from_secs(60));
+    let dead = common::broker::consume(&bootstrap, "dlq.customers", 4, Duration::from_secs(60));
     stop_tx.send(()).unwrap();
     let stats = runner.join().unwrap().expect("pipeline stops cleanly");
     assert_eq!(stats.consumed, 606);
@@ -262,8 +214,9 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         value_schema: Some(out_schema),
         ..Default::default()
     }];
-    let (stop_tx, runner) = start(engine.clone(), dcfg);
-    let plain = consume_all(&bootstrap, "plain.customers", 602);
+    let (stop_tx, runner) = common::broker::start_pipeline(engine.clone(), dcfg);
+    let plain =
+        common::broker::consume(&bootstrap, "plain.customers", 602, Duration::from_secs(60));
     stop_tx.send(()).unwrap();
     runner
         .join()

@@ -187,27 +187,21 @@ impl Transformer {
                 counts: Counts::default(),
             });
         };
-        let framed;
-        let (codec, datum, out_id) = match &rc.raw_value {
-            Some(c) => (c, value, None),
-            None => {
-                let (id, datum) = match wire::parse(value) {
-                    Ok(x) => x,
-                    Err(e) => return Ok(dead(("bad_framing", format!("value: {e}")))),
-                };
-                framed = match self.framed(&rc.framed_values, id, target, false).await? {
-                    Ok(f) => f,
-                    Err(d) => return Ok(dead(d)),
-                };
-                (&framed.codec, datum, Some(framed.out_id))
-            }
+        let (codec, datum, mut out) = match self
+            .resolve(
+                rc.raw_value.as_ref(),
+                &rc.framed_values,
+                value,
+                target,
+                false,
+            )
+            .await?
+        {
+            Ok(r) => r,
+            Err(d) => return Ok(dead(d)),
         };
-        let mut out = Vec::with_capacity(value.len() * 2 + 64);
-        if let Some(id) = out_id {
-            wire::frame_header(id, &mut out);
-        }
         let mut headers = copy_headers(msg);
-        let counts = match codec {
+        let counts = match &codec {
             Codec::Encrypt(enc) => {
                 match self
                     .encrypt_value(enc, &rc.scope, datum, &mut out, &mut headers)
@@ -249,25 +243,13 @@ impl Transformer {
         let Some(key) = msg.key() else {
             return Ok(Ok(None));
         };
-        let framed;
-        let (codec, datum, out_id) = match &rc.raw_key {
-            Some(c) => (c, key, None),
-            None => {
-                let (id, datum) = match wire::parse(key) {
-                    Ok(x) => x,
-                    Err(e) => return Ok(Err(("bad_key_framing", format!("key: {e}")))),
-                };
-                framed = match self.framed(&rc.framed_keys, id, target, true).await? {
-                    Ok(f) => f,
-                    Err(d) => return Ok(Err(d)),
-                };
-                (&framed.codec, datum, Some(framed.out_id))
-            }
+        let (codec, datum, mut out) = match self
+            .resolve(rc.raw_key.as_ref(), &rc.framed_keys, key, target, true)
+            .await?
+        {
+            Ok(r) => r,
+            Err(d) => return Ok(Err(d)),
         };
-        let mut out = Vec::with_capacity(key.len() * 2 + 32);
-        if let Some(id) = out_id {
-            wire::frame_header(id, &mut out);
-        }
         // Key plans never need a DEK (checked when the codec was built).
         let r = match codec {
             Codec::Encrypt(enc) => enc.encrypt(datum, None, &mut out),
@@ -277,6 +259,40 @@ impl Transformer {
             Ok(_) => Ok(Some(out)),
             Err(e) => Err((e.code(), format!("key: {e}"))),
         })
+    }
+
+    /// The codec for a key or value, its datum, and the output buffer started with
+    /// the output schema's Confluent header: the route's raw codec, or the one for
+    /// the registry schema named by the input's header.
+    async fn resolve<'a>(
+        &self,
+        raw: Option<&Codec>,
+        cache: &FramedCache,
+        bytes: &'a [u8],
+        target: &str,
+        is_key: bool,
+    ) -> Result<Result<(Codec, &'a [u8], Vec<u8>), Dead>, Fatal> {
+        let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
+        if let Some(c) = raw {
+            return Ok(Ok((c.clone(), bytes, out)));
+        }
+        let (id, datum) = match wire::parse(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                let (code, part) = if is_key {
+                    ("bad_key_framing", "key")
+                } else {
+                    ("bad_framing", "value")
+                };
+                return Ok(Err((code, format!("{part}: {e}"))));
+            }
+        };
+        let framed = match self.framed(cache, id, target, is_key).await? {
+            Ok(f) => f,
+            Err(d) => return Ok(Err(d)),
+        };
+        wire::frame_header(framed.out_id, &mut out);
+        Ok(Ok((framed.codec.clone(), datum, out)))
     }
 
     async fn encrypt_value(

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldcrypt::config::Config;
-use fieldcrypt::keys::keyset::Purpose;
-use fieldcrypt::keys::{Keyset, Kms, LocalKms};
+use fieldcrypt::keys::{Kms, LocalKms};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -149,20 +148,12 @@ pub fn keys_on_disk(dir: &Path, bootstrap: &str, deterministic: &[&str], index: 
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let mut ks = Keyset::default();
-        for d in deterministic {
-            ks.create(kms.as_ref(), Purpose::Deterministic, d)
-                .await
-                .unwrap();
-        }
-        for d in index {
-            ks.create(kms.as_ref(), Purpose::BlindIndex, d)
-                .await
-                .unwrap();
-        }
-        ks.save(&cfg.keyset.file).unwrap();
-    });
+    rt.block_on(super::write_keyset(
+        kms.as_ref(),
+        &cfg.keyset.file,
+        deterministic,
+        index,
+    ));
     cfg.kafka.bootstrap_servers = bootstrap.to_string();
     // tansu completes a group join in about half the session timeout.
     cfg.kafka

@@ -14,6 +14,23 @@ use fieldcrypt::transform::decrypt::DekSet;
 use fieldcrypt::transform::{Encryptor, TransformErrorKind};
 use rand::RngCore;
 
+/// Writes a keyset with a deterministic and a blind-index key per named domain.
+pub async fn write_keyset(
+    kms: &dyn Kms,
+    path: &std::path::Path,
+    deterministic: &[&str],
+    index: &[&str],
+) {
+    let mut ks = Keyset::default();
+    for d in deterministic {
+        ks.create(kms, Purpose::Deterministic, d).await.unwrap();
+    }
+    for d in index {
+        ks.create(kms, Purpose::BlindIndex, d).await.unwrap();
+    }
+    ks.save(path).unwrap();
+}
+
 pub struct Fixture {
     pub engine: Engine,
     pub rt: tokio::runtime::Runtime,
@@ -32,18 +49,7 @@ impl Fixture {
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_bytes(&kek).unwrap());
         cfg.keyset.file = dir.path().join("keyset.json");
         let engine = rt.block_on(async {
-            let mut ks = Keyset::default();
-            for d in deterministic {
-                ks.create(kms.as_ref(), Purpose::Deterministic, d)
-                    .await
-                    .unwrap();
-            }
-            for d in index {
-                ks.create(kms.as_ref(), Purpose::BlindIndex, d)
-                    .await
-                    .unwrap();
-            }
-            ks.save(&cfg.keyset.file).unwrap();
+            write_keyset(kms.as_ref(), &cfg.keyset.file, deterministic, index).await;
             Engine::with_kms(cfg, kms).await.unwrap()
         });
         Fixture { engine, rt, dir }
