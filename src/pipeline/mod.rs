@@ -300,6 +300,7 @@ pub async fn run(
         on_error: config.pipeline.on_error,
         dead_letter_payload: config.pipeline.dead_letter_payload,
         partitions: Mutex::new(HashMap::new()),
+        destinations: Mutex::new(HashMap::new()),
     });
     let n_workers = match config.pipeline.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -516,7 +517,7 @@ impl Loop<'_> {
             }
             Done::Delivered {
                 source,
-                topic,
+                dest,
                 code,
                 bytes,
                 timestamp,
@@ -536,11 +537,11 @@ impl Loop<'_> {
                         self.stats.produced += 1;
                         self.metrics
                             .records_produced
-                            .with_label_values(&[&topic])
+                            .with_label_values(&[&dest.target])
                             .inc();
                         self.metrics
                             .bytes_produced
-                            .with_label_values(&[&topic])
+                            .with_label_values(&[&dest.target])
                             .inc_by(bytes as u64);
                     }
                     Some(c) => {

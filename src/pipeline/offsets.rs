@@ -9,7 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 /// Per-partition in-flight offsets.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    parts: HashMap<(String, i32), Partition>,
+    /// topic → partition → state (nested so lookups by `&str` need no allocation).
+    parts: HashMap<String, HashMap<i32, Partition>>,
     /// Source of partition epochs: a partition taken again after a revoke or
     /// rewind gets a new epoch, so records of its earlier life are told apart.
     epochs: u64,
@@ -40,9 +41,14 @@ impl OffsetTracker {
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
         // Nothing below the first record we took is ours to store.
         let epochs = &mut self.epochs;
+        if !self.parts.contains_key(topic) {
+            self.parts.insert(topic.to_string(), HashMap::new());
+        }
         let p = self
             .parts
-            .entry((topic.to_string(), partition))
+            .get_mut(topic)
+            .expect("inserted above")
+            .entry(partition)
             .or_insert_with(|| {
                 *epochs += 1;
                 Partition {
@@ -61,7 +67,11 @@ impl OffsetTracker {
     /// A record is delivered (or dead-lettered). Returns the offset to store (the
     /// last offset below which everything is done) when it advanced.
     pub fn done(&mut self, topic: &str, partition: i32, offset: i64, epoch: u64) -> Settled {
-        let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) else {
+        let Some(p) = self
+            .parts
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&partition))
+        else {
             return Settled::Stale;
         };
         if p.epoch != epoch || !p.pending.remove(&offset) {
@@ -82,7 +92,8 @@ impl OffsetTracker {
     /// Is this record still this instance's to produce?
     pub fn owns(&self, topic: &str, partition: i32, offset: i64, epoch: u64) -> bool {
         self.parts
-            .get(&(topic.to_string(), partition))
+            .get(topic)
+            .and_then(|t| t.get(&partition))
             .is_some_and(|p| p.epoch == epoch && p.pending.contains(&offset))
     }
 
@@ -91,14 +102,15 @@ impl OffsetTracker {
     pub fn uncommitted(&self) -> Vec<(String, i32, i64)> {
         self.parts
             .iter()
-            .filter(|(_, p)| p.stored > p.committed)
-            .map(|((t, n), p)| (t.clone(), *n, p.stored + 1))
+            .flat_map(|(t, ps)| ps.iter().map(move |(n, p)| (t, n, p)))
+            .filter(|(_, _, p)| p.stored > p.committed)
+            .map(|(t, n, p)| (t.clone(), *n, p.stored + 1))
             .collect()
     }
 
     /// The transaction holding [`uncommitted`](Self::uncommitted) committed.
     pub fn mark_committed(&mut self) {
-        for p in self.parts.values_mut() {
+        for p in self.parts.values_mut().flat_map(HashMap::values_mut) {
             p.committed = p.stored;
         }
     }
@@ -108,26 +120,34 @@ impl OffsetTracker {
     /// in-flight records become stale.
     pub fn rewind(&mut self) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
-        for ((t, n), p) in self.parts.iter_mut() {
-            self.epochs += 1;
-            p.epoch = self.epochs;
-            p.pending.clear();
-            p.stored = p.committed;
-            p.max_seen = p.committed;
-            out.push((t.clone(), *n, p.committed + 1));
+        for (t, ps) in self.parts.iter_mut() {
+            for (n, p) in ps.iter_mut() {
+                self.epochs += 1;
+                p.epoch = self.epochs;
+                p.pending.clear();
+                p.stored = p.committed;
+                p.max_seen = p.committed;
+                out.push((t.clone(), *n, p.committed + 1));
+            }
         }
         out
     }
 
     /// Records still in flight.
     pub fn in_flight(&self) -> usize {
-        self.parts.values().map(|p| p.pending.len()).sum()
+        self.parts
+            .values()
+            .flat_map(HashMap::values)
+            .map(|p| p.pending.len())
+            .sum()
     }
 
     /// Forgets a partition (revoked in a rebalance): late deliveries for it are
     /// ignored, so nothing is stored for a partition this instance no longer owns.
     pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        if let Some(t) = self.parts.get_mut(topic) {
+            t.remove(&partition);
+        }
     }
 }
 

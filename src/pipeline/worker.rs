@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::offsets::OffsetTracker;
 use super::record::{dead_letter_headers, Outcome, Transformer};
 use crate::config::{DeadLetterPayload, OnError};
-use crate::kafka::route::Router;
+use crate::kafka::route::{Destination, RouteError, Router};
 use crate::observe::Metrics;
 
 /// One consumed record on its way to a worker.
@@ -41,10 +41,11 @@ pub struct Source {
 
 /// What became of one record.
 pub enum Done {
-    /// Acknowledged by the broker on `topic` (a dead letter when `code` is set).
+    /// Acknowledged by the broker on the destination's target (or, when `code` is
+    /// set, its dead-letter topic).
     Delivered {
         source: Source,
-        topic: String,
+        dest: Arc<Destination>,
         code: Option<&'static str>,
         bytes: usize,
         timestamp: Option<i64>,
@@ -80,6 +81,8 @@ pub struct Shared {
     pub dead_letter_payload: DeadLetterPayload,
     /// Target topic → partition count (None: unknown, let the partitioner pick).
     pub partitions: Mutex<HashMap<String, Option<i32>>>,
+    /// Source topic → where its records go (routing once per topic, not per record).
+    pub destinations: Mutex<HashMap<String, Arc<Destination>>>,
 }
 
 /// Runs one worker until its queue closes and its deliveries are reported.
@@ -138,7 +141,7 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
         msg,
         _permit: permit,
     };
-    let dest = match shared.router.route(&source.topic) {
+    let dest = match shared.destination(&source.topic) {
         Ok(d) => d,
         Err(e) => return Err(fail("no_route", e.to_string(), permit)),
     };
@@ -167,7 +170,7 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                 crate::config::PipelineMode::Decrypt => "decrypt",
             };
             shared.metrics.count_fields(op, &counts);
-            (dest.target.clone(), key, payload, headers, None)
+            (&dest.target, key, payload, headers, None)
         }
         Outcome::DeadLetter { code, message } => {
             if shared.on_error == OnError::Stop {
@@ -193,16 +196,16 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                 DeadLetterPayload::Keep => msg.payload().map(<[u8]>::to_vec),
                 DeadLetterPayload::Drop => None,
             };
-            (dest.dead_letter.clone(), None, payload, headers, Some(code))
+            (&dest.dead_letter, None, payload, headers, Some(code))
         }
     };
-    let out_partition = partition_count(shared, &target).await;
+    let out_partition = partition_count(shared, target).await;
     let key: Option<&[u8]> = match &key {
         Some(k) => Some(k.as_slice()),
         None => msg.key(),
     };
     let bytes = key.map_or(0, <[u8]>::len) + payload.as_ref().map_or(0, Vec::len);
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&target).headers(headers);
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(target).headers(headers);
     if let Some(k) = key {
         rec = rec.key(k);
     }
@@ -249,11 +252,12 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
             }
         }
     };
+    let target = target.clone();
     Ok(Box::pin(async move {
         match fut.await {
             Ok(Ok(_)) => Done::Delivered {
                 source,
-                topic: target,
+                dest,
                 code,
                 bytes,
                 timestamp,
@@ -278,6 +282,23 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
 impl Shared {
     fn transformer_mode(&self) -> crate::config::PipelineMode {
         self.transformer.mode()
+    }
+
+    fn destination(&self, topic: &str) -> Result<Arc<Destination>, RouteError> {
+        if let Some(d) = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(self.router.route(topic)?);
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string(), d.clone());
+        Ok(d)
     }
 }
 
