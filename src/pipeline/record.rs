@@ -15,11 +15,12 @@ use serde_json::Value as Json;
 use thiserror::Error;
 
 use crate::config::{Config, PipelineMode};
+use crate::crypto::format::KeyId;
 use crate::engine::Engine;
 use crate::kafka::headers;
 use crate::kafka::route::KeyFormat;
 use crate::kafka::wire;
-use crate::keys::KmsError;
+use crate::keys::{Dek, KmsError};
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
 use crate::schema::parse_schema_json;
 use crate::transform::decrypt::DekSet;
@@ -82,6 +83,24 @@ struct RouteCodecs {
     raw_key: Option<Codec>,
     framed_values: FramedCache,
     framed_keys: FramedCache,
+    /// The current DEK's encoded `fieldcrypt.dek` header, built once per DEK.
+    dek_header: Mutex<Option<(KeyId, Arc<[u8]>)>>,
+}
+
+impl RouteCodecs {
+    fn dek_header(&self, dek: &Dek) -> Result<Arc<[u8]>, KmsError> {
+        let mut cached = self.dek_header.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, v)) = cached.as_ref() {
+            if id == dek.id() {
+                return Ok(v.clone());
+            }
+        }
+        let v: Arc<[u8]> = headers::encode_dek(dek.wrapped())
+            .map_err(|e| KmsError::Config(e.to_string()))?
+            .into();
+        *cached = Some((*dek.id(), v.clone()));
+        Ok(v)
+    }
 }
 
 /// Per-route transforms, built at start-up (raw) or per schema id (registry).
@@ -146,6 +165,7 @@ impl Transformer {
                 raw_key,
                 framed_values: Mutex::default(),
                 framed_keys: Mutex::default(),
+                dek_header: Mutex::default(),
             });
         }
         Ok(Transformer {
@@ -204,7 +224,7 @@ impl Transformer {
         let counts = match &codec {
             Codec::Encrypt(enc) => {
                 match self
-                    .encrypt_value(enc, &rc.scope, datum, &mut out, &mut headers)
+                    .encrypt_value(enc, rc, datum, &mut out, &mut headers)
                     .await?
                 {
                     Ok(c) => c,
@@ -298,7 +318,7 @@ impl Transformer {
     async fn encrypt_value(
         &self,
         enc: &Encryptor,
-        scope: &str,
+        rc: &RouteCodecs,
         datum: &[u8],
         out: &mut Vec<u8>,
         headers: &mut OwnedHeaders,
@@ -309,16 +329,15 @@ impl Transformer {
                 .map_err(|e| (e.code(), format!("value: {e}"))));
         }
         loop {
-            let dek = self.engine.deks.current(scope).await?;
+            let dek = self.engine.deks.current(&rc.scope).await?;
             let fresh = dek.uses() == 0;
             match enc.encrypt(datum, Some(&dek), out) {
                 Ok(c) => {
                     if c.randomized > 0 {
-                        let v = headers::encode_dek(dek.wrapped())
-                            .map_err(|e| KmsError::Config(e.to_string()))?;
+                        let v = rc.dek_header(&dek)?;
                         *headers = std::mem::replace(headers, OwnedHeaders::new()).insert(Header {
                             key: headers::DEK,
-                            value: Some(&v),
+                            value: Some(&*v),
                         });
                     }
                     return Ok(Ok(c));
