@@ -258,6 +258,11 @@ pub struct KmsConfig {
     pub provider: KmsProvider,
     /// KEK file for the local provider (created by `fieldcrypt keys init`).
     pub kek_file: PathBuf,
+    /// Per-call timeout (default 5).
+    pub timeout_seconds: u64,
+    /// Retries of a call that could not reach the KMS or timed out, with
+    /// exponential backoff and jitter (default 3). Refusals are never retried.
+    pub retries: u32,
 }
 
 impl Default for KmsConfig {
@@ -265,6 +270,19 @@ impl Default for KmsConfig {
         KmsConfig {
             provider: KmsProvider::Local,
             kek_file: PathBuf::from(".fieldcrypt/kek.key"),
+            timeout_seconds: 5,
+            retries: 3,
+        }
+    }
+}
+
+impl KmsConfig {
+    /// The timeout and retry policy of KMS calls.
+    pub fn retry_policy(&self) -> crate::keys::RetryPolicy {
+        crate::keys::RetryPolicy {
+            timeout: Duration::from_secs(self.timeout_seconds),
+            retries: self.retries,
+            ..Default::default()
         }
     }
 }
@@ -455,6 +473,9 @@ impl Config {
         }
         if self.kafka.group_id.is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if self.kms.timeout_seconds == 0 {
+            return Err(invalid("kms.timeout_seconds", "must be at least 1"));
         }
         if self.pipeline.transaction_interval_ms == 0 {
             return Err(invalid(

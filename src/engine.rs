@@ -10,7 +10,8 @@ use thiserror::Error;
 use crate::config::{Config, KmsProvider};
 use crate::keys::keyset::KeysetError;
 use crate::keys::{
-    DekCache, DekManager, Instrumented, KeyMaterial, Keyset, Kms, KmsError, LocalKms, SystemClock,
+    DekCache, DekManager, Instrumented, KeyMaterial, Keyset, Kms, KmsError, LocalKms, Resilient,
+    SystemClock,
 };
 use crate::observe::Metrics;
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
@@ -95,7 +96,9 @@ impl Engine {
     /// As [`start`](Self::start) with a given KMS (tests, other providers).
     pub async fn with_kms(config: Config, kms: Arc<dyn Kms>) -> Result<Self, EngineError> {
         let metrics = Arc::new(Metrics::new());
+        // Every attempt is counted (instrumented inside), retries happen outside.
         let kms: Arc<dyn Kms> = Arc::new(Instrumented::new(kms, metrics.clone()));
+        let kms: Arc<dyn Kms> = Arc::new(Resilient::new(kms, config.kms.retry_policy()));
         let keyset = Keyset::load(&config.keyset.file)?;
         let keys = KeyMaterial::unwrap(
             &keyset,

@@ -10,6 +10,7 @@ pub mod instrumented;
 pub mod keyset;
 pub mod kms;
 pub mod local;
+pub mod resilient;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dek::{Dek, DekCache, DekManager, DekSettings, DekStats, WrappedDek};
@@ -17,6 +18,7 @@ pub use instrumented::Instrumented;
 pub use keyset::{KeyMaterial, Keyset, Purpose};
 pub use kms::{EncryptionContext, Kms, KmsError, WrappedKey};
 pub use local::LocalKms;
+pub use resilient::{Resilient, RetryPolicy};
 
 /// Formats a time as RFC 3339 UTC with second precision (no chrono dependency).
 pub fn rfc3339(t: std::time::SystemTime) -> String {
