@@ -518,6 +518,18 @@ impl Config {
                 "exactly-once aborts the open transaction when partitions are revoked, which needs an eager strategy (range or roundrobin)",
             ));
         }
+        if self.pipeline.delivery == Delivery::ExactlyOnce
+            && self
+                .kafka
+                .properties
+                .get("group.protocol")
+                .is_some_and(|s| s.eq_ignore_ascii_case("consumer"))
+        {
+            return Err(invalid(
+                "kafka.properties.\"group.protocol\"",
+                "\"consumer\" (KIP-848) rebalances incrementally; exactly-once aborts the open transaction when partitions are revoked, which needs the classic protocol with an eager strategy",
+            ));
+        }
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;
         for (i, r) in self.routes.iter().enumerate() {
@@ -671,6 +683,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("eager"), "{e}");
+        let e = parse(
+            "[pipeline]\ndelivery = \"exactly-once\"\n[kafka.properties]\n\"group.protocol\" = \"consumer\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("group.protocol"), "{e}");
         let e = parse("[kafka.properties]\n\"transactional.id\" = \"x\"\n").unwrap_err();
         assert!(e.contains("managed by fieldcrypt"), "{e}");
         let e = parse("[pipeline]\ndelivery = \"twice\"\n").unwrap_err();

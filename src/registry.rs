@@ -38,7 +38,8 @@ pub enum RegistryError {
     /// The registry could not be reached or kept failing: retry later.
     #[error("schema registry unavailable for {what}: {msg}")]
     Unavailable { what: String, msg: String },
-    /// The registry answered something that is not a schema.
+    /// The registry (or a proxy in front of it) answered something unusable: an
+    /// infrastructure problem, not the record's.
     #[error("schema registry returned an unusable answer for {what}: {msg}")]
     Invalid { what: String, msg: String },
     #[error("schema_registry: {0}")]
@@ -53,6 +54,7 @@ impl RegistryError {
             self,
             RegistryError::Unavailable { .. }
                 | RegistryError::Unauthorized { .. }
+                | RegistryError::Invalid { .. }
                 | RegistryError::Config(_)
         )
     }
@@ -365,7 +367,7 @@ impl SchemaRegistry {
             404 => RegistryError::NotFound {
                 what: what.to_string(),
             },
-            429 | 500..=599 => unavailable(format!("HTTP {s}, error {code}: {message}")),
+            408 | 429 | 500..=599 => unavailable(format!("HTTP {s}, error {code}: {message}")),
             _ => RegistryError::Rejected {
                 what: what.to_string(),
                 status: s,

@@ -33,6 +33,7 @@ pub mod worker;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -95,6 +96,9 @@ struct Context {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Arc<Metrics>,
     txn: Option<Txn>,
+    /// Set when the run ends: the revoke that closing the consumer causes aborts
+    /// an empty transaction, which is not worth counting.
+    closing: AtomicBool,
 }
 
 impl ClientContext for Context {
@@ -121,21 +125,33 @@ impl ConsumerContext for Context {
     ) {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked");
+            let forget = || {
+                let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                for e in tpl.elements() {
+                    t.forget(e.topic(), e.partition());
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                }
+            };
             match &self.txn {
                 Some(txn) => {
-                    // Hold off workers while the transaction is swapped, so no
-                    // record of a revoked partition lands in the next one.
+                    // Hold off workers while the transaction is swapped and the
+                    // partitions forgotten, so no record of a revoked partition
+                    // lands in the next transaction.
                     let _g = txn.gate.write().unwrap_or_else(|p| p.into_inner());
                     match txn
                         .producer
                         .abort_transaction(Timeout::After(Duration::from_secs(30)))
                     {
-                        Ok(()) => {
+                        Ok(()) if !self.closing.load(Ordering::SeqCst) => {
                             self.metrics
                                 .transactions
                                 .with_label_values(&["aborted"])
                                 .inc();
                         }
+                        Ok(()) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "aborting the transaction on revoke failed")
                         }
@@ -143,23 +159,20 @@ impl ConsumerContext for Context {
                     if let Err(e) = txn.producer.begin_transaction() {
                         tracing::error!(error = %e, "beginning a transaction after revoke failed");
                     }
+                    forget();
                 }
-                None => match consumer.commit_consumer_state(CommitMode::Sync) {
-                    Ok(()) => {}
-                    Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                None => {
+                    match consumer.commit_consumer_state(CommitMode::Sync) {
+                        Ok(()) => {}
+                        Err(KafkaError::ConsumerCommit(
+                            rdkafka::types::RDKafkaErrorCode::NoOffset,
+                        )) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "commit before revoking partitions failed")
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "commit before revoking partitions failed")
-                    }
-                },
-            }
-            let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-            for e in tpl.elements() {
-                t.forget(e.topic(), e.partition());
-                let _ = self
-                    .metrics
-                    .consumer_lag
-                    .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                    forget();
+                }
             }
             self.metrics.add_assigned(-(tpl.count() as i64));
         }
@@ -285,6 +298,7 @@ pub async fn run(
             producer: producer.clone(),
             gate: gate.clone(),
         }),
+        closing: AtomicBool::new(false),
     })?;
     let subs = router.subscriptions();
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
@@ -308,14 +322,10 @@ pub async fn run(
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut queues = Vec::with_capacity(n_workers);
-    let mut workers = Vec::with_capacity(n_workers);
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..n_workers {
         let (tx, rx) = mpsc::channel(1024);
-        workers.push(tokio::spawn(worker::run(
-            shared.clone(),
-            rx,
-            done_tx.clone(),
-        )));
+        workers.spawn(worker::run(shared.clone(), rx, done_tx.clone()));
         queues.push(tx);
     }
     drop(done_tx);
@@ -362,6 +372,16 @@ pub async fn run(
                 }
             }
             _ = &mut shutdown => break,
+            // Workers only end when their queues close, after this loop: an earlier
+            // end is a panic, and its records would never settle.
+            Some(ended) = workers.join_next() => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => "panicked",
+                    _ => "ended",
+                };
+                failure = Some(setup(format!("a transform worker {why} unexpectedly")));
+                break;
+            }
             _ = txn_timer.tick(), if eos && !committing => committing = true,
             msg = consumer.recv(), if !committing && window.available_permits() > 0 => {
                 let msg = match msg {
@@ -434,10 +454,11 @@ pub async fn run(
     }
     drop(queues);
     if drained {
-        for w in workers {
-            let _ = w.await;
-        }
+        while workers.join_next().await.is_some() {}
+    } else {
+        workers.abort_all();
     }
+    consumer.context().closing.store(true, Ordering::SeqCst);
     metrics.clear_assigned();
     let stats = l.stats;
     tracing::info!(
@@ -506,7 +527,7 @@ impl Loop<'_> {
                     // Revoked or rewound meanwhile: its failure is no longer ours.
                     return Ok(());
                 }
-                self.metrics.errors.with_label_values(&[code]).inc();
+                // Counted once, by `run`, when it stops on this error.
                 Err(PipelineError::Record {
                     topic: source.topic,
                     partition: source.partition,

@@ -79,8 +79,9 @@ pub struct Shared {
     pub gate: Arc<RwLock<()>>,
     pub on_error: OnError,
     pub dead_letter_payload: DeadLetterPayload,
-    /// Target topic → partition count (None: unknown, let the partitioner pick).
-    pub partitions: Mutex<HashMap<String, Option<i32>>>,
+    /// Target topic → partition count (None: unknown, let the partitioner pick)
+    /// and when it was fetched.
+    pub partitions: Mutex<HashMap<String, (Option<i32>, Instant)>>,
     /// Source topic → where its records go (routing once per topic, not per record).
     pub destinations: Mutex<HashMap<String, Arc<Destination>>>,
 }
@@ -225,7 +226,7 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
     }
     let fut = loop {
         let sent = {
-            let _g = shared.gate.read().unwrap_or_else(|p| p.into_inner());
+            let _g = gate_read(&shared.gate).await;
             if !owned(shared) {
                 return Err(stale(permit));
             }
@@ -302,15 +303,38 @@ impl Shared {
     }
 }
 
+/// Takes the gate for reading without blocking a runtime thread: while the
+/// rebalance callback holds it (aborting a transaction can take a while) the
+/// worker yields instead, so the rest of the runtime (probes included) keeps going.
+async fn gate_read(gate: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
+    loop {
+        {
+            // The match's temporaries (a would-be guard) must be gone before awaiting.
+            match gate.try_read() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How long an unknown partition count is trusted before asking again (the
+/// topic may be created, or the broker reachable, by then).
+const UNKNOWN_PARTITIONS_TTL: Duration = Duration::from_secs(30);
+
 /// The target's partition count, fetched once per topic off the async threads.
 async fn partition_count(shared: &Shared, target: &str) -> Option<i32> {
-    if let Some(p) = shared
+    if let Some((p, at)) = shared
         .partitions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(target)
     {
-        return *p;
+        if p.is_some() || at.elapsed() < UNKNOWN_PARTITIONS_TTL {
+            return *p;
+        }
     }
     let producer = shared.producer.clone();
     let t = target.to_string();
@@ -325,10 +349,13 @@ async fn partition_count(shared: &Shared, target: &str) -> Option<i32> {
     .await
     .ok()
     .flatten();
+    if count.is_none() {
+        tracing::warn!(topic = target, "partition count of the target unknown; records are partitioned by key until it is known");
+    }
     shared
         .partitions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(target.to_string(), count);
+        .insert(target.to_string(), (count, Instant::now()));
     count
 }
