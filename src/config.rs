@@ -506,29 +506,22 @@ impl Config {
                 ));
             }
         }
-        if self.pipeline.delivery == Delivery::ExactlyOnce
-            && self
-                .kafka
-                .properties
-                .get("partition.assignment.strategy")
-                .is_some_and(|s| s.contains("cooperative"))
-        {
-            return Err(invalid(
-                "kafka.properties.\"partition.assignment.strategy\"",
-                "exactly-once aborts the open transaction when partitions are revoked, which needs an eager strategy (range or roundrobin)",
-            ));
-        }
-        if self.pipeline.delivery == Delivery::ExactlyOnce
-            && self
-                .kafka
-                .properties
-                .get("group.protocol")
-                .is_some_and(|s| s.eq_ignore_ascii_case("consumer"))
-        {
-            return Err(invalid(
-                "kafka.properties.\"group.protocol\"",
-                "\"consumer\" (KIP-848) rebalances incrementally; exactly-once aborts the open transaction when partitions are revoked, which needs the classic protocol with an eager strategy",
-            ));
+        if self.pipeline.delivery == Delivery::ExactlyOnce {
+            // Exactly-once aborts the open transaction when partitions are revoked,
+            // which is only correct when every rebalance revokes everything (eager).
+            let prop = |k: &str| self.kafka.properties.get(k).map(String::as_str);
+            if prop("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative")) {
+                return Err(invalid(
+                    "kafka.properties.\"partition.assignment.strategy\"",
+                    "exactly-once aborts the open transaction when partitions are revoked, which needs an eager strategy (range or roundrobin)",
+                ));
+            }
+            if prop("group.protocol").is_some_and(|s| s.eq_ignore_ascii_case("consumer")) {
+                return Err(invalid(
+                    "kafka.properties.\"group.protocol\"",
+                    "\"consumer\" (KIP-848) rebalances incrementally; exactly-once aborts the open transaction when partitions are revoked, which needs the classic protocol with an eager strategy",
+                ));
+            }
         }
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;

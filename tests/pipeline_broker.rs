@@ -74,6 +74,29 @@ fn produce_customers(bootstrap: &str, topic: &str, n: usize, partitions: i32) ->
     values
 }
 
+/// A broker holding `topics`, keys on disk, and a config for consumer `group`.
+struct Setup {
+    _broker: Broker,
+    bs: String,
+    dir: tempfile::TempDir,
+    cfg: Config,
+}
+
+fn setup(topics: &[(&str, i32)], group: &str) -> Setup {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    create_topics(&bs, topics);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
+    cfg.kafka.group_id = group.into();
+    Setup {
+        _broker: broker,
+        bs,
+        dir,
+        cfg,
+    }
+}
+
 fn seq(m: &OwnedMessage) -> usize {
     header(m, "seq").expect("seq header kept").parse().unwrap()
 }
@@ -159,20 +182,20 @@ fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -
 
 #[test]
 fn ten_thousand_records_dead_letters_metrics_and_decrypt() {
-    let broker = Broker::start();
-    let bs = broker.bootstrap();
-    create_topics(
-        &bs,
+    let Setup {
+        _broker,
+        bs,
+        dir,
+        mut cfg,
+    } = setup(
         &[
             ("customers", 3),
             ("secure.customers", 3),
             ("dlq.customers", 1),
             ("plain.customers", 3),
         ],
+        "encryptor",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
-    cfg.kafka.group_id = "encryptor".into();
     cfg.routes = vec![route("customers", "secure.customers", &customer_schema())];
     let engine = engine(&cfg);
 
@@ -333,15 +356,15 @@ fn ten_thousand_records_dead_letters_metrics_and_decrypt() {
 
 #[test]
 fn exactly_once_end_to_end() {
-    let broker = Broker::start();
-    let bs = broker.bootstrap();
-    create_topics(
-        &bs,
+    let Setup {
+        _broker,
+        bs,
+        dir: _dir,
+        mut cfg,
+    } = setup(
         &[("orders", 3), ("secure.orders", 3), ("dlq.orders", 1)],
+        "eos",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
-    cfg.kafka.group_id = "eos".into();
     cfg.pipeline.delivery = Delivery::ExactlyOnce;
     cfg.routes = vec![route("orders", "secure.orders", &customer_schema())];
     let engine = engine(&cfg);
@@ -415,12 +438,12 @@ fn write_config(path: &Path, cfg: &Config, extra: &str) {
 
 #[test]
 fn sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_commits() {
-    let broker = Broker::start();
-    let bs = broker.bootstrap();
-    create_topics(&bs, &[("events", 3), ("secure.events", 3)]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
-    cfg.kafka.group_id = "killed".into();
+    let Setup {
+        _broker,
+        bs,
+        dir,
+        mut cfg,
+    } = setup(&[("events", 3), ("secure.events", 3)], "killed");
     cfg.routes = vec![route("events", "secure.events", &customer_schema())];
     let conf = dir.path().join("fieldcrypt.toml");
     // A small window keeps the first run from finishing before it is killed.
@@ -490,12 +513,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_commits() {
 
 #[test]
 fn two_instances_split_the_partitions() {
-    let broker = Broker::start();
-    let bs = broker.bootstrap();
-    create_topics(&bs, &[("clicks", 4), ("secure.clicks", 4)]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
-    cfg.kafka.group_id = "pair".into();
+    let Setup {
+        _broker,
+        bs,
+        dir: _dir,
+        mut cfg,
+    } = setup(&[("clicks", 4), ("secure.clicks", 4)], "pair");
     cfg.routes = vec![route("clicks", "secure.clicks", &customer_schema())];
     let mut cfg2 = cfg.clone();
     cfg2.metrics.listen = format!("127.0.0.1:{}", free_port());
@@ -533,15 +556,15 @@ fn two_instances_split_the_partitions() {
 
 #[test]
 fn avro_keys_encrypt_deterministically_and_randomized_keys_are_refused() {
-    let broker = Broker::start();
-    let bs = broker.bootstrap();
-    create_topics(
-        &bs,
+    let Setup {
+        _broker,
+        bs,
+        dir,
+        mut cfg,
+    } = setup(
         &[("users", 3), ("secure.users", 3), ("plain.users", 3)],
+        "keys",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
-    cfg.kafka.group_id = "keys".into();
     let key_schema = dir.path().join("key.avsc");
     std::fs::write(
         &key_schema,
