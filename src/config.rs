@@ -248,16 +248,27 @@ pub enum KmsProvider {
     /// A 32-byte KEK in a local file (`kek_file`).
     #[default]
     Local,
+    /// AWS KMS (`key_id`, `region`, `endpoint_url`).
+    Aws,
 }
 
 /// `[kms]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KmsConfig {
-    /// KMS provider: `local`.
+    /// KMS provider: `local` (default) or `aws`.
     pub provider: KmsProvider,
     /// KEK file for the local provider (created by `fieldcrypt keys init`).
     pub kek_file: PathBuf,
+    /// The default KEK for `aws`: key id, alias (`alias/name`) or ARN.
+    pub key_id: Option<String>,
+    /// AWS region; default from the AWS configuration chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// AWS endpoint override (LocalStack, moto, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// KEKs kept for unwrapping only, e.g. the previous KEK after a rewrap: KEK
+    /// files for `local` (AWS unwraps with whichever key a wrapped key names).
+    pub decrypt_keks: Vec<String>,
     /// Per-call timeout (default 5).
     pub timeout_seconds: u64,
     /// Retries of a call that could not reach the KMS or timed out, with
@@ -270,6 +281,10 @@ impl Default for KmsConfig {
         KmsConfig {
             provider: KmsProvider::Local,
             kek_file: PathBuf::from(".fieldcrypt/kek.key"),
+            key_id: None,
+            region: None,
+            endpoint_url: None,
+            decrypt_keks: Vec::new(),
             timeout_seconds: 5,
             retries: 3,
         }
@@ -277,6 +292,14 @@ impl Default for KmsConfig {
 }
 
 impl KmsConfig {
+    /// Where to reach AWS KMS.
+    pub fn aws_settings(&self) -> crate::keys::aws::AwsSettings {
+        crate::keys::aws::AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+
     /// The timeout and retry policy of KMS calls.
     pub fn retry_policy(&self) -> crate::keys::RetryPolicy {
         crate::keys::RetryPolicy {
@@ -403,8 +426,46 @@ impl Config {
 
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kms.kek_file.as_os_str().is_empty() {
-            return Err(invalid("kms.kek_file", "must name a file"));
+        match self.kms.provider {
+            KmsProvider::Local if self.kms.kek_file.as_os_str().is_empty() => {
+                return Err(invalid("kms.kek_file", "must name a file"))
+            }
+            KmsProvider::Aws if self.kms.key_id.as_deref().is_none_or(str::is_empty) => {
+                return Err(invalid(
+                    "kms.key_id",
+                    "provider \"aws\" needs the KMS key that wraps data keys: a key id, alias/NAME or ARN",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(u) = &self.kms.endpoint_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid(
+                    "kms.endpoint_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        let mut scope_keks: HashMap<String, (usize, Option<&str>)> = HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let scope = r.dek_scope();
+            if let Some((j, kek)) = scope_keks.get(&scope) {
+                if *kek != r.kek.as_deref() {
+                    return Err(ConfigError::Invalid {
+                        key: format!("routes[{i}].kek"),
+                        msg: format!(
+                            "routes[{j}] shares this route's data-key scope \"{scope}\" but names another KEK; give them the same kek, or different tenants"
+                        ),
+                    });
+                }
+            }
+            scope_keks.insert(scope, (i, r.kek.as_deref()));
+            if r.kek.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Invalid {
+                    key: format!("routes[{i}].kek"),
+                    msg: "must name a KEK (aws: key id, alias or ARN; local: a KEK file)".into(),
+                });
+            }
         }
         if self.keyset.file.as_os_str().is_empty() {
             return Err(invalid("keyset.file", "must name a file"));

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use fieldcrypt::config::Config;
-use fieldcrypt::engine::{open_kms, Engine};
+use fieldcrypt::config::{Config, KmsProvider};
+use fieldcrypt::engine::{open_kek, open_kms, Engine};
 use fieldcrypt::file::{decrypt_file, encrypt_file};
 use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
@@ -141,6 +141,27 @@ enum KeysCommand {
     List {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Add a new active version of a domain's deterministic and/or blind-index
+    /// keys; older versions stay for decrypting older data.
+    Rotate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Key domain to rotate.
+        #[arg(long)]
+        domain: String,
+        /// Only this purpose (default: every purpose the domain has).
+        #[arg(long, value_enum)]
+        purpose: Option<Purpose>,
+    },
+    /// Re-encrypt every wrapped key of the keyset under another KEK (AWS
+    /// ReEncrypt where possible). Data is not touched.
+    Rewrap {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The new KEK: AWS key id, alias/NAME or ARN; or a KEK file (local).
+        #[arg(long)]
+        to_kek: String,
     },
 }
 
@@ -384,6 +405,12 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
     match cmd {
         KeysCommand::Init { config } => {
             let cfg = load_config(config.as_deref())?;
+            if cfg.kms.provider == KmsProvider::Aws {
+                bail!(
+                    "kms.provider is \"aws\": the KEK lives in AWS KMS and is never a file; \
+                     create a symmetric key there (aws kms create-key) and set kms.key_id"
+                );
+            }
             let p = LocalKms::init(&cfg.kms.kek_file)?;
             let kms = LocalKms::open(&p)?;
             println!(
@@ -399,7 +426,7 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
             domain,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let kms = open_kms(&cfg)?;
+            let kms = open_kms(&cfg).await?;
             let mut ks = Keyset::load(&cfg.keyset.file)?;
             let e = ks.create(kms.as_ref(), purpose, &domain).await?;
             ks.save(&cfg.keyset.file)?;
@@ -409,6 +436,58 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
                 e.domain,
                 e.version,
                 e.id,
+                cfg.keyset.file.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Rotate {
+            config,
+            domain,
+            purpose,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let kms = open_kms(&cfg).await?;
+            let mut ks = Keyset::load(&cfg.keyset.file)?;
+            let added = ks.rotate(kms.as_ref(), &domain, purpose).await?;
+            ks.save(&cfg.keyset.file)?;
+            for e in &added {
+                println!(
+                    "rotated {} key of domain {}: version {} (id {}) is active; older versions stay for decryption",
+                    e.purpose, e.domain, e.version, e.id
+                );
+            }
+            println!(
+                "deploy {} to every instance; see docs/KEYS.md for what rotation means for blind-index lookups",
+                cfg.keyset.file.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Rewrap { config, to_kek } => {
+            let cfg = load_config(config.as_deref())?;
+            let from = open_kms(&cfg).await?;
+            let to = open_kek(&cfg, &to_kek).await?;
+            let mut ks = Keyset::load(&cfg.keyset.file)?;
+            if ks.keys.is_empty() {
+                bail!("keyset {} has no keys to rewrap", cfg.keyset.file.display());
+            }
+            let moved = ks.rewrap(from.as_ref(), to.as_ref()).await?;
+            ks.save(&cfg.keyset.file)?;
+            for m in &moved {
+                println!(
+                    "{} {} v{} ({}): {} -> {}{}",
+                    m.purpose,
+                    m.domain,
+                    m.version,
+                    m.id,
+                    m.from,
+                    m.to,
+                    if m.in_kms { " (ReEncrypt)" } else { "" }
+                );
+            }
+            println!(
+                "rewrapped {} keys in {}. Point the config's KEK at {to_kek} for new data keys, and \
+                 keep the old KEK usable for decryption while data wrapped by it remains (docs/KEYS.md)",
+                moved.len(),
                 cfg.keyset.file.display()
             );
             Ok(())

@@ -31,6 +31,25 @@ pub struct RouteConfig {
     /// Schema Registry).
     #[serde(default)]
     pub key_schema: Option<PathBuf>,
+    /// The KEK that wraps this route's data keys (aws: key id, alias or ARN; local:
+    /// a KEK file), isolating its data from other routes'. Default: `[kms]`'s.
+    #[serde(default)]
+    pub kek: Option<String>,
+    /// Tenant name: its data keys are scoped (and bound by encryption context) to
+    /// the tenant rather than to the route.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl RouteConfig {
+    /// The scope of this route's data keys: bound into each one's encryption
+    /// context, and the key of its KEK in the key ring.
+    pub fn dek_scope(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("tenant:{t}"),
+            None => format!("route:{}", self.target),
+        }
+    }
 }
 
 /// How a route treats record keys.

@@ -67,7 +67,7 @@ fn dek_context(id: &KeyId, scope: &str) -> EncryptionContext {
     [
         ("fieldcrypt:purpose".to_string(), "dek".to_string()),
         ("fieldcrypt:key-id".to_string(), hex::encode(id)),
-        ("fieldcrypt:scope".to_string(), scope.to_string()),
+        (super::ring::SCOPE_KEY.to_string(), scope.to_string()),
     ]
     .into()
 }

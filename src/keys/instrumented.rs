@@ -76,4 +76,33 @@ impl Kms for Instrumented {
         self.record("decrypt", t, &r);
         r
     }
+
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        let t = Instant::now();
+        let r = self.inner.encrypt_data_key(plaintext, ctx).await;
+        self.record("encrypt", t, &r);
+        r
+    }
+
+    fn owns(&self, kek: &str) -> bool {
+        self.inner.owns(kek)
+    }
+
+    async fn re_encrypt(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+        dest: &str,
+    ) -> Result<Option<WrappedKey>, KmsError> {
+        let t = Instant::now();
+        let r = self.inner.re_encrypt(wrapped, ctx, dest).await;
+        if !matches!(r, Ok(None)) {
+            self.record("re_encrypt", t, &r);
+        }
+        r
+    }
 }

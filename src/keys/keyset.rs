@@ -233,6 +233,103 @@ impl Keyset {
     }
 }
 
+/// One keyset key moved onto a new KEK by [`Keyset::rewrap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub id: String,
+    pub purpose: Purpose,
+    pub domain: String,
+    pub version: u32,
+    pub from: String,
+    pub to: String,
+    /// Re-encrypted inside the KMS (the key never reached this process).
+    pub in_kms: bool,
+}
+
+impl Keyset {
+    /// Adds a new active version of the domain's keys: of `purpose`, or of every
+    /// purpose the domain has. Older versions stay for decryption.
+    pub async fn rotate(
+        &mut self,
+        kms: &dyn Kms,
+        domain: &str,
+        purpose: Option<Purpose>,
+    ) -> Result<Vec<KeysetEntry>, KeysetError> {
+        let purposes: Vec<Purpose> = [Purpose::Deterministic, Purpose::BlindIndex]
+            .into_iter()
+            .filter(|p| purpose.is_none_or(|q| q == *p))
+            .filter(|p| self.active(*p, domain).is_some())
+            .collect();
+        if purposes.is_empty() {
+            let what = purpose.map_or("key".to_string(), |p| format!("{p} key"));
+            return Err(KeysetError::Missing(format!(
+                "domain \"{domain}\" has no {what} to rotate; create one with `fieldcrypt keys create --domain {domain}`"
+            )));
+        }
+        let mut added = Vec::new();
+        for p in purposes {
+            added.push(self.create(kms, p, domain).await?);
+        }
+        Ok(added)
+    }
+
+    /// Re-encrypts every wrapped key under the KEK of `to`, through `from` (which
+    /// must hold the current KEKs). Inside the KMS where it can (AWS ReEncrypt),
+    /// else unwrapped in memory and wrapped again. Each new wrapped key is unwrapped
+    /// once through `to` before anything changes, and the keyset changes only if
+    /// every key moved. Data is not touched: ciphertexts name keys by id, not by KEK.
+    pub async fn rewrap(
+        &mut self,
+        from: &dyn Kms,
+        to: &dyn Kms,
+    ) -> Result<Vec<Rewrapped>, KeysetError> {
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut keys = self.keys.clone();
+        let mut done = Vec::new();
+        for e in keys.iter_mut() {
+            let fail = |source: KmsError| KeysetError::Unwrap {
+                id: e.id.clone(),
+                purpose: e.purpose,
+                domain: e.domain.clone(),
+                source,
+            };
+            let ctx = e.context();
+            let old = WrappedKey {
+                kek: e.kek.clone(),
+                blob: b64
+                    .decode(&e.wrapped)
+                    .map_err(|_| fail(KmsError::InvalidCiphertext))?,
+            };
+            let (new, in_kms) = match from.re_encrypt(&old, &ctx, to.kek_id()).await {
+                Ok(Some(w)) => (w, true),
+                Ok(None) => {
+                    let pt = from.decrypt_data_key(&old, &ctx).await.map_err(fail)?;
+                    let w = to.encrypt_data_key(&pt, &ctx).await.map_err(fail)?;
+                    (w, false)
+                }
+                Err(err) => return Err(fail(err)),
+            };
+            let back = to.decrypt_data_key(&new, &ctx).await.map_err(fail)?;
+            if back.len() != e.purpose.key_len() {
+                return Err(fail(KmsError::InvalidCiphertext));
+            }
+            done.push(Rewrapped {
+                id: e.id.clone(),
+                purpose: e.purpose,
+                domain: e.domain.clone(),
+                version: e.version,
+                from: e.kek.clone(),
+                to: new.kek.clone(),
+                in_kms,
+            });
+            e.kek = new.kek;
+            e.wrapped = b64.encode(&new.blob);
+        }
+        self.keys = keys;
+        Ok(done)
+    }
+}
+
 /// Per-domain blind-index settings.
 #[derive(Debug, Clone)]
 pub struct IndexSettings {
@@ -400,5 +497,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("belongs to KEK"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn rotate_adds_versions_and_rewrap_moves_every_key() {
+        let old = LocalKms::from_bytes(&[4; 32]).unwrap();
+        let new = LocalKms::from_bytes(&[5; 32]).unwrap();
+        let mut ks = Keyset::default();
+        ks.create(&old, Purpose::Deterministic, "pii")
+            .await
+            .unwrap();
+        ks.create(&old, Purpose::BlindIndex, "pii").await.unwrap();
+        ks.create(&old, Purpose::BlindIndex, "email").await.unwrap();
+        let e = ks.rotate(&old, "nope", None).await.unwrap_err().to_string();
+        assert!(
+            e.contains("no key to rotate") && e.contains("keys create"),
+            "{e}"
+        );
+        let added = ks.rotate(&old, "pii", None).await.unwrap();
+        assert_eq!(added.len(), 2, "both purposes of the domain rotate");
+        assert!(added.iter().all(|k| k.version == 2));
+        let added = ks
+            .rotate(&old, "email", Some(Purpose::BlindIndex))
+            .await
+            .unwrap();
+        assert_eq!(added[0].version, 2);
+        let idx = IndexSettings {
+            length: 16,
+            normalize: HashMap::new(),
+        };
+        let path = Path::new("keyset.json");
+        let before = KeyMaterial::unwrap(&ks, path, &old, &idx).await.unwrap();
+
+        let snapshot = ks.clone();
+        let moved = ks.rewrap(&old, &new).await.unwrap();
+        assert_eq!(moved.len(), 5);
+        assert!(moved.iter().all(|m| !m.in_kms && m.to == new.kek_id()));
+        assert!(ks.keys.iter().all(|k| k.kek == new.kek_id()));
+        // Same keys (ids, versions), now only under the new KEK.
+        let after = KeyMaterial::unwrap(&ks, path, &new, &idx).await.unwrap();
+        let det = |m: &KeyMaterial| m.deterministic("pii").unwrap().id().to_vec();
+        assert_eq!(det(&before), det(&after));
+        assert_eq!(after.deterministic_by_id.len(), 2);
+        assert!(KeyMaterial::unwrap(&ks, path, &old, &idx).await.is_err());
+
+        // A rewrap that cannot unwrap changes nothing.
+        let mut again = snapshot.clone();
+        let stranger = LocalKms::from_bytes(&[6; 32]).unwrap();
+        assert!(again.rewrap(&stranger, &new).await.is_err());
+        assert_eq!(again, snapshot);
     }
 }

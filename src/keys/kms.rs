@@ -1,6 +1,7 @@
-//! The KMS interface: generate a data key (plaintext + wrapped under the KEK) and
-//! unwrap one. Every call carries an encryption context that the KMS binds to the
-//! wrapped key, so a wrapped key used out of its context fails to unwrap.
+//! The KMS interface: generate a data key (plaintext + wrapped under the KEK), unwrap
+//! one, wrap given bytes, and re-wrap under another KEK. Every call carries an
+//! encryption context that the KMS binds to the wrapped key, so a wrapped key used
+//! out of its context fails to unwrap.
 
 use std::collections::BTreeMap;
 
@@ -31,7 +32,8 @@ pub enum KmsError {
     /// The KMS could not be reached or is throttling: retry later.
     #[error("KMS unavailable: {0}")]
     Unavailable(String),
-    /// The KMS refused the request for this caller or key.
+    /// The KMS refused the request for this caller or key (including a disabled
+    /// or deleted key: a crypto-shredded tenant).
     #[error("KMS denied access: {0}")]
     AccessDenied(String),
     /// The wrapped key names a KEK this KMS does not have.
@@ -71,4 +73,28 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
         wrapped: &WrappedKey,
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError>;
+
+    /// Wraps given key bytes under the KEK (rewrapping onto this KEK).
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError>;
+
+    /// Can this KMS unwrap keys that [`WrappedKey::kek`] says `kek` wrapped?
+    fn owns(&self, kek: &str) -> bool {
+        kek == self.kek_id()
+    }
+
+    /// Re-wraps a key under the KEK `dest` inside the KMS, so its plaintext never
+    /// reaches this process (AWS ReEncrypt). `None`: this KMS cannot, and the
+    /// caller unwraps and wraps instead.
+    async fn re_encrypt(
+        &self,
+        _wrapped: &WrappedKey,
+        _ctx: &EncryptionContext,
+        _dest: &str,
+    ) -> Result<Option<WrappedKey>, KmsError> {
+        Ok(None)
+    }
 }

@@ -148,6 +148,15 @@ impl Kms for LocalKms {
     ) -> Result<DataKey, KmsError> {
         let mut plaintext = Zeroizing::new(vec![0u8; len]);
         rand::rng().fill_bytes(&mut plaintext);
+        let wrapped = self.encrypt_data_key(&plaintext, ctx).await?;
+        Ok(DataKey { plaintext, wrapped })
+    }
+
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let ad = Self::aad(ctx);
@@ -156,7 +165,7 @@ impl Kms for LocalKms {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: &plaintext,
+                    msg: plaintext,
                     aad: &ad,
                 },
             )
@@ -166,12 +175,9 @@ impl Kms for LocalKms {
         blob.extend_from_slice(&self.fingerprint);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ct);
-        Ok(DataKey {
-            plaintext,
-            wrapped: WrappedKey {
-                kek: self.id.clone(),
-                blob,
-            },
+        Ok(WrappedKey {
+            kek: self.id.clone(),
+            blob,
         })
     }
 

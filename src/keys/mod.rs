@@ -1,9 +1,11 @@
-//! Key management: the KMS interface and its local (KEK file) implementation, the
+//! Key management: the KMS interface, its local (KEK file) and AWS implementations,
+//! the layers around it (instrumented, resilient) and the key ring of KEKs, the
 //! keyset file of long-lived wrapped keys (deterministic and blind-index), and the
 //! data-key caches for randomized encryption (encrypt side) and unwrapping (decrypt
 //! side). Plaintext key bytes never leave this module except into the cipher
 //! constructors of [`crate::crypto`], and are zeroized after use.
 
+pub mod aws;
 pub mod clock;
 pub mod dek;
 pub mod instrumented;
@@ -11,6 +13,7 @@ pub mod keyset;
 pub mod kms;
 pub mod local;
 pub mod resilient;
+pub mod ring;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dek::{Dek, DekCache, DekManager, DekSettings, DekStats, WrappedDek};
@@ -19,6 +22,7 @@ pub use keyset::{KeyMaterial, Keyset, Purpose};
 pub use kms::{EncryptionContext, Kms, KmsError, WrappedKey};
 pub use local::LocalKms;
 pub use resilient::{Resilient, RetryPolicy};
+pub use ring::KeyRing;
 
 /// Formats a time as RFC 3339 UTC with second precision (no chrono dependency).
 pub fn rfc3339(t: std::time::SystemTime) -> String {

@@ -101,6 +101,29 @@ impl Kms for Resilient {
         self.call("decrypt", || self.inner.decrypt_data_key(wrapped, ctx))
             .await
     }
+
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        self.call("encrypt", || self.inner.encrypt_data_key(plaintext, ctx))
+            .await
+    }
+
+    fn owns(&self, kek: &str) -> bool {
+        self.inner.owns(kek)
+    }
+
+    async fn re_encrypt(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+        dest: &str,
+    ) -> Result<Option<WrappedKey>, KmsError> {
+        self.call("re_encrypt", || self.inner.re_encrypt(wrapped, ctx, dest))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +167,13 @@ mod tests {
             ctx: &EncryptionContext,
         ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
             self.inner.decrypt_data_key(wrapped, ctx).await
+        }
+        async fn encrypt_data_key(
+            &self,
+            plaintext: &[u8],
+            ctx: &EncryptionContext,
+        ) -> Result<WrappedKey, KmsError> {
+            self.inner.encrypt_data_key(plaintext, ctx).await
         }
     }
 

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
+    pub paused: IntGauge,
     pub transactions: IntCounterVec,
     dek_hits: IntCounterVec,
     dek_misses: IntCounterVec,
@@ -42,6 +43,8 @@ pub struct Metrics {
     /// False after a KMS call failed for a retriable reason, until one succeeds.
     pub kms_reachable: AtomicBool,
     assigned: AtomicI64,
+    /// Records held by workers waiting for an unavailable KMS or registry.
+    stalled: AtomicI64,
 }
 
 /// Latency buckets from 10 µs to 10 s: transforms take microseconds, deliveries
@@ -176,7 +179,14 @@ impl Metrics {
                 r,
                 IntGauge::new(
                     "fieldcrypt_ready",
-                    "1 when partitions are assigned and the KMS is reachable (as /health/ready)."
+                    "1 when partitions are assigned, the KMS is reachable and consumption is not paused (as /health/ready)."
+                )
+            ),
+            paused: reg!(
+                r,
+                IntGauge::new(
+                    "fieldcrypt_paused",
+                    "1 while consumption is paused because the KMS or the Schema Registry is unavailable."
                 )
             ),
             transactions: reg!(
@@ -234,6 +244,7 @@ impl Metrics {
             dek_sources: std::sync::Mutex::new(Vec::new()),
             kms_reachable: AtomicBool::new(true),
             assigned: AtomicI64::new(0),
+            stalled: AtomicI64::new(0),
         }
     }
 
@@ -280,9 +291,27 @@ impl Metrics {
         self.refresh_ready();
     }
 
-    /// Ready: partitions assigned and the KMS reachable.
+    /// A worker starts (+1) or stops (−1) waiting for an unavailable KMS or registry.
+    pub fn add_stalled(&self, delta: i64) {
+        self.stalled.fetch_add(delta, Ordering::SeqCst);
+    }
+
+    /// Records are waiting for an unavailable KMS or registry: consumption pauses.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst) > 0
+    }
+
+    /// Consumption paused (or resumed) for an outage.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
+        self.refresh_ready();
+    }
+
+    /// Ready: partitions assigned, the KMS reachable, consumption not paused.
     pub fn is_ready(&self) -> bool {
-        self.assigned.load(Ordering::SeqCst) > 0 && self.kms_reachable.load(Ordering::SeqCst)
+        self.assigned.load(Ordering::SeqCst) > 0
+            && self.kms_reachable.load(Ordering::SeqCst)
+            && self.paused.get() == 0
     }
 
     fn refresh_ready(&self) {

@@ -228,6 +228,65 @@ fn worker_for(topic: &str, partition: i32, n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
+/// How often the loop checks for an outage to pause (or resume) consumption.
+const OUTAGE_CHECK: Duration = Duration::from_millis(500);
+
+/// Pauses every assigned partition while workers are stalled by an outage (again on
+/// each check, which covers partitions assigned meanwhile) and resumes them when
+/// none is. Returns whether consumption is paused.
+fn pause_for_outage(consumer: &StreamConsumer<Context>, metrics: &Metrics, paused: bool) -> bool {
+    let stalled = metrics.is_stalled();
+    if !stalled && !paused {
+        return false;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment to pause or resume it");
+            return paused;
+        }
+    };
+    let r = if stalled {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot pause or resume the assigned partitions");
+        return paused;
+    }
+    if stalled != paused {
+        metrics.set_paused(stalled);
+        if stalled {
+            tracing::warn!(
+                partitions = assignment.count(),
+                "consumption paused: the KMS or Schema Registry is unavailable"
+            );
+        } else {
+            tracing::info!(partitions = assignment.count(), "consumption resumed");
+        }
+    }
+    stalled
+}
+
+/// Sends a record the loop cannot take now back to be fetched again: its partition
+/// is paused and rewound to it, so it is neither lost nor processed out of order.
+fn put_back(
+    consumer: &StreamConsumer<Context>,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+) -> Result<(), PipelineError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(msg.topic(), msg.partition());
+    consumer.pause(&tpl)?;
+    consumer.seek(
+        msg.topic(),
+        msg.partition(),
+        Offset::Offset(msg.offset()),
+        Timeout::After(Duration::from_secs(10)),
+    )?;
+    Ok(())
+}
+
 /// Runs until `shutdown` resolves (then drains and commits) or a fatal error.
 pub async fn run(
     engine: Arc<Engine>,
@@ -315,6 +374,7 @@ pub async fn run(
         dead_letter_payload: config.pipeline.dead_letter_payload,
         partitions: Mutex::new(HashMap::new()),
         destinations: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
     });
     let n_workers = match config.pipeline.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -352,6 +412,10 @@ pub async fn run(
     ));
     txn_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut committing = false;
+    // Paused: a worker is holding a record through a KMS or registry outage.
+    let mut paused = false;
+    let mut outage_timer = tokio::time::interval(OUTAGE_CHECK);
+    outage_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut failure: Option<PipelineError> = None;
 
@@ -383,7 +447,12 @@ pub async fn run(
                 break;
             }
             _ = txn_timer.tick(), if eos && !committing => committing = true,
-            msg = consumer.recv(), if !committing && window.available_permits() > 0 => {
+            _ = outage_timer.tick() => {
+                paused = pause_for_outage(&consumer, &metrics, paused);
+            }
+            // While paused the consumer is still polled (group membership, rebalances);
+            // a record from a partition not paused yet goes back for later.
+            msg = consumer.recv(), if paused || (!committing && window.available_permits() > 0) => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
@@ -392,7 +461,16 @@ pub async fn run(
                         continue;
                     }
                 };
-                let permit = window.clone().try_acquire_owned().expect("the window has room");
+                let permit = match window.clone().try_acquire_owned() {
+                    Ok(p) if !committing && !paused => p,
+                    _ => {
+                        if let Err(e) = put_back(&consumer, &msg) {
+                            failure = Some(e);
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 let msg = msg.detach();
                 let bytes = msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len);
                 metrics.records_consumed.with_label_values(&[msg.topic()]).inc();
@@ -412,6 +490,8 @@ pub async fn run(
         }
     }
 
+    // Records held by an outage give up now rather than at the drain deadline.
+    shared.stopping.store(true, Ordering::SeqCst);
     // Drain: records already taken finish (or fail) before the final commit.
     let deadline = tokio::time::sleep(Duration::from_secs(config.pipeline.drain_timeout_seconds));
     tokio::pin!(deadline);

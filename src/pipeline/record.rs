@@ -51,9 +51,19 @@ pub enum Fatal {
 }
 
 impl Fatal {
+    /// An outage that waiting can end (the KMS or registry unreachable or
+    /// throttling), rather than a refusal or misconfiguration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Fatal::Kms(e) => e.is_retriable(),
+            Fatal::Registry(e) => matches!(e, RegistryError::Unavailable { .. }),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
-            Fatal::Kms(_) => "kms_unavailable",
+            Fatal::Kms(e) if e.is_retriable() => "kms_unavailable",
+            Fatal::Kms(_) => "kms_refused",
             Fatal::Registry(e) => e.code(),
         }
     }
@@ -159,7 +169,7 @@ impl Transformer {
                 (v, k)
             };
             routes.push(RouteCodecs {
-                scope: format!("route:{}", r.target),
+                scope: r.dek_scope(),
                 raw_value,
                 key_format: r.key_format,
                 raw_key,

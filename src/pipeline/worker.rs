@@ -84,6 +84,60 @@ pub struct Shared {
     pub partitions: Mutex<HashMap<String, (Option<i32>, Instant)>>,
     /// Source topic → where its records go (routing once per topic, not per record).
     pub destinations: Mutex<HashMap<String, Arc<Destination>>>,
+    /// Set when the pipeline stops: records waiting out an outage give up (undelivered).
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Longest wait between retries of a record held by an outage.
+const STALL_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One worker waiting out a KMS or registry outage; counted in the metrics while
+/// it lasts (the loop pauses consumption while any worker is stalled).
+struct Stall<'a> {
+    metrics: &'a Metrics,
+    since: Option<Instant>,
+    backoff: Duration,
+}
+
+impl<'a> Stall<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Stall {
+            metrics,
+            since: None,
+            backoff: Duration::from_millis(250),
+        }
+    }
+
+    async fn wait(&mut self, source: &Source, e: &super::record::Fatal) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            self.metrics.add_stalled(1);
+            tracing::warn!(
+                topic = %source.topic,
+                partition = source.partition,
+                offset = source.offset,
+                code = e.code(),
+                error = %e,
+                "outage: holding the record and pausing consumption until the service answers"
+            );
+        }
+        self.metrics.errors.with_label_values(&[e.code()]).inc();
+        // Full jitter, so instances recovering together do not retry in step.
+        tokio::time::sleep(self.backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+        self.backoff = (self.backoff * 2).min(STALL_MAX_BACKOFF);
+    }
+}
+
+impl Drop for Stall<'_> {
+    fn drop(&mut self) {
+        if let Some(since) = self.since {
+            self.metrics.add_stalled(-1);
+            tracing::info!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "stopped holding the record (the service answered, or the pipeline is stopping)"
+            );
+        }
+    }
 }
 
 /// Runs one worker until its queue closes and its deliveries are reported.
@@ -146,19 +200,33 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
         Ok(d) => d,
         Err(e) => return Err(fail("no_route", e.to_string(), permit)),
     };
-    let started = Instant::now();
-    let outcome = shared
-        .transformer
-        .transform(&msg, dest.route, &dest.target)
-        .await;
-    shared
-        .metrics
-        .transform_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => return Err(fail(e.code(), e.to_string(), permit)),
+    // An outage (KMS or registry unreachable after the client's own retries) holds
+    // the record here and retries it until the service answers: the loop sees the
+    // stall and pauses consumption, and nothing behind it in this partition moves.
+    let mut stall = Stall::new(&shared.metrics);
+    let outcome = loop {
+        let started = Instant::now();
+        let outcome = shared
+            .transformer
+            .transform(&msg, dest.route, &dest.target)
+            .await;
+        shared
+            .metrics
+            .transform_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(o) => break o,
+            Err(e) if e.is_transient() => {
+                if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) || !owned(shared) {
+                    // Not delivered, so its offset is not committed: read again.
+                    return Err(stale(permit));
+                }
+                stall.wait(&source, &e).await;
+            }
+            Err(e) => return Err(fail(e.code(), e.to_string(), permit)),
+        }
     };
+    drop(stall);
     let (target, key, payload, headers, code) = match outcome {
         Outcome::Produce {
             key,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod kms;
 
 use std::sync::Arc;
 

@@ -1,0 +1,261 @@
+//! The AWS KMS provider (aws-sdk-kms): GenerateDataKey, Decrypt, Encrypt and
+//! ReEncrypt with the encryption context bound to every wrapped key. The KEK is a
+//! KMS key named by id, alias or ARN; wrapped keys record the key ARN that KMS
+//! returned, and Decrypt names it, so a blob wrapped by another key is refused.
+//!
+//! Credentials come from the standard provider chain (environment, shared
+//! config/credentials files and profiles, web identity, ECS and EC2 instance
+//! roles); SSO and `credential_process` are not compiled in. The HTTPS client is
+//! hyper + rustls on ring. The SDK's own retries are off: [`super::Resilient`]
+//! retries, so attempts are counted and bounded in one place.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::Client;
+use zeroize::Zeroizing;
+
+use super::kms::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
+
+/// Where and how to reach AWS KMS.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Overrides the region of the provider chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// A non-AWS endpoint (LocalStack, moto) or a VPC endpoint.
+    pub endpoint_url: Option<String>,
+}
+
+/// Builds a KMS client from the standard AWS configuration chain.
+pub async fn client(settings: &AwsSettings) -> Result<Client, KmsError> {
+    use aws_smithy_http_client::{tls, Builder};
+    let http = Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(aws_config::retry::RetryConfig::disabled());
+    if let Some(r) = &settings.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(u) = &settings.endpoint_url {
+        loader = loader.endpoint_url(u.clone());
+    }
+    let conf = loader.load().await;
+    if conf.region().is_none() {
+        return Err(KmsError::Config(
+            "kms.region is not set and the AWS configuration chain (AWS_REGION, profile) names no region"
+                .into(),
+        ));
+    }
+    Ok(Client::new(&conf))
+}
+
+/// One AWS KMS key as a KEK.
+#[derive(Clone)]
+pub struct AwsKms {
+    client: Client,
+    key_id: String,
+}
+
+impl std::fmt::Debug for AwsKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AwsKms({})", self.key_id)
+    }
+}
+
+impl AwsKms {
+    /// `key_id`: key id, alias (`alias/name`) or ARN.
+    pub fn new(client: Client, key_id: impl Into<String>) -> Self {
+        AwsKms {
+            client,
+            key_id: key_id.into(),
+        }
+    }
+}
+
+/// Is `kek` an AWS KMS key reference (ARN, alias, or key id) rather than another
+/// provider's id (`local:...`)?
+pub fn is_aws_key(kek: &str) -> bool {
+    !kek.is_empty() && !kek.starts_with("local:")
+}
+
+fn context(ctx: &EncryptionContext) -> Option<HashMap<String, String>> {
+    Some(ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Classifies an SDK failure: only what retrying can fix is `Unavailable`.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &str,
+    key: &str,
+    e: SdkError<E, R>,
+) -> KmsError {
+    match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            return KmsError::Unavailable(format!(
+                "{op} on {key}: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&e)
+            ))
+        }
+        SdkError::ConstructionFailure(_) => {
+            return KmsError::Config(format!(
+                "{op} on {key}: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&e)
+            ))
+        }
+        _ => {}
+    }
+    let code = e.code().unwrap_or("Unknown").to_string();
+    let msg = format!("{op} on {key}: {code}: {}", e.message().unwrap_or(""));
+    match code.as_str() {
+        "ThrottlingException"
+        | "LimitExceededException"
+        | "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "ServiceUnavailableException"
+        | "InternalFailure"
+        | "RequestTimeout"
+        | "RequestTimeoutException" => KmsError::Unavailable(msg),
+        "InvalidCiphertextException" | "IncorrectKeyException" => KmsError::InvalidCiphertext,
+        "AccessDeniedException"
+        | "DisabledException"
+        | "KMSInvalidStateException"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException"
+        | "InvalidGrantTokenException" => KmsError::AccessDenied(msg),
+        _ => KmsError::Config(msg),
+    }
+}
+
+#[async_trait]
+impl Kms for AwsKms {
+    fn kek_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// AWS decides by the key named in the wrapped key and by IAM.
+    fn owns(&self, kek: &str) -> bool {
+        is_aws_key(kek)
+    }
+
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let mut out = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .number_of_bytes(len as i32)
+            .set_encryption_context(context(ctx))
+            .send()
+            .await
+            .map_err(|e| classify("GenerateDataKey", &self.key_id, e))?;
+        let plaintext = Zeroizing::new(
+            out.plaintext
+                .take()
+                .map(Blob::into_inner)
+                .unwrap_or_default(),
+        );
+        let blob = out.ciphertext_blob.take().map(Blob::into_inner);
+        match (blob, out.key_id) {
+            (Some(blob), Some(kek)) if plaintext.len() == len => Ok(DataKey {
+                plaintext,
+                wrapped: WrappedKey { kek, blob },
+            }),
+            _ => Err(KmsError::Config(format!(
+                "GenerateDataKey on {} returned an incomplete answer",
+                self.key_id
+            ))),
+        }
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        if !is_aws_key(&wrapped.kek) {
+            return Err(KmsError::WrongKek {
+                expected: self.key_id.clone(),
+                found: wrapped.kek.clone(),
+            });
+        }
+        let mut out = self
+            .client
+            .decrypt()
+            .key_id(&wrapped.kek)
+            .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+            .set_encryption_context(context(ctx))
+            .send()
+            .await
+            .map_err(|e| classify("Decrypt", &wrapped.kek, e))?;
+        out.plaintext
+            .take()
+            .map(|b| Zeroizing::new(b.into_inner()))
+            .ok_or_else(|| KmsError::Config(format!("Decrypt on {} returned no key", wrapped.kek)))
+    }
+
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        let out = self
+            .client
+            .encrypt()
+            .key_id(&self.key_id)
+            .plaintext(Blob::new(plaintext.to_vec()))
+            .set_encryption_context(context(ctx))
+            .send()
+            .await
+            .map_err(|e| classify("Encrypt", &self.key_id, e))?;
+        match (out.ciphertext_blob, out.key_id) {
+            (Some(b), Some(kek)) => Ok(WrappedKey {
+                kek,
+                blob: b.into_inner(),
+            }),
+            _ => Err(KmsError::Config(format!(
+                "Encrypt on {} returned an incomplete answer",
+                self.key_id
+            ))),
+        }
+    }
+
+    async fn re_encrypt(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+        dest: &str,
+    ) -> Result<Option<WrappedKey>, KmsError> {
+        if !is_aws_key(&wrapped.kek) || !is_aws_key(dest) {
+            return Ok(None);
+        }
+        let out = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+            .source_key_id(&wrapped.kek)
+            .set_source_encryption_context(context(ctx))
+            .destination_key_id(dest)
+            .set_destination_encryption_context(context(ctx))
+            .send()
+            .await
+            .map_err(|e| classify("ReEncrypt", &wrapped.kek, e))?;
+        match (out.ciphertext_blob, out.key_id) {
+            (Some(b), Some(kek)) => Ok(Some(WrappedKey {
+                kek,
+                blob: b.into_inner(),
+            })),
+            _ => Err(KmsError::Config(format!(
+                "ReEncrypt to {dest} returned an incomplete answer"
+            ))),
+        }
+    }
+}

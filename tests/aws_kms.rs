@@ -1,0 +1,495 @@
+//! The AWS KMS provider against a real KMS emulator (moto's server, one per test):
+//! data keys generated and unwrapped through the SDK, bound to their encryption
+//! context and to the key that wrapped them; per-tenant KEKs through the key ring;
+//! `keys rotate` and `keys rewrap` (ReEncrypt) through the binary with old data
+//! still decrypting; and, with a real broker, the DEK cache keeping KMS calls to a
+//! handful per run, and the pipeline pausing through a KMS outage (cut by a fault
+//! proxy) with nothing lost and nothing written in clear.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::broker::*;
+use common::kms::*;
+use fieldcrypt::config::{Config, KmsProvider};
+use fieldcrypt::kafka::route::RouteConfig;
+use fieldcrypt::keys::aws::{self, AwsKms};
+use fieldcrypt::keys::{EncryptionContext, KeyRing, Kms, KmsError};
+use fieldcrypt::sample::Generator;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn data_keys_through_the_sdk_are_bound_to_context_and_key() {
+    let moto = Moto::start();
+    let arn_a = moto.create_key(None);
+    let arn_t = moto.create_key(Some("alias/tenant-t"));
+    rt().block_on(async {
+        let client = aws::client(&moto.settings()).await.unwrap();
+        let a: Arc<dyn Kms> = Arc::new(AwsKms::new(client.clone(), arn_a.clone()));
+        let c = ctx(&[
+            ("fieldcrypt:purpose", "dek"),
+            ("fieldcrypt:scope", "route:x"),
+        ]);
+
+        let dk = a.generate_data_key(32, &c).await.unwrap();
+        assert_eq!(dk.plaintext.len(), 32);
+        assert_eq!(dk.wrapped.kek, arn_a, "the wrapped key records the key ARN");
+        assert!(!dk.wrapped.blob.windows(32).any(|w| w == &dk.plaintext[..]));
+        let back = a.decrypt_data_key(&dk.wrapped, &c).await.unwrap();
+        assert_eq!(*back, *dk.plaintext);
+
+        // Out of context: another scope, another purpose, or none at all.
+        for wrong in [
+            ctx(&[
+                ("fieldcrypt:purpose", "dek"),
+                ("fieldcrypt:scope", "route:y"),
+            ]),
+            ctx(&[
+                ("fieldcrypt:purpose", "deterministic"),
+                ("fieldcrypt:scope", "route:x"),
+            ]),
+            EncryptionContext::new(),
+        ] {
+            let e = a.decrypt_data_key(&dk.wrapped, &wrong).await.unwrap_err();
+            assert_eq!(e, KmsError::InvalidCiphertext, "{wrong:?}");
+        }
+        // A corrupted blob is refused, not retried as an outage.
+        let mut bad = dk.wrapped.clone();
+        let n = bad.blob.len();
+        bad.blob[n - 1] ^= 1;
+        let e = a.decrypt_data_key(&bad, &c).await.unwrap_err();
+        assert!(!e.is_retriable(), "{e}");
+
+        // Per-tenant KEK: the ring wraps the tenant's keys with its own key (named by
+        // alias) and unwraps any key by the ARN it carries.
+        let t: Arc<dyn Kms> = Arc::new(AwsKms::new(client.clone(), "alias/tenant-t"));
+        let ring = KeyRing::new(a.clone()).scope("tenant:t", t.clone());
+        let tc = ctx(&[
+            ("fieldcrypt:purpose", "dek"),
+            ("fieldcrypt:scope", "tenant:t"),
+        ]);
+        let tk = ring.generate_data_key(32, &tc).await.unwrap();
+        assert_eq!(
+            tk.wrapped.kek, arn_t,
+            "the tenant's key wraps its data keys"
+        );
+        assert_eq!(
+            *ring.decrypt_data_key(&tk.wrapped, &tc).await.unwrap(),
+            *tk.plaintext
+        );
+        assert_eq!(
+            *ring.decrypt_data_key(&dk.wrapped, &c).await.unwrap(),
+            *dk.plaintext
+        );
+
+        // ReEncrypt moves a wrapped key to another KEK inside KMS, same context.
+        let moved = a
+            .re_encrypt(&dk.wrapped, &c, "alias/tenant-t")
+            .await
+            .unwrap()
+            .expect("AWS re-encrypts server-side");
+        assert_eq!(moved.kek, arn_t);
+        assert_eq!(
+            *t.decrypt_data_key(&moved, &c).await.unwrap(),
+            *dk.plaintext
+        );
+
+        // A key that does not exist is a configuration error naming it, not an outage.
+        let missing = AwsKms::new(client.clone(), "alias/nope");
+        let e = missing.generate_data_key(32, &c).await.unwrap_err();
+        assert!(
+            !e.is_retriable() && e.to_string().contains("alias/nope"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn unreachable_kms_is_an_outage_and_the_layers_retry_it() {
+    let moto = Moto::start();
+    let arn = moto.create_key(None);
+    let proxy = FaultProxy::start(moto.port);
+    rt().block_on(async {
+        let client = aws::client(&settings(&proxy.url())).await.unwrap();
+        let raw: Arc<dyn Kms> = Arc::new(AwsKms::new(client, arn));
+        let c = ctx(&[("fieldcrypt:purpose", "dek")]);
+        raw.generate_data_key(32, &c).await.unwrap();
+        proxy.set_down(true);
+        let e = raw.generate_data_key(32, &c).await.unwrap_err();
+        assert!(e.is_retriable(), "an unreachable KMS is retriable: {e}");
+        // Through the resilient layer: retries with backoff until the KMS is back.
+        let policy = fieldcrypt::keys::RetryPolicy {
+            timeout: Duration::from_secs(2),
+            retries: 20,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+        };
+        let kms = fieldcrypt::keys::Resilient::new(raw, policy);
+        let back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            proxy.set_down(false);
+            proxy
+        });
+        kms.generate_data_key(32, &c).await.unwrap();
+        drop(back.await.unwrap());
+    });
+}
+
+fn fc(dir: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fieldcrypt"))
+        .current_dir(dir)
+        .args(args)
+        .envs(CREDENTIALS)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "fieldcrypt {args:?} failed: {out}");
+    out
+}
+
+fn aws_config(dir: &Path, url: &str, key: &str) {
+    std::fs::write(
+        dir.join("fieldcrypt.toml"),
+        format!(
+            "[kms]\nprovider = \"aws\"\nkey_id = \"{key}\"\nregion = \"{REGION}\"\nendpoint_url = \"{url}\"\n\
+             [keyset]\nfile = \"keyset.json\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn keyset_keks(dir: &Path) -> Vec<String> {
+    let ks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("keyset.json")).unwrap()).unwrap();
+    ks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kek"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn rotate_and_rewrap_keep_old_data_decryptable() {
+    let moto = Moto::start();
+    let old = moto.create_key(Some("alias/fieldcrypt-2025"));
+    let new = moto.create_key(Some("alias/fieldcrypt-2026"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(
+        repo().join("schemas/customer.avsc"),
+        d.join("customer.avsc"),
+    )
+    .unwrap();
+    aws_config(d, &moto.url(), "alias/fieldcrypt-2025");
+    let c = ["--config", "fieldcrypt.toml"];
+    let run = |args: &[&str]| fc(d, &[args, &c[..]].concat());
+    let e = std::process::Command::new(env!("CARGO_BIN_EXE_fieldcrypt"))
+        .current_dir(d)
+        .args(["keys", "init", "--config", "fieldcrypt.toml"])
+        .output()
+        .unwrap();
+    assert!(!e.status.success(), "no KEK file for AWS");
+    assert!(String::from_utf8_lossy(&e.stderr).contains("kms.key_id"));
+
+    run(&[
+        "keys",
+        "create",
+        "--purpose",
+        "deterministic",
+        "--domain",
+        "default",
+    ]);
+    run(&[
+        "keys",
+        "create",
+        "--purpose",
+        "blind-index",
+        "--domain",
+        "email",
+    ]);
+    assert_eq!(keyset_keks(d), vec![old.clone(), old.clone()]);
+    run(&[
+        "sample",
+        "--schema",
+        "customer.avsc",
+        "--count",
+        "300",
+        "in.avro",
+    ]);
+    run(&["encrypt-file", "in.avro", "enc-v1.avro"]);
+
+    // Rotation: a second deterministic version is active, the first stays.
+    let out = run(&["keys", "rotate", "--domain", "default"]);
+    assert!(out.contains("version 2"), "{out}");
+    run(&["encrypt-file", "in.avro", "enc-v2.avro"]);
+
+    // Rewrap onto the new KEK inside KMS; data is untouched.
+    let before = std::fs::read(d.join("enc-v1.avro")).unwrap();
+    let out = run(&["keys", "rewrap", "--to-kek", "alias/fieldcrypt-2026"]);
+    assert_eq!(out.matches("(ReEncrypt)").count(), 3, "{out}");
+    assert_eq!(keyset_keks(d), vec![new.clone(); 3]);
+    assert_eq!(std::fs::read(d.join("enc-v1.avro")).unwrap(), before);
+
+    // With the config on the new KEK, data from before rotation and rewrap decrypts.
+    aws_config(d, &moto.url(), "alias/fieldcrypt-2026");
+    let plain = run(&["cat", "in.avro"]);
+    for f in ["enc-v1.avro", "enc-v2.avro"] {
+        run(&["decrypt-file", f, &format!("dec-{f}")]);
+        assert_eq!(run(&["cat", &format!("dec-{f}")]), plain, "{f}");
+    }
+    // New data keys come from the new KEK.
+    run(&["encrypt-file", "in.avro", "enc-v3.avro"]);
+    let meta = String::from_utf8_lossy(&std::fs::read(d.join("enc-v3.avro")).unwrap()).into_owned();
+    assert!(
+        meta.contains(&new) && !meta.contains(&old),
+        "file DEKs name the new KEK"
+    );
+}
+
+/// Produces `n` customer records (seq header `start..start+n`); returns their emails.
+fn produce(bootstrap: &str, topic: &str, start: usize, n: usize) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/customer.avsc")).unwrap(),
+    )
+    .unwrap();
+    let tree = fieldcrypt::schema::model::SchemaTree::compile(&json).unwrap();
+    let schema = apache_avro::Schema::parse(&json).unwrap();
+    let mut g = Generator::new(&tree, start as u64 + 1, 1_000_000);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut emails = Vec::new();
+    for i in start..start + n {
+        let mut d = Vec::new();
+        g.next(&mut d);
+        #[allow(deprecated)]
+        if let apache_avro::types::Value::Record(f) =
+            apache_avro::from_avro_datum(&schema, &mut &d[..], None).unwrap()
+        {
+            if let Some((_, apache_avro::types::Value::String(e))) =
+                f.iter().find(|(k, _)| k == "email")
+            {
+                emails.push(e.clone());
+            }
+        }
+        let seq = i.to_string();
+        let key = format!("k{i}");
+        let mut rec =
+            BaseRecord::to(topic)
+                .key(&key)
+                .payload(&d)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "seq",
+                    value: Some(seq.as_bytes()),
+                }));
+        while let Err((_, r)) = p.send(rec) {
+            rec = r;
+            p.poll(Duration::from_millis(20));
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    emails
+}
+
+struct AwsSetup {
+    _broker: Broker,
+    _moto: Moto,
+    bs: String,
+    _dir: tempfile::TempDir,
+    cfg: Config,
+}
+
+/// A broker with `customers` → `secure.customers`, moto with a KEK, a keyset
+/// wrapped by it, and a pipeline config reaching KMS at `endpoint(moto)`.
+fn aws_setup(endpoint: impl FnOnce(&Moto) -> String) -> AwsSetup {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    create_topics(
+        &bs,
+        &[
+            ("customers", 2),
+            ("secure.customers", 2),
+            ("dlq.customers", 1),
+        ],
+    );
+    let moto = Moto::start();
+    let arn = moto.create_key(Some("alias/fieldcrypt"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = keys_on_disk(dir.path(), &bs, &[], &[]);
+    cfg.kms.provider = KmsProvider::Aws;
+    cfg.kms.key_id = Some(arn);
+    cfg.kms.region = Some(REGION.into());
+    cfg.kms.endpoint_url = Some(endpoint(&moto));
+    cfg.keyset.file = dir.path().join("aws-keyset.json");
+    rt().block_on(async {
+        let kms = fieldcrypt::engine::open_kms(&cfg).await.unwrap();
+        common::write_keyset(kms.as_ref(), &cfg.keyset.file, &["default"], &["email"]).await;
+    });
+    cfg.kafka.group_id = "aws-encryptor".into();
+    cfg.routes = vec![RouteConfig {
+        source: "customers".into(),
+        target: "secure.customers".into(),
+        value_schema: Some(repo().join("schemas/customer.avsc")),
+        ..Default::default()
+    }];
+    AwsSetup {
+        _broker: broker,
+        _moto: moto,
+        bs,
+        _dir: dir,
+        cfg,
+    }
+}
+
+fn scrape(cfg: &Config) -> String {
+    http_get(&cfg.metrics.listen, "/metrics").1
+}
+
+#[test]
+fn dek_cache_keeps_kms_calls_to_a_handful_per_run() {
+    let AwsSetup { bs, cfg, .. } = &aws_setup(|m| m.url());
+    let n = 5000;
+    produce(bs, "customers", 0, n);
+    let engine = engine(cfg);
+    let (stop, runner) = start_pipeline(engine, cfg.clone());
+    let out = consume(bs, "secure.customers", n, Duration::from_secs(90));
+    let m = scrape(cfg);
+    stop.send(()).unwrap();
+    runner.join().unwrap().unwrap();
+    let seqs: HashSet<String> = out.iter().map(|m| header(m, "seq").unwrap()).collect();
+    assert_eq!(seqs.len(), n, "every record delivered");
+    let kms = |op: &str| metric(&m, "fieldcrypt_kms_requests_total", &[("operation", op)]);
+    let total = metric(&m, "fieldcrypt_kms_requests_total", &[]);
+    println!(
+        "KMS calls for {n} records: {total} (generate_data_key {}, decrypt {})",
+        kms("generate_data_key"),
+        kms("decrypt")
+    );
+    // Two keyset keys unwrapped at start, one data key for the route: the DEK
+    // cache serves the other ~25,000 field encryptions.
+    assert_eq!(kms("decrypt"), 2.0, "{m}");
+    assert_eq!(kms("generate_data_key"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "fieldcrypt_kms_requests_total", &[("outcome", "ok")]),
+        total
+    );
+    assert!(
+        metric(
+            &m,
+            "fieldcrypt_dek_cache_hits_total",
+            &[("side", "encrypt")]
+        ) >= (n - 1) as f64
+    );
+}
+
+#[test]
+fn kms_outage_pauses_the_pipeline_and_it_resumes_losing_nothing() {
+    // Two instances of the proxy's port are needed before moto exists, so start
+    // the proxy inside the endpoint closure and keep it.
+    let proxy: std::cell::OnceCell<FaultProxy> = std::cell::OnceCell::new();
+    let AwsSetup { bs, mut cfg, .. } =
+        aws_setup(|m| proxy.get_or_init(|| FaultProxy::start(m.port)).url());
+    let proxy = proxy.get().unwrap();
+    // Data keys retire every 60 field encryptions (~10 records), so the KMS is
+    // needed all along the stream; short timeouts keep the test quick.
+    cfg.dek.max_uses = 60;
+    cfg.kms.timeout_seconds = 1;
+    cfg.kms.retries = 1;
+    let addr = cfg.metrics.listen.clone();
+    let engine = engine(&cfg);
+    let (stop, runner) = start_pipeline(engine, cfg.clone());
+
+    let first = 300;
+    let mut emails = produce(bs, "customers", 0, first);
+    wait_until(Duration::from_secs(60), "the first batch", || {
+        metric(&scrape(&cfg), "fieldcrypt_records_produced_total", &[]) >= first as f64
+    });
+    assert_eq!(http_get(&addr, "/health/ready").0, 200);
+
+    proxy.set_down(true);
+    let second = 300;
+    emails.extend(produce(bs, "customers", first, second));
+    wait_until(Duration::from_secs(60), "the pause", || {
+        let m = scrape(&cfg);
+        metric(&m, "fieldcrypt_paused", &[]) == 1.0
+    });
+    let (status, _) = http_get(&addr, "/health/ready");
+    assert_eq!(status, 503, "not ready while the KMS is away");
+    // Held, not lost and not passed on: the count stops short while the KMS is away.
+    std::thread::sleep(Duration::from_secs(3));
+    let during = metric(&scrape(&cfg), "fieldcrypt_records_produced_total", &[]);
+    assert!(during < (first + second) as f64, "records waited: {during}");
+    let m = scrape(&cfg);
+    assert!(
+        metric(
+            &m,
+            "fieldcrypt_errors_total",
+            &[("code", "kms_unavailable")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(&m, "fieldcrypt_dead_letters_total", &[]),
+        0.0,
+        "nothing dead-lettered"
+    );
+
+    proxy.set_down(false);
+    wait_until(Duration::from_secs(90), "the resume", || {
+        let m = scrape(&cfg);
+        metric(&m, "fieldcrypt_paused", &[]) == 0.0
+            && metric(&m, "fieldcrypt_records_produced_total", &[]) >= (first + second) as f64
+    });
+    assert_eq!(http_get(&addr, "/health/ready").0, 200, "ready again");
+    stop.send(()).unwrap();
+    let stats = runner
+        .join()
+        .unwrap()
+        .expect("the pipeline ran through the outage");
+    assert!(stats.produced >= (first + second) as u64);
+
+    let out = consume(
+        bs,
+        "secure.customers",
+        first + second,
+        Duration::from_secs(60),
+    );
+    let seqs: HashSet<String> = out.iter().map(|m| header(m, "seq").unwrap()).collect();
+    assert_eq!(seqs.len(), first + second, "every input record delivered");
+    // Not one plaintext email anywhere in the output, and every record names its DEK.
+    let mut per_dek: HashMap<String, usize> = HashMap::new();
+    for m in &out {
+        let v = String::from_utf8_lossy(m.payload().unwrap()).into_owned();
+        for e in &emails {
+            assert!(!v.contains(e.as_str()), "plaintext email in the output");
+        }
+        let dek = header(m, fieldcrypt::kafka::headers::DEK).expect("DEK header");
+        *per_dek.entry(dek).or_default() += 1;
+    }
+    assert!(
+        per_dek.len() > 10,
+        "data keys rotated by usage along the stream"
+    );
+}

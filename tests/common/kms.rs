@@ -1,0 +1,196 @@
+//! A real KMS emulator for the AWS tests: moto's server on a free 127.0.0.1 port,
+//! one per test, killed when dropped, with keys created through the SDK; and a
+//! fault-injecting TCP proxy that can cut the KMS off (refusing new connections and
+//! severing open ones) and bring it back mid-test.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldcrypt::keys::aws::{self, AwsSettings};
+
+use super::broker::free_port;
+
+pub const REGION: &str = "us-east-1";
+
+/// Static test credentials, as the AWS provider chain reads them.
+pub const CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+];
+
+/// Sets the test credentials in this process's environment (every test sets the
+/// same values, so concurrent tests agree).
+pub fn use_test_credentials() {
+    for (k, v) in CREDENTIALS {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("AWS_PROFILE");
+    std::env::remove_var("AWS_SESSION_TOKEN");
+}
+
+/// moto's server (`pip install 'moto[server]'`).
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        use_test_credentials();
+        let port = free_port();
+        let bin = std::env::var("FIELDCRYPT_MOTO").unwrap_or_else(|_| "moto_server".into());
+        let mut child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} ({e}): install it with pip install 'moto[server]'")
+            });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("moto_server exited early ({s})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn settings(&self) -> AwsSettings {
+        settings(&self.url())
+    }
+
+    /// Creates a symmetric key (with `alias`, if given) and returns its ARN.
+    pub fn create_key(&self, alias: Option<&str>) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = aws::client(&self.settings()).await.unwrap();
+            let meta = c
+                .create_key()
+                .description("fieldcrypt test KEK")
+                .send()
+                .await
+                .unwrap()
+                .key_metadata
+                .unwrap();
+            if let Some(a) = alias {
+                c.create_alias()
+                    .alias_name(a)
+                    .target_key_id(meta.key_id())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            meta.arn.unwrap()
+        })
+    }
+}
+
+pub fn settings(url: &str) -> AwsSettings {
+    AwsSettings {
+        region: Some(REGION.into()),
+        endpoint_url: Some(url.into()),
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of a service; `set_down(true)` severs every open connection
+/// and closes each new one at once, as an unreachable service looks to a client.
+pub struct FaultProxy {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, s, o) = (down.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut o = o.lock().unwrap();
+                o.retain(|c| c.peer_addr().is_ok());
+                for sock in [&client, &server] {
+                    o.push(sock.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        FaultProxy {
+            port,
+            down,
+            stop,
+            open,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            for c in self.open.lock().unwrap().drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.set_down(true);
+        // Wake the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
