@@ -116,7 +116,9 @@ fn data_keys_through_the_sdk_are_bound_to_context_and_key() {
 
         // A key that does not exist is a configuration error naming it, not an outage.
         let missing = AwsKms::new(client.clone(), "alias/nope");
-        let e = missing.generate_data_key(32, &c).await.unwrap_err();
+        let Err(e) = missing.generate_data_key(32, &c).await else {
+            panic!("a missing key generated a data key")
+        };
         assert!(
             !e.is_retriable() && e.to_string().contains("alias/nope"),
             "{e}"
@@ -135,7 +137,9 @@ fn unreachable_kms_is_an_outage_and_the_layers_retry_it() {
         let c = ctx(&[("fieldcrypt:purpose", "dek")]);
         raw.generate_data_key(32, &c).await.unwrap();
         proxy.set_down(true);
-        let e = raw.generate_data_key(32, &c).await.unwrap_err();
+        let Err(e) = raw.generate_data_key(32, &c).await else {
+            panic!("the KMS answered through a severed proxy")
+        };
         assert!(e.is_retriable(), "an unreachable KMS is retriable: {e}");
         // Through the resilient layer: retries with backoff until the KMS is back.
         let policy = fieldcrypt::keys::RetryPolicy {
@@ -229,14 +233,17 @@ fn rotate_and_rewrap_keep_old_data_decryptable() {
         "email",
     ]);
     assert_eq!(keyset_keks(d), vec![old.clone(), old.clone()]);
-    run(&[
-        "sample",
-        "--schema",
-        "customer.avsc",
-        "--count",
-        "300",
-        "in.avro",
-    ]);
+    fc(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "300",
+            "in.avro",
+        ],
+    );
     run(&["encrypt-file", "in.avro", "enc-v1.avro"]);
 
     // Rotation: a second deterministic version is active, the first stays.
@@ -253,10 +260,10 @@ fn rotate_and_rewrap_keep_old_data_decryptable() {
 
     // With the config on the new KEK, data from before rotation and rewrap decrypts.
     aws_config(d, &moto.url(), "alias/fieldcrypt-2026");
-    let plain = run(&["cat", "in.avro"]);
+    let plain = fc(d, &["cat", "in.avro"]);
     for f in ["enc-v1.avro", "enc-v2.avro"] {
         run(&["decrypt-file", f, &format!("dec-{f}")]);
-        assert_eq!(run(&["cat", &format!("dec-{f}")]), plain, "{f}");
+        assert_eq!(fc(d, &["cat", &format!("dec-{f}")]), plain, "{f}");
     }
     // New data keys come from the new KEK.
     run(&["encrypt-file", "in.avro", "enc-v3.avro"]);
@@ -310,21 +317,26 @@ fn produce(bootstrap: &str, topic: &str, start: usize, n: usize) -> Vec<String> 
             p.poll(Duration::from_millis(20));
         }
     }
-    p.flush(Duration::from_secs(30)).unwrap();
+    if let Err(e) = p.flush(Duration::from_secs(30)) {
+        panic!("flush: {e}; {} of {n} not delivered", p.in_flight_count());
+    }
     emails
 }
 
 struct AwsSetup {
     _broker: Broker,
     _moto: Moto,
+    /// Between the pipeline and moto, when asked for.
+    proxy: Option<FaultProxy>,
     bs: String,
     _dir: tempfile::TempDir,
     cfg: Config,
 }
 
 /// A broker with `customers` → `secure.customers`, moto with a KEK, a keyset
-/// wrapped by it, and a pipeline config reaching KMS at `endpoint(moto)`.
-fn aws_setup(endpoint: impl FnOnce(&Moto) -> String) -> AwsSetup {
+/// wrapped by it, and a pipeline config reaching KMS directly or through a fault
+/// proxy.
+fn aws_setup(with_proxy: bool) -> AwsSetup {
     let broker = Broker::start();
     let bs = broker.bootstrap();
     create_topics(
@@ -342,7 +354,8 @@ fn aws_setup(endpoint: impl FnOnce(&Moto) -> String) -> AwsSetup {
     cfg.kms.provider = KmsProvider::Aws;
     cfg.kms.key_id = Some(arn);
     cfg.kms.region = Some(REGION.into());
-    cfg.kms.endpoint_url = Some(endpoint(&moto));
+    let proxy = with_proxy.then(|| FaultProxy::start(moto.port));
+    cfg.kms.endpoint_url = Some(proxy.as_ref().map_or_else(|| moto.url(), FaultProxy::url));
     cfg.keyset.file = dir.path().join("aws-keyset.json");
     rt().block_on(async {
         let kms = fieldcrypt::engine::open_kms(&cfg).await.unwrap();
@@ -358,19 +371,24 @@ fn aws_setup(endpoint: impl FnOnce(&Moto) -> String) -> AwsSetup {
     AwsSetup {
         _broker: broker,
         _moto: moto,
+        proxy,
         bs,
         _dir: dir,
         cfg,
     }
 }
 
+/// The pipeline's metrics; empty until its listener is up.
 fn scrape(cfg: &Config) -> String {
+    if std::net::TcpStream::connect(&cfg.metrics.listen).is_err() {
+        return String::new();
+    }
     http_get(&cfg.metrics.listen, "/metrics").1
 }
 
 #[test]
 fn dek_cache_keeps_kms_calls_to_a_handful_per_run() {
-    let AwsSetup { bs, cfg, .. } = &aws_setup(|m| m.url());
+    let AwsSetup { bs, cfg, .. } = &aws_setup(false);
     let n = 5000;
     produce(bs, "customers", 0, n);
     let engine = engine(cfg);
@@ -407,23 +425,22 @@ fn dek_cache_keeps_kms_calls_to_a_handful_per_run() {
 
 #[test]
 fn kms_outage_pauses_the_pipeline_and_it_resumes_losing_nothing() {
-    // Two instances of the proxy's port are needed before moto exists, so start
-    // the proxy inside the endpoint closure and keep it.
-    let proxy: std::cell::OnceCell<FaultProxy> = std::cell::OnceCell::new();
-    let AwsSetup { bs, mut cfg, .. } =
-        aws_setup(|m| proxy.get_or_init(|| FaultProxy::start(m.port)).url());
-    let proxy = proxy.get().unwrap();
+    // Bound whole: a `..` pattern would drop the broker and moto right here.
+    let mut setup = aws_setup(true);
+    let proxy = setup.proxy.take().unwrap();
+    let bs = setup.bs.clone();
+    let bs = bs.as_str();
+    let mut cfg = setup.cfg.clone();
     // Data keys retire every 60 field encryptions (~10 records), so the KMS is
     // needed all along the stream; short timeouts keep the test quick.
     cfg.dek.max_uses = 60;
     cfg.kms.timeout_seconds = 1;
     cfg.kms.retries = 1;
     let addr = cfg.metrics.listen.clone();
-    let engine = engine(&cfg);
-    let (stop, runner) = start_pipeline(engine, cfg.clone());
-
     let first = 300;
     let mut emails = produce(bs, "customers", 0, first);
+    let engine = engine(&cfg);
+    let (stop, runner) = start_pipeline(engine, cfg.clone());
     wait_until(Duration::from_secs(60), "the first batch", || {
         metric(&scrape(&cfg), "fieldcrypt_records_produced_total", &[]) >= first as f64
     });
