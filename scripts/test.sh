@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every check a submission must pass: formatting, clippy, and all tests
-# (unit, property, golden-vector, CLI, Python interop, and the real-broker pipeline
-# tests). Installs what the tests need if it is missing: the Python test tools
-# (fastavro, cryptography, confluent-kafka) and the tansu broker binary
-# (scripts/broker.sh install). The broker tests start their own tansu and test
-# registry on free 127.0.0.1 ports and stop them when they finish.
+# (unit, property, golden-vector, CLI, Python interop, the real-broker pipeline
+# tests, and the AWS KMS tests against moto). Installs what the tests need if it
+# is missing: the Python test tools (fastavro, cryptography, confluent-kafka,
+# moto's KMS emulator) and the tansu broker binary (scripts/broker.sh install).
+# The broker and KMS tests start their own tansu, test registry and moto on free
+# 127.0.0.1 ports and stop them when they finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro' 2>/dev/null; then
+if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server' 2>/dev/null; then
   echo "== installing Python test tools"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi

@@ -9,8 +9,9 @@
 //! - [`avro`]: the Avro binary encoding walked as bytes, and object container files.
 //! - [`crypto`]: the field ciphertext format, AES-256-GCM / AES-SIV ciphers and HMAC
 //!   blind indexes. Pure: bytes and keys in, bytes out.
-//! - [`keys`]: the KMS interface and local KEK-file KMS, the keyset file of wrapped
-//!   long-lived keys, and the DEK caches.
+//! - [`keys`]: the KMS interface with its local KEK-file and AWS KMS providers, the
+//!   instrumented and resilient layers, the key ring of KEKs (per route or tenant),
+//!   the keyset file of wrapped long-lived keys (rotate, rewrap), and the DEK caches.
 //! - [`transform`]: the record walker that encrypts or decrypts one datum by plan.
 //! - [`engine`]: puts config, keys and plans together; what the commands use.
 //! - [`file`]: encrypt/decrypt Avro container files (no Kafka).

@@ -531,7 +531,7 @@ mod tests {
 
         let snapshot = ks.clone();
         let moved = ks.rewrap(&old, &new).await.unwrap();
-        assert_eq!(moved.len(), 5);
+        assert_eq!(moved.len(), 6);
         assert!(moved.iter().all(|m| !m.in_kms && m.to == new.kek_id()));
         assert!(ks.keys.iter().all(|k| k.kek == new.kek_id()));
         // Same keys (ids, versions), now only under the new KEK.

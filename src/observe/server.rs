@@ -81,6 +81,8 @@ fn respond(req: &Request<Incoming>, m: &Metrics) -> Response<Full<Bytes>> {
             } else {
                 let why = if m.assigned_partitions.get() == 0 {
                     "not ready: no partitions assigned\n"
+                } else if m.paused.get() == 1 {
+                    "not ready: consumption paused, the KMS or Schema Registry is unavailable\n"
                 } else {
                     "not ready: KMS unreachable\n"
                 };

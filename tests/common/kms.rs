@@ -41,14 +41,22 @@ impl Moto {
     pub fn start() -> Moto {
         use_test_credentials();
         let port = free_port();
-        let bin = std::env::var("FIELDCRYPT_MOTO").unwrap_or_else(|_| "moto_server".into());
+        // `python3 -m moto.server` is moto_server without depending on PATH.
+        let bin = std::env::var("FIELDCRYPT_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): install it with pip install 'moto[server]'")
+                panic!("cannot start {bin} -m moto.server ({e}): pip install 'moto[server]'")
             });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
