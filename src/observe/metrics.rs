@@ -33,6 +33,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub paused: IntGauge,
     pub transactions: IntCounterVec,
+    pub rebalances: IntCounterVec,
     dek_hits: IntCounterVec,
     dek_misses: IntCounterVec,
     pub kms_requests: IntCounterVec,
@@ -195,6 +196,14 @@ impl Metrics {
                     "fieldcrypt_transactions_total",
                     "Exactly-once transactions by outcome (committed, aborted).",
                     &["outcome"]
+                )
+            ),
+            rebalances: reg!(
+                r,
+                counter(
+                    "fieldcrypt_rebalances_total",
+                    "Consumer group rebalances seen by this instance, by kind (assign, revoke).",
+                    &["kind"]
                 )
             ),
             dek_hits: reg!(

@@ -125,6 +125,7 @@ impl ConsumerContext for Context {
     ) {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked");
+            self.metrics.rebalances.with_label_values(&["revoke"]).inc();
             let forget = || {
                 let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
                 for e in tpl.elements() {
@@ -186,6 +187,7 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 self.metrics.add_assigned(tpl.count() as i64);
             }
             Rebalance::Revoke(_) => {}
