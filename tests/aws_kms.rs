@@ -162,6 +162,15 @@ fn unreachable_kms_is_an_outage_and_the_layers_retry_it() {
             panic!("the KMS answered through a severed proxy")
         };
         assert!(e.is_retriable(), "an unreachable KMS is retriable: {e}");
+        // A gateway failing without a KMS error code is an outage too, not a refusal.
+        proxy.set_down(false);
+        proxy.set_bad_gateway(true);
+        let Err(e) = raw.generate_data_key(32, &c).await else {
+            panic!("the KMS answered through a 502")
+        };
+        assert!(e.is_retriable() && e.to_string().contains("502"), "{e}");
+        proxy.set_bad_gateway(false);
+        proxy.set_down(true);
         // Through the resilient layer: retries with backoff until the KMS is back.
         let policy = fieldcrypt::keys::RetryPolicy {
             timeout: Duration::from_secs(2),

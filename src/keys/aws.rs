@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
@@ -88,46 +89,63 @@ fn context(ctx: &EncryptionContext) -> Option<HashMap<String, String>> {
     Some(ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-/// Classifies an SDK failure: only what retrying can fix is `Unavailable`.
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+/// Classifies an SDK failure: only what waiting can fix is `Unavailable` (the
+/// pipeline then pauses); refusals and misconfiguration are not retried.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     op: &str,
     key: &str,
-    e: SdkError<E, R>,
+    e: SdkError<E, HttpResponse>,
 ) -> KmsError {
+    let detail = || {
+        format!(
+            "{op} on {key}: {}",
+            aws_sdk_kms::error::DisplayErrorContext(&e)
+        )
+    };
     match &e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            return KmsError::Unavailable(format!(
-                "{op} on {key}: {}",
-                aws_sdk_kms::error::DisplayErrorContext(&e)
-            ))
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            return KmsError::Unavailable(detail())
         }
-        SdkError::ConstructionFailure(_) => {
-            return KmsError::Config(format!(
-                "{op} on {key}: {}",
-                aws_sdk_kms::error::DisplayErrorContext(&e)
-            ))
+        // Network trouble waits; a request that could not be made (no credentials,
+        // a bad endpoint) is configuration, and waiting cannot fix it.
+        SdkError::DispatchFailure(d) => {
+            return if d.is_io() || d.is_timeout() || d.as_other().is_some() {
+                KmsError::Unavailable(detail())
+            } else {
+                KmsError::Config(detail())
+            };
         }
+        SdkError::ConstructionFailure(_) => return KmsError::Config(detail()),
         _ => {}
     }
+    let status = e.raw_response().map(|r| r.status().as_u16());
     let code = e.code().unwrap_or("Unknown").to_string();
     let msg = format!("{op} on {key}: {code}: {}", e.message().unwrap_or(""));
     match code.as_str() {
         "ThrottlingException"
         | "LimitExceededException"
         | "KMSInternalException"
+        | "KeyUnavailableException"
         | "DependencyTimeoutException"
         | "ServiceUnavailableException"
         | "InternalFailure"
         | "RequestTimeout"
-        | "RequestTimeoutException" => KmsError::Unavailable(msg),
+        | "RequestTimeoutException"
+        // Credentials the chain will refresh (or an operator will fix): the whole
+        // process is affected, not one key, so wait rather than dead-letter.
+        | "ExpiredTokenException"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId" => KmsError::Unavailable(msg),
         "InvalidCiphertextException" | "IncorrectKeyException" => KmsError::InvalidCiphertext,
         "AccessDeniedException"
         | "DisabledException"
         | "KMSInvalidStateException"
-        | "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "ExpiredTokenException"
         | "InvalidGrantTokenException" => KmsError::AccessDenied(msg),
+        // An answer without a KMS error code: a gateway or proxy failing (5xx) or
+        // throttling (429) is an outage; anything else is not ours to retry.
+        _ if status.is_some_and(|s| s >= 500 || s == 429) => {
+            KmsError::Unavailable(format!("{msg} (HTTP {})", status.unwrap_or(0)))
+        }
         _ => KmsError::Config(msg),
     }
 }

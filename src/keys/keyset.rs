@@ -275,9 +275,8 @@ impl Keyset {
 
     /// Re-encrypts every wrapped key under the KEK of `to`, through `from` (which
     /// must hold the current KEKs). Inside the KMS where it can (AWS ReEncrypt),
-    /// else unwrapped in memory and wrapped again. Each new wrapped key is unwrapped
-    /// once through `to` before anything changes, and the keyset changes only if
-    /// every key moved. Data is not touched: ciphertexts name keys by id, not by KEK.
+    /// else unwrapped in memory, wrapped again, and unwrapped once through `to` to
+    /// prove it. The keyset changes only if every key moved. Data is not touched: ciphertexts name keys by id, not by KEK.
     pub async fn rewrap(
         &mut self,
         from: &dyn Kms,
@@ -305,14 +304,17 @@ impl Keyset {
                 Ok(None) => {
                     let pt = from.decrypt_data_key(&old, &ctx).await.map_err(fail)?;
                     let w = to.encrypt_data_key(&pt, &ctx).await.map_err(fail)?;
+                    // Wrapped here: prove the new KEK gives the same key back.
+                    // (ReEncrypt is checked by KMS itself; unwrapping its result here
+                    // would bring the key into this process, which it exists to avoid.)
+                    let back = to.decrypt_data_key(&w, &ctx).await.map_err(fail)?;
+                    if back != pt {
+                        return Err(fail(KmsError::InvalidCiphertext));
+                    }
                     (w, false)
                 }
                 Err(err) => return Err(fail(err)),
             };
-            let back = to.decrypt_data_key(&new, &ctx).await.map_err(fail)?;
-            if back.len() != e.purpose.key_len() {
-                return Err(fail(KmsError::InvalidCiphertext));
-            }
             done.push(Rewrapped {
                 id: e.id.clone(),
                 purpose: e.purpose,

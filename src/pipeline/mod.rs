@@ -23,8 +23,9 @@
 //!
 //! On shutdown the loop stops fetching, waits for in-flight records up to
 //! `pipeline.drain_timeout_seconds`, commits, and returns. A record that fails to
-//! deliver, or meets a KMS or registry outage, stops the pipeline without its
-//! offset being committed, so it is read again on restart.
+//! deliver, or meets a KMS refusal, stops the pipeline without its offset being
+//! committed, so it is read again on restart. A KMS or registry outage instead holds
+//! the record in its worker and pauses the assignment until the service answers.
 
 pub mod offsets;
 pub mod record;
@@ -516,7 +517,10 @@ pub async fn run(
         }
     }
     if eos {
-        if failure.is_none() && drained {
+        // Records given up during an outage are still pending: committing would
+        // publish records behind them while their offsets stay uncommitted, so the
+        // later ones would be produced again after a restart.
+        if failure.is_none() && drained && l.unsettled() == 0 {
             if let Err(e) = l.commit_transaction().await {
                 failure = Some(e);
             }

@@ -108,6 +108,10 @@ impl<'a> Stall<'a> {
         }
     }
 
+    fn active(&self) -> bool {
+        self.since.is_some()
+    }
+
     async fn wait(&mut self, source: &Source, e: &super::record::Fatal) {
         if self.since.is_none() {
             self.since = Some(Instant::now());
@@ -125,6 +129,14 @@ impl<'a> Stall<'a> {
         // Full jitter, so instances recovering together do not retry in step.
         tokio::time::sleep(self.backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
         self.backoff = (self.backoff * 2).min(STALL_MAX_BACKOFF);
+    }
+}
+
+/// Resolves once the pipeline is stopping (checked every 100 ms; only awaited by
+/// records held through an outage).
+async fn stopped(flag: &std::sync::atomic::AtomicBool) {
+    while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -206,10 +218,17 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
     let mut stall = Stall::new(&shared.metrics);
     let outcome = loop {
         let started = Instant::now();
-        let outcome = shared
-            .transformer
-            .transform(&msg, dest.route, &dest.target)
-            .await;
+        let transform = shared.transformer.transform(&msg, dest.route, &dest.target);
+        let outcome = if stall.active() {
+            // A retry can take the KMS client's whole retry budget: a shutdown must
+            // not wait for it.
+            tokio::select! {
+                o = transform => o,
+                _ = stopped(&shared.stopping) => return Err(stale(permit)),
+            }
+        } else {
+            transform.await
+        };
         shared
             .metrics
             .transform_seconds
@@ -221,7 +240,10 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                     // Not delivered, so its offset is not committed: read again.
                     return Err(stale(permit));
                 }
-                stall.wait(&source, &e).await;
+                tokio::select! {
+                    _ = stall.wait(&source, &e) => {}
+                    _ = stopped(&shared.stopping) => return Err(stale(permit)),
+                }
             }
             Err(e) => return Err(fail(e.code(), e.to_string(), permit)),
         }

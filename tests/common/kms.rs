@@ -21,14 +21,17 @@ pub const CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_SECRET_ACCESS_KEY", "testing"),
 ];
 
-/// Sets the test credentials in this process's environment (every test sets the
-/// same values, so concurrent tests agree).
+/// Sets the test credentials in this process's environment, once: the first test
+/// to start sets them before it reads anything, and no test changes them again.
 pub fn use_test_credentials() {
-    for (k, v) in CREDENTIALS {
-        std::env::set_var(k, v);
-    }
-    std::env::remove_var("AWS_PROFILE");
-    std::env::remove_var("AWS_SESSION_TOKEN");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in CREDENTIALS {
+            std::env::set_var(k, v);
+        }
+        std::env::remove_var("AWS_PROFILE");
+        std::env::remove_var("AWS_SESSION_TOKEN");
+    });
 }
 
 /// moto's server (`pip install 'moto[server]'`).
@@ -131,6 +134,7 @@ impl Drop for Moto {
 pub struct FaultProxy {
     pub port: u16,
     down: Arc<AtomicBool>,
+    bad_gateway: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -140,9 +144,15 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let bad_gateway = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, s, o) = (down.clone(), stop.clone(), open.clone());
+        let (d, b, s, o) = (
+            down.clone(),
+            bad_gateway.clone(),
+            stop.clone(),
+            open.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -151,6 +161,10 @@ impl FaultProxy {
                 let Ok(client) = client else { continue };
                 if d.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                if b.load(Ordering::SeqCst) {
+                    answer_bad_gateway(client);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -168,6 +182,7 @@ impl FaultProxy {
         FaultProxy {
             port,
             down,
+            bad_gateway,
             stop,
             open,
         }
@@ -177,14 +192,41 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Answers every request with a bare `502 Bad Gateway`, as a failing load
+    /// balancer or VPC endpoint does (no KMS error code in it).
+    pub fn set_bad_gateway(&self, on: bool) {
+        self.bad_gateway.store(on, Ordering::SeqCst);
+        if on {
+            self.sever();
+        }
+    }
+
+    fn sever(&self) {
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
-            for c in self.open.lock().unwrap().drain(..) {
-                let _ = c.shutdown(Shutdown::Both);
-            }
+            self.sever();
         }
     }
+}
+
+fn answer_bad_gateway(mut client: TcpStream) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        // Read the request head (and whatever body came with it), then answer.
+        let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 8192];
+        let _ = client.read(&mut buf);
+        let _ = client.write_all(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 11\r\nConnection: close\r\n\r\nbad gateway",
+        );
+        let _ = client.shutdown(Shutdown::Both);
+    });
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
