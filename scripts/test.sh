@@ -9,9 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server' 2>/dev/null; then
+if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server, yaml' 2>/dev/null; then
   echo "== installing Python test tools"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+
+if ! command -v promtool >/dev/null; then
+  echo "promtool not found: the stack checks need it (apt-get install prometheus)" >&2
+  exit 1
 fi
 
 echo "== tansu broker"

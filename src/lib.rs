@@ -12,7 +12,8 @@
 //! - [`keys`]: the KMS interface with its local KEK-file and AWS KMS providers, the
 //!   instrumented and resilient layers, the key ring of KEKs (per route or tenant),
 //!   the keyset file of wrapped long-lived keys (rotate, rewrap), and the DEK caches.
-//! - [`transform`]: the record walker that encrypts or decrypts one datum by plan.
+//! - [`transform`]: the record walker that encrypts or decrypts one datum by plan, and
+//!   checks without keys that an encrypted datum's sensitive fields are ciphertexts.
 //! - [`engine`]: puts config, keys and plans together; what the commands use.
 //! - [`file`]: encrypt/decrypt Avro container files (no Kafka).
 //! - [`kafka`]: Kafka record formats: Confluent framing, DEK and dead-letter headers,
@@ -21,6 +22,9 @@
 //!   registered under the target subject).
 //! - [`pipeline`]: `fieldcrypt run`, the consume → transform → produce loop (rdkafka):
 //!   parallel workers, at-least-once or exactly-once, dead letters.
+//! - [`loadgen`]: `fieldcrypt loadgen` and `check`: synthetic records at a target
+//!   rate, and a verifier of the target topic (missing, duplicates, unencrypted,
+//!   end-to-end latency).
 //! - [`observe`]: Prometheus metrics and the `/metrics` + `/health` listener.
 //! - [`config`]: the TOML configuration, validated at start-up.
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
@@ -35,6 +39,7 @@ pub mod engine;
 pub mod file;
 pub mod kafka;
 pub mod keys;
+pub mod loadgen;
 pub mod observe;
 pub mod pipeline;
 pub mod registry;

@@ -1,10 +1,14 @@
 //! Random records that conform to a schema, with realistic values for common field
 //! names (e-mails, names, phones, addresses) and a bounded number of distinct people
-//! so deterministic ciphertexts and blind indexes see repeats. Used by the demo,
-//! the benchmark and tests; seeded, so runs are reproducible.
+//! so deterministic ciphertexts and blind indexes see repeats; and coherent
+//! Debezium-style change events (inserts, updates whose `before` is the previous
+//! `after`, deletes) for envelope schemas. Used by the demo, the benchmark, the load
+//! generator and tests; seeded, so runs are reproducible.
 
 use std::io::Write;
 use std::path::Path;
+
+use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -40,6 +44,8 @@ pub struct Generator<'a> {
     seq: i64,
     people: u64,
     person: u64,
+    /// While set, an `id` field of int or long type takes this value.
+    ident: Option<i64>,
 }
 
 impl<'a> Generator<'a> {
@@ -51,6 +57,7 @@ impl<'a> Generator<'a> {
             seq: 0,
             people: people.max(1),
             person: 0,
+            ident: None,
         }
     }
 
@@ -59,6 +66,27 @@ impl<'a> Generator<'a> {
         self.seq += 1;
         self.person = self.rng.random_range(0..self.people);
         self.value(self.tree.root, "", out, 0);
+    }
+
+    /// Appends one datum of the root type describing `person`: its names, e-mail
+    /// and phone are that person's, and an `id` field holds `person`.
+    pub fn next_for(&mut self, person: u64, out: &mut Vec<u8>) {
+        self.seq += 1;
+        self.person = person;
+        self.ident = Some(person as i64);
+        self.value(self.tree.root, "", out, 0);
+        self.ident = None;
+    }
+
+    /// Appends a value of `node` for `person` whose other fields come from `rng`
+    /// (so the same person and rng seed give the same bytes).
+    fn row_with(&mut self, node: NodeId, person: u64, rng: StdRng, out: &mut Vec<u8>) {
+        let saved = std::mem::replace(&mut self.rng, rng);
+        self.person = person;
+        self.ident = Some(person as i64);
+        self.value(node, "", out, 0);
+        self.ident = None;
+        self.rng = saved;
     }
 
     fn text(&mut self, field: &str) -> String {
@@ -117,7 +145,10 @@ impl<'a> Generator<'a> {
                 let v: i64 = match logical {
                     Some("date") => 19_000 + self.rng.random_range(0..2_000),
                     Some("time-millis") => self.rng.random_range(0..86_400_000),
-                    _ => self.rng.random_range(-1_000..1_000_000),
+                    _ => match self.ident {
+                        Some(i) if field == "id" => i % i64::from(i32::MAX),
+                        _ => self.rng.random_range(-1_000..1_000_000),
+                    },
                 };
                 write_long(out, v)
             }
@@ -132,7 +163,7 @@ impl<'a> Generator<'a> {
                         }
                     }
                     Some("time-micros") => self.rng.random_range(0..86_400_000_000),
-                    _ if field == "id" => self.seq,
+                    _ if field == "id" => self.ident.unwrap_or(self.seq),
                     _ => self.rng.random_range(0..10_000_000),
                 };
                 write_long(out, v)
@@ -227,6 +258,159 @@ impl<'a> Generator<'a> {
     }
 }
 
+/// Where a Debezium-style change-event envelope keeps its parts: a root record with
+/// `before` and `after` of the same nullable row record, and a string `op`.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope {
+    /// The row record type.
+    row: NodeId,
+    /// The non-null branch of the `before`/`after` unions, and their null branch.
+    row_branch: usize,
+    null_branch: usize,
+}
+
+impl Envelope {
+    /// The envelope layout of `tree`, if it is one.
+    pub fn detect(tree: &SchemaTree) -> Option<Envelope> {
+        let root = tree.record(tree.root)?;
+        let field = |name: &str| root.fields.iter().find(|f| f.name == name).map(|f| f.node);
+        let (before, after, op) = (field("before")?, field("after")?, field("op")?);
+        if !matches!(tree.node(op), Node::String) {
+            return None;
+        }
+        // (row record, its branch, the null branch) of a [null, record] union.
+        let nullable_row = |id: NodeId| {
+            let Node::Union(bs) = tree.node(id) else {
+                return None;
+            };
+            let null = tree.null_branch(id)?;
+            if bs.len() != 2 {
+                return None;
+            }
+            let row = bs[1 - null];
+            tree.record(row).map(|_| (row, 1 - null, null))
+        };
+        let (row, row_branch, null_branch) = nullable_row(after)?;
+        if nullable_row(before) != Some((row, row_branch, null_branch)) {
+            return None;
+        }
+        Some(Envelope {
+            row,
+            row_branch,
+            null_branch,
+        })
+    }
+}
+
+/// What a change event did to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    /// Debezium's `op` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+        }
+    }
+}
+
+/// Coherent change events for an envelope schema: a row is inserted before it is
+/// updated or deleted, an update's `before` is the row's previous `after`, and a
+/// deleted row can be inserted again. Rows are keyed `0..keys`; a row's names and
+/// e-mail depend on its key only, so they repeat across its events.
+pub struct ChangeEvents<'a> {
+    gen: Generator<'a>,
+    env: Envelope,
+    keys: u64,
+    seed: u64,
+    /// Live rows: key → version of the current `after`.
+    live: HashMap<u64, u64>,
+    /// Percent of events on a live row that delete it (the rest update it).
+    delete_percent: u32,
+}
+
+impl<'a> ChangeEvents<'a> {
+    pub fn new(tree: &'a SchemaTree, env: Envelope, seed: u64, keys: u64) -> Self {
+        ChangeEvents {
+            gen: Generator::new(tree, seed, keys),
+            env,
+            keys: keys.max(1),
+            seed,
+            live: HashMap::new(),
+            delete_percent: 10,
+        }
+    }
+
+    /// Appends the next event's datum to `out`; returns its row key and operation.
+    /// After a delete the caller emits the tombstone (same key, null value).
+    pub fn next(&mut self, out: &mut Vec<u8>) -> (u64, Op) {
+        let key = self.gen.rng.random_range(0..self.keys);
+        let (op, before, after) = match self.live.get(&key).copied() {
+            None => (Op::Insert, None, Some(0)),
+            Some(v) if self.gen.rng.random_range(0..100) < self.delete_percent => {
+                (Op::Delete, Some(v), None)
+            }
+            Some(v) => (Op::Update, Some(v), Some(v + 1)),
+        };
+        match after {
+            Some(v) => self.live.insert(key, v),
+            None => self.live.remove(&key),
+        };
+        let tree = self.gen.tree;
+        let Some(root) = tree.record(tree.root) else {
+            return (key, op);
+        };
+        for f in &root.fields {
+            match f.name.as_str() {
+                "before" => self.image(key, before, out),
+                "after" => self.image(key, after, out),
+                "op" => write_bytes(out, op.code().as_bytes()),
+                "ts_ms" => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    match (tree.node(f.node), tree.null_branch(f.node)) {
+                        (Node::Long, _) => write_long(out, now),
+                        (Node::Union(bs), Some(n)) if bs.len() == 2 => {
+                            write_long(out, (1 - n) as i64);
+                            write_long(out, now)
+                        }
+                        _ => self.gen.value(f.node, &f.name, out, 1),
+                    }
+                }
+                _ => self.gen.value(f.node, &f.name, out, 1),
+            }
+        }
+        (key, op)
+    }
+
+    /// The row image of `key` at `version` (or null), always the same bytes for the
+    /// same (seed, key, version).
+    fn image(&mut self, key: u64, version: Option<u64>, out: &mut Vec<u8>) {
+        match version {
+            None => write_long(out, self.env.null_branch as i64),
+            Some(v) => {
+                write_long(out, self.env.row_branch as i64);
+                let mix = self
+                    .seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(key.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+                    .wrapping_add(v);
+                self.gen
+                    .row_with(self.env.row, key, StdRng::seed_from_u64(mix), out);
+            }
+        }
+    }
+}
+
 /// Writes `count` random records of `schema_json` to an Avro container file.
 pub fn write_file(
     schema_json: &serde_json::Value,
@@ -298,5 +482,75 @@ mod tests {
             let v = reader.read_value(&mut d.as_slice()).unwrap();
             assert!(matches!(v, apache_avro::types::Value::Record(_)));
         }
+    }
+
+    #[test]
+    fn change_events_are_coherent_per_row() {
+        use apache_avro::types::Value;
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/customer_cdc.avsc"
+        ))
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let tree = SchemaTree::compile(&json).unwrap();
+        let env = Envelope::detect(&tree).expect("customer_cdc is an envelope");
+        let schema = apache_avro::Schema::parse(&json).unwrap();
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap();
+        let field = |v: &Value, name: &str| match v {
+            Value::Record(fs) => fs.iter().find(|(n, _)| n == name).unwrap().1.clone(),
+            _ => panic!("not a record"),
+        };
+        let mut events = ChangeEvents::new(&tree, env, 7, 20);
+        let mut rows: HashMap<u64, Value> = HashMap::new();
+        let mut ops = [0usize; 3];
+        for _ in 0..600 {
+            let mut d = Vec::new();
+            let (key, op) = events.next(&mut d);
+            crate::avro::binary::validate(&tree, &d).unwrap();
+            let v = reader.read_value(&mut d.as_slice()).unwrap();
+            assert_eq!(field(&v, "op"), Value::String(op.code().into()));
+            let (before, after) = (field(&v, "before"), field(&v, "after"));
+            let prev = rows.get(&key).cloned();
+            match op {
+                Op::Insert => {
+                    ops[0] += 1;
+                    assert!(prev.is_none(), "insert of a live row {key}");
+                    assert_eq!(before, Value::Union(0, Box::new(Value::Null)));
+                }
+                Op::Update | Op::Delete => {
+                    ops[if op == Op::Update { 1 } else { 2 }] += 1;
+                    assert_eq!(Some(before), prev, "before of key {key} is its last after");
+                }
+            }
+            match &after {
+                Value::Union(_, b) if **b != Value::Null => {
+                    assert_eq!(field(b, "id"), Value::Int(key as i32));
+                    rows.insert(key, after.clone());
+                }
+                _ => {
+                    assert_eq!(op, Op::Delete);
+                    rows.remove(&key);
+                }
+            }
+        }
+        assert!(
+            ops.iter().all(|&n| n > 10),
+            "inserts, updates, deletes: {ops:?}"
+        );
+        let plain = SchemaTree::compile(
+            &serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/schemas/customer.avsc"
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(Envelope::detect(&plain).is_none());
     }
 }

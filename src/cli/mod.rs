@@ -18,6 +18,7 @@ use fieldcrypt::engine::{open_kek, open_kms, Engine};
 use fieldcrypt::file::{decrypt_file, encrypt_file};
 use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
+use fieldcrypt::loadgen::{self, Limit, LoadSpec};
 use fieldcrypt::schema::model::SchemaTree;
 use fieldcrypt::schema::parse_schema_json;
 
@@ -77,6 +78,76 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Produce synthetic records to a route's source topic at a target rate (plain
+    /// events, or Debezium-style change events for envelope schemas), and with
+    /// --verify read the route's target topic at the same time and report missing,
+    /// duplicated and unencrypted records and end-to-end latency.
+    Loadgen {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Source topic to produce to (a route's source, for --verify).
+        #[arg(long)]
+        topic: String,
+        /// Avro schema of the records (default: the route's value_schema).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Records per second (0: as fast as possible).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Stop after this many records (tombstones included).
+        #[arg(long, conflicts_with = "duration")]
+        count: Option<u64>,
+        /// Stop after this many seconds (default 10 unless --count is given).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Distinct record keys (and people behind names and e-mails), so
+        /// deterministic encryption and blind indexes see repeats.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Change events (inserts, updates, deletes with tombstones): auto = when
+        /// the schema is a Debezium-style envelope.
+        #[arg(long, value_enum, default_value_t = CdcChoice::Auto)]
+        cdc: CdcChoice,
+        /// Random seed (same seed, same records).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Read the route's target topic while producing and check every record.
+        #[arg(long)]
+        verify: bool,
+        /// Seconds the verifier waits for missing records after producing ends.
+        #[arg(long, default_value_t = 60.0)]
+        verify_timeout: f64,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Run id carried in each record's header (default: random).
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Verify a finished load run: read the route's target topic from the
+    /// beginning and report missing, duplicated and unencrypted records of the run.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The run's source topic (its route gives the target topic).
+        #[arg(long)]
+        topic: String,
+        /// Avro schema the run produced (default: the route's value_schema).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// The run id loadgen printed.
+        #[arg(long)]
+        run_id: String,
+        /// Records the run produced.
+        #[arg(long)]
+        expect: u64,
+        /// Give up on missing records after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Print records of an Avro container file as JSON lines (bytes as base64).
     Cat {
         file: PathBuf,
@@ -118,6 +189,13 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CdcChoice {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,7 +248,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     // `run` transforms on several worker tasks; the other commands are one task.
-    let rt = if matches!(cli.command, Command::Run { .. }) {
+    let rt = if matches!(
+        cli.command,
+        Command::Run { .. } | Command::Loadgen { .. } | Command::Check { .. }
+    ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -308,6 +389,76 @@ async fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Loadgen {
+            config,
+            topic,
+            schema,
+            rate,
+            count,
+            duration,
+            keys,
+            cdc,
+            seed,
+            verify,
+            verify_timeout,
+            report,
+            run_id,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let limit = match (count, duration) {
+                (Some(n), _) => Limit::Count(n),
+                (None, d) => Limit::Duration(seconds("--duration", d.unwrap_or(10.0))?),
+            };
+            if !(rate.is_finite() && rate >= 0.0) {
+                bail!("--rate must be a number of records per second, 0 or more (got {rate})");
+            }
+            if keys == 0 {
+                bail!("--keys must be at least 1");
+            }
+            let spec = LoadSpec {
+                topic,
+                schema,
+                rate,
+                limit,
+                keys,
+                cdc: match cdc {
+                    CdcChoice::Auto => None,
+                    CdcChoice::On => Some(true),
+                    CdcChoice::Off => Some(false),
+                },
+                seed,
+                verify,
+                verify_timeout: seconds("--verify-timeout", verify_timeout)?,
+                run_id: run_id.unwrap_or_else(loadgen::new_run_id),
+            };
+            eprintln!("loadgen: run {} to {}", spec.run_id, spec.topic);
+            let live = Arc::new(loadgen::Live::default());
+            let r = with_progress(live.clone(), verify, loadgen::run(&cfg, &spec, live)).await?;
+            finish_report(&r, report.as_deref())
+        }
+        Command::Check {
+            config,
+            topic,
+            schema,
+            run_id,
+            expect,
+            timeout,
+            report,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let live = Arc::new(loadgen::Live::default());
+            let r = loadgen::check(
+                &cfg,
+                &topic,
+                schema.as_ref(),
+                &run_id,
+                expect,
+                seconds("--timeout", timeout)?,
+                live,
+            )
+            .await?;
+            finish_report(&r, report.as_deref())
+        }
         Command::Cat { file, limit } => display::cat(&file, limit),
         Command::Sample {
             schema,
@@ -332,6 +483,55 @@ async fn run(cmd: Command) -> Result<()> {
             seconds,
         } => bench(config.as_deref(), &schema, records, rounds, seconds).await,
     }
+}
+
+fn seconds(flag: &str, s: f64) -> Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s < 1e7) {
+        bail!("{flag} must be a positive number of seconds (got {s})");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Runs a load run with a progress line every 2 s; the first SIGINT/SIGTERM stops
+/// producing (the run is then verified and reported as usual).
+async fn with_progress(
+    live: Arc<loadgen::Live>,
+    verify: bool,
+    work: impl std::future::Future<Output = Result<loadgen::Report, loadgen::LoadgenError>>,
+) -> Result<loadgen::Report> {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn(loadgen::progress(
+        live.clone(),
+        Duration::from_secs(2),
+        verify,
+        done.clone(),
+    ));
+    let stopper = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!("loadgen: stopping (signal); verifying what was sent");
+            live.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let r = work.await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.abort();
+    stopper.abort();
+    Ok(r?)
+}
+
+/// Prints the summary, writes the JSON report, and fails if the run did.
+fn finish_report(r: &loadgen::Report, path: Option<&Path>) -> Result<()> {
+    print!("{}", r.render());
+    if let Some(p) = path {
+        let text = serde_json::to_string_pretty(r)? + "\n";
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if !r.ok {
+        bail!("the load run failed its checks (see above)");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -200,7 +200,7 @@ impl ConsumerContext for Context {
 /// The librdkafka settings common to consumer and producer: fieldcrypt's defaults,
 /// then the user's pass-through properties (which may override the defaults but
 /// not the managed keys, refused by config validation).
-fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
+pub(crate) fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in defaults {
         c.set(*k, *v);

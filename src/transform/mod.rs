@@ -9,6 +9,7 @@
 
 pub mod decrypt;
 pub mod encrypt;
+pub mod inspect;
 
 use std::fmt;
 

@@ -1,0 +1,110 @@
+//! Checking, without keys, that an encrypted datum really is encrypted: every field
+//! its schema marks encrypted must hold a well-formed fieldcrypt ciphertext (or the
+//! null of a nullable field), and the rest of the datum must match the schema. Used
+//! by the load generator's verifier, which sees the output but holds no keys.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{copy_value, run, value, RecordHandler, TransformError, TransformErrorKind};
+use crate::avro::binary::{walk, Cursor, Discard};
+use crate::crypto::format::Header;
+use crate::schema::model::{NodeId, SchemaTree};
+use crate::schema::plan::{DecryptAction, DecryptField, DecryptPlan};
+
+/// Inspects datums of one encrypted schema. Built once per schema.
+#[derive(Debug)]
+pub struct Inspector {
+    plan: Arc<DecryptPlan>,
+}
+
+/// What one datum held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// Encrypted fields holding a ciphertext.
+    pub ciphertexts: u64,
+    /// Encrypted nullable fields holding null.
+    pub nulls: u64,
+}
+
+impl Inspector {
+    pub fn new(plan: Arc<DecryptPlan>) -> Self {
+        Inspector { plan }
+    }
+
+    /// The encrypted fields of the schema, as `record.field` contexts.
+    pub fn encrypted_fields(&self) -> BTreeSet<String> {
+        self.plan
+            .actions
+            .iter()
+            .flatten()
+            .filter_map(|a| match a {
+                DecryptAction::Decrypt(f) => Some(f.context.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks one datum. An error names the field that is not a ciphertext, or
+    /// where the datum stops matching its schema; it never contains field values.
+    pub fn inspect(&self, datum: &[u8]) -> Result<Inspection, TransformError> {
+        let mut st = Inspection::default();
+        let mut scratch = Vec::with_capacity(datum.len());
+        run(self, datum, &mut scratch, &mut st)?;
+        Ok(st)
+    }
+
+    fn field(
+        &self,
+        f: &DecryptField,
+        cur: &mut Cursor<'_>,
+        st: &mut Inspection,
+    ) -> Result<(), TransformError> {
+        if let Some((enc_null, _)) = f.nullable {
+            if cur.read_branch(2)? == enc_null {
+                st.nulls += 1;
+                return Ok(());
+            }
+        }
+        let ct = cur.read_bytes()?;
+        // The version, algorithm and minimum length; only a key could check more.
+        Header::parse(ct).map_err(|e| TransformError::new(TransformErrorKind::Crypto(e)))?;
+        st.ciphertexts += 1;
+        Ok(())
+    }
+}
+
+impl RecordHandler<Inspection> for Inspector {
+    fn tree(&self) -> &SchemaTree {
+        &self.plan.tree
+    }
+
+    fn dirty(&self, node: NodeId) -> bool {
+        self.plan.dirty[node]
+    }
+
+    fn record(
+        &self,
+        node: NodeId,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut Inspection,
+        depth: usize,
+    ) -> Result<(), TransformError> {
+        let Some(r) = self.plan.tree.record(node) else {
+            return Ok(());
+        };
+        for (f, act) in r.fields.iter().zip(&self.plan.actions[node]) {
+            let res = match act {
+                DecryptAction::Copy => copy_value(&self.plan.tree, f.node, cur, out, depth + 1),
+                DecryptAction::Recurse => value(self, f.node, cur, out, st, depth + 1),
+                DecryptAction::Decrypt(df) => self.field(df, cur, st),
+                DecryptAction::Drop => walk(&self.plan.tree, f.node, cur, &mut Discard, depth + 1)
+                    .map(|_| ())
+                    .map_err(TransformError::from),
+            };
+            res.map_err(|e| e.within(&f.name))?;
+        }
+        Ok(())
+    }
+}
