@@ -87,6 +87,12 @@ ROOT="$PWD"
 RATES="${LOADTEST_RATES:-1000 5000 20000 0}"
 RUN_SECONDS="${LOADTEST_SECONDS:-20}"
 KEYS="${LOADTEST_KEYS:-10000}"
+FETCH_WAIT_MS="${LOADTEST_FETCH_WAIT_MS:-}"
+FETCH_WAIT_LINE=""
+if [[ -n "$FETCH_WAIT_MS" ]]; then
+  [[ "$FETCH_WAIT_MS" =~ ^[0-9]+$ ]] || { echo "loadtest: LOADTEST_FETCH_WAIT_MS must be a whole number of ms" >&2; exit 1; }
+  FETCH_WAIT_LINE="\"fetch.wait.max.ms\" = \"$FETCH_WAIT_MS\""
+fi
 PARTITIONS="${LOADTEST_PARTITIONS:-6}"
 PORT="${LOADTEST_BROKER_PORT:-9292}"
 METRICS_PORT="${LOADTEST_METRICS_PORT:-9564}"
@@ -419,6 +425,7 @@ client_id = "fieldcrypt-loadtest"
 # tansu completes a group join after half the session timeout (librdkafka's default
 # is 45 s); 6 s keeps start-up quick on a local broker.
 "session.timeout.ms" = "6000"
+${FETCH_WAIT_LINE}
 
 [schema_registry]
 url = "$REG_URL"
