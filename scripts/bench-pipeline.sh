@@ -83,33 +83,10 @@ FC_PID=""
 FC_LOG=""
 COMMANDS=() # every command line this script ran, printed at the end
 
-die() {
-  echo "bench-pipeline: $*" >&2
-  exit 1
-}
-
-log_tail() {
-  if [[ -s "$1" ]]; then
-    echo "---- last lines of $1 ----" >&2
-    tail -n 40 "$1" >&2
-    echo "----" >&2
-  fi
-}
-
-# Records a command line (shell-quoted) for the summary and echoes it.
-note_cmd() {
-  local line
-  line="$(printf '%q ' "$@")"
-  line="${line% }"
-  COMMANDS+=("$line")
-  echo "+ $line"
-}
-
-# Runs a command after recording it.
-run() {
-  note_cmd "$@"
-  "$@"
-}
+SCRIPT_NAME=bench-pipeline
+# die, log_tail, note_cmd, run
+# shellcheck source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 
 # Sends SIGTERM to the running fieldcrypt and waits for it; sets STOP_RC to its exit
 # status (not run in $(...): `wait` only works for this shell's own children).

@@ -132,33 +132,10 @@ PROM_PID=""
 OUT_MADE=""
 COMMANDS=() # every command line this script ran, printed at the end
 
-die() {
-  echo "loadtest: $*" >&2
-  exit 1
-}
-
-log_tail() {
-  if [[ -s "$1" ]]; then
-    echo "---- last lines of $1 ----" >&2
-    tail -n 40 "$1" >&2
-    echo "----" >&2
-  fi
-}
-
-# Records a command line (shell-quoted) for the summary and echoes it.
-note_cmd() {
-  local line
-  line="$(printf '%q ' "$@")"
-  line="${line% }"
-  COMMANDS+=("$line")
-  echo "+ $line"
-}
-
-# Runs a command after recording it.
-run() {
-  note_cmd "$@"
-  "$@"
-}
+SCRIPT_NAME=loadtest
+# die, log_tail, note_cmd, run
+# shellcheck source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 
 # stop_pid NAME PID GRACE: SIGTERM, SIGKILL after GRACE seconds, then reap. Sets
 # STOP_RC to the exit status (not run in $(...): `wait` only works for this shell's

@@ -131,3 +131,43 @@ fn deterministic_repeats_within_a_field_only_randomized_never() {
     assert_ne!(fx[0].1, fx[1].1);
     assert_eq!(fx[4].1, Value::String("p".into()));
 }
+
+#[test]
+fn keyless_inspection_accepts_ciphertexts_and_names_a_field_holding_plaintext() {
+    use fieldcrypt::transform::inspect::Inspector;
+    let f = common::Fixture::new(Config::default(), &["default"], &[]);
+    let json = schema();
+    let s = Schema::parse(&json).unwrap();
+    let enc = f.engine.encryptor(&json, "t").unwrap();
+    let out_schema = Schema::parse(&enc.plan().output_json).unwrap();
+    let plan = fieldcrypt::schema::plan::DecryptPlan::build(&enc.plan().output_json, "t").unwrap();
+    let ins = Inspector::new(std::sync::Arc::new(plan));
+    assert_eq!(
+        ins.encrypted_fields().into_iter().collect::<Vec<_>>(),
+        ["t.Person.a", "t.Person.b", "t.Person.c", "t.Person.d"]
+    );
+    let (ct, _) = f
+        .encrypt(&enc, &encode(&s, ["alice", "bob", "carol", "dave", "p"]))
+        .unwrap();
+    assert_eq!(ins.inspect(&ct).unwrap().ciphertexts, 4);
+
+    // A plaintext value where a ciphertext belongs, in either mode's field.
+    for (i, name) in [(1, "b"), (3, "d")] {
+        let mut fs = fields(&out_schema, &ct);
+        fs[i].1 = Value::Bytes(b"bob@example.com".to_vec());
+        let e = ins.inspect(&reencode(&out_schema, fs)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                TransformErrorKind::Crypto(CryptoError::Malformed(_))
+            ),
+            "{e}"
+        );
+        assert_eq!(e.field_path(), name);
+        assert!(!e.to_string().contains("example.com"), "{e}");
+    }
+    // A datum of the original (unencrypted) schema does not pass either.
+    assert!(ins
+        .inspect(&encode(&s, ["alice", "bob", "carol", "dave", "p"]))
+        .is_err());
+}

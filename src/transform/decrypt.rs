@@ -152,20 +152,46 @@ impl<'a> RecordHandler<DecState<'a>> for Decryptor {
         st: &mut DecState<'a>,
         depth: usize,
     ) -> Result<(), TransformError> {
-        let Some(r) = self.plan.tree.record(node) else {
-            return Ok(());
-        };
-        for (f, act) in r.fields.iter().zip(&self.plan.actions[node]) {
-            let res = match act {
-                DecryptAction::Copy => copy_value(&self.plan.tree, f.node, cur, out, depth + 1),
-                DecryptAction::Recurse => value(self, f.node, cur, out, st, depth + 1),
-                DecryptAction::Decrypt(df) => self.field(df, cur, out, st),
-                DecryptAction::Drop => walk(&self.plan.tree, f.node, cur, &mut Discard, depth + 1)
-                    .map(|_| ())
-                    .map_err(TransformError::from),
-            };
-            res.map_err(|e| e.within(&f.name))?;
-        }
-        Ok(())
+        encrypted_record(
+            self,
+            &self.plan,
+            node,
+            cur,
+            out,
+            st,
+            depth,
+            |f, cur, out, st| self.field(f, cur, out, st),
+        )
     }
+}
+
+/// Walks one record of an encrypted schema: copies plain fields (descending where
+/// something below is encrypted), skips blind-index fields, and hands each encrypted
+/// field to `field`. Shared by decryption and keyless inspection.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encrypted_record<S, H: RecordHandler<S>>(
+    h: &H,
+    plan: &DecryptPlan,
+    node: NodeId,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    st: &mut S,
+    depth: usize,
+    field: impl Fn(&DecryptField, &mut Cursor<'_>, &mut Vec<u8>, &mut S) -> Result<(), TransformError>,
+) -> Result<(), TransformError> {
+    let Some(r) = plan.tree.record(node) else {
+        return Ok(());
+    };
+    for (f, act) in r.fields.iter().zip(&plan.actions[node]) {
+        let res = match act {
+            DecryptAction::Copy => copy_value(&plan.tree, f.node, cur, out, depth + 1),
+            DecryptAction::Recurse => value(h, f.node, cur, out, st, depth + 1),
+            DecryptAction::Decrypt(df) => field(df, cur, out, st),
+            DecryptAction::Drop => walk(&plan.tree, f.node, cur, &mut Discard, depth + 1)
+                .map(|_| ())
+                .map_err(TransformError::from),
+        };
+        res.map_err(|e| e.within(&f.name))?;
+    }
+    Ok(())
 }

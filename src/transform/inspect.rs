@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{copy_value, run, value, RecordHandler, TransformError, TransformErrorKind};
-use crate::avro::binary::{walk, Cursor, Discard};
+use super::decrypt::encrypted_record;
+use super::{run, RecordHandler, TransformError, TransformErrorKind};
+use crate::avro::binary::Cursor;
 use crate::crypto::format::Header;
 use crate::schema::model::{NodeId, SchemaTree};
 use crate::schema::plan::{DecryptAction, DecryptField, DecryptPlan};
@@ -91,20 +92,15 @@ impl RecordHandler<Inspection> for Inspector {
         st: &mut Inspection,
         depth: usize,
     ) -> Result<(), TransformError> {
-        let Some(r) = self.plan.tree.record(node) else {
-            return Ok(());
-        };
-        for (f, act) in r.fields.iter().zip(&self.plan.actions[node]) {
-            let res = match act {
-                DecryptAction::Copy => copy_value(&self.plan.tree, f.node, cur, out, depth + 1),
-                DecryptAction::Recurse => value(self, f.node, cur, out, st, depth + 1),
-                DecryptAction::Decrypt(df) => self.field(df, cur, st),
-                DecryptAction::Drop => walk(&self.plan.tree, f.node, cur, &mut Discard, depth + 1)
-                    .map(|_| ())
-                    .map_err(TransformError::from),
-            };
-            res.map_err(|e| e.within(&f.name))?;
-        }
-        Ok(())
+        encrypted_record(
+            self,
+            &self.plan,
+            node,
+            cur,
+            out,
+            st,
+            depth,
+            |f, cur, _, st| self.field(f, cur, st),
+        )
     }
 }
