@@ -50,6 +50,11 @@
 #                          (default "1000 5000 20000 0")
 #   LOADTEST_SECONDS       seconds of producing per rate (default 20)
 #   LOADTEST_KEYS          distinct record keys (row ids) loadgen draws from (default 10000)
+#   LOADTEST_FETCH_WAIT_MS librdkafka fetch.wait.max.ms for fieldcrypt's consumer and the
+#                          verifier's (default: unset, librdkafka's 500 ms). tansu holds a
+#                          fetch for this long even when records arrive meanwhile (real
+#                          Kafka answers as soon as data is there), so on tansu it is the
+#                          floor of the end-to-end latency: BENCHMARKS.md shows both
 #   LOADTEST_PARTITIONS    partitions of cdc.customers and secure.cdc.customers (default 6;
 #                          dlq.cdc.customers has 1)
 #   LOADTEST_BROKER_PORT   tansu's port on 127.0.0.1 (default 9292; refused if in use)
