@@ -108,7 +108,8 @@ enum Command {
         /// the schema is a Debezium-style envelope.
         #[arg(long, value_enum, default_value_t = CdcChoice::Auto)]
         cdc: CdcChoice,
-        /// Random seed (same seed, same records).
+        /// Random seed (same seed, same keys, operations and values; timestamps
+        /// are the clock's).
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Read the route's target topic while producing and check every record.
