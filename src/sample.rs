@@ -379,7 +379,9 @@ impl<'a> ChangeEvents<'a> {
                         .unwrap_or(0);
                     match (tree.node(f.node), tree.null_branch(f.node)) {
                         (Node::Long, _) => write_long(out, now),
-                        (Node::Union(bs), Some(n)) if bs.len() == 2 => {
+                        (Node::Union(bs), Some(n))
+                            if bs.len() == 2 && matches!(tree.node(bs[1 - n]), Node::Long) =>
+                        {
                             write_long(out, (1 - n) as i64);
                             write_long(out, now)
                         }

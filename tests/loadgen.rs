@@ -308,7 +308,35 @@ fn check_reports_plaintext_and_missing_records_without_printing_values() {
         n(&r, "/verify/unencrypted") + n(&r, "/verify/malformed"),
         200
     );
-    assert!(!r["verify"]["problems"].as_array().unwrap().is_empty());
+    // Problems name where and what, never a value: every reason is one of the
+    // fixed texts (a ciphertext check or a decode error at a byte offset).
+    let problems: Vec<&str> = r["verify"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(!problems.is_empty());
+    for p in &problems {
+        let fixed = [
+            "not a fieldcrypt field ciphertext: unknown format version",
+            "not a fieldcrypt field ciphertext: unknown algorithm",
+            "not a fieldcrypt field ciphertext: too short for a ciphertext header",
+            "not a fieldcrypt field ciphertext: too short for its algorithm",
+        ];
+        assert!(
+            fixed.iter().any(|f| p.ends_with(f))
+                || p.contains(" at byte ")
+                || p.starts_with("missing: "),
+            "unexpected problem text: {p}"
+        );
+    }
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing: 50 records, the first with sequence numbers 200, 201")),
+        "{problems:?}"
+    );
     let all = format!(
         "{}{}{r}",
         String::from_utf8_lossy(&out.stdout),
@@ -319,6 +347,51 @@ fn check_reports_plaintext_and_missing_records_without_printing_values() {
         !all.contains("@example.com"),
         "a plaintext value reached the report"
     );
+
+    // A record whose value was lost on the way (null, but no tombstone was sent).
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .create()
+        .unwrap();
+    let lost = format!("lost{}", free_port());
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: fieldcrypt::loadgen::RUN_HEADER,
+            value: Some(lost.as_str()),
+        })
+        .insert(rdkafka::message::Header {
+            key: fieldcrypt::loadgen::SEQ_HEADER,
+            value: Some("0"),
+        });
+    p.send(
+        BaseRecord::<str, [u8]>::to("plain.out")
+            .key("1")
+            .headers(headers),
+    )
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let rep = dir.path().join("lost.json");
+    let out = fieldcrypt(&[
+        "check",
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "--topic",
+        "plain.src",
+        "--run-id",
+        &lost,
+        "--expect",
+        "1",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let r = report(&rep);
+    assert_eq!((n(&r, "/verify/seen"), n(&r, "/verify/missing")), (1, 0));
+    assert_eq!(n(&r, "/verify/malformed"), 1);
+    assert!(r["verify"]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("the value is missing"));
 
     // A --verify run against a route whose target nobody fills: all missing.
     let out = fieldcrypt(&[
@@ -387,4 +460,30 @@ fn bad_invocations_name_what_is_wrong() {
     assert!(e.contains("zzz"), "{e}");
     let e = err(&["loadgen", "-c", c, "--topic", "a", "--rate=-5"]);
     assert!(e.contains("--rate"), "{e}");
+
+    // Raw Avro: records of another schema than the route's, or text keys for a
+    // route that reads Avro keys, would only be dead-lettered.
+    let raw = dir.path().join("raw.toml");
+    let schema = repo().join("schemas/customer.avsc");
+    std::fs::write(
+        &raw,
+        format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[[routes]]\nsource = \"a\"\ntarget = \"b\"\nvalue_schema = \"{0}\"\n[[routes]]\nsource = \"k\"\ntarget = \"kk\"\nvalue_schema = \"{0}\"\nkey_format = \"avro\"\nkey_schema = \"{0}\"\n",
+            schema.display()
+        ),
+    )
+    .unwrap();
+    let r = raw.to_str().unwrap();
+    let e = err(&[
+        "loadgen",
+        "-c",
+        r,
+        "--topic",
+        "a",
+        "--schema",
+        "schemas/customer_cdc.avsc",
+    ]);
+    assert!(e.contains("differs from the route's value_schema"), "{e}");
+    let e = err(&["loadgen", "-c", r, "--topic", "k"]);
+    assert!(e.contains("key_format"), "{e}");
 }

@@ -410,8 +410,10 @@ async fn run(cmd: Command) -> Result<()> {
                 (Some(n), _) => Limit::Count(n),
                 (None, d) => Limit::Duration(seconds("--duration", d.unwrap_or(10.0))?),
             };
-            if !(rate.is_finite() && rate >= 0.0) {
-                bail!("--rate must be a number of records per second, 0 or more (got {rate})");
+            if !(rate.is_finite() && (rate == 0.0 || (0.001..=1e8).contains(&rate))) {
+                bail!(
+                    "--rate must be 0 (as fast as possible) or from 0.001 to 100000000 records per second (got {rate})"
+                );
             }
             if keys == 0 {
                 bail!("--keys must be at least 1");
@@ -434,7 +436,8 @@ async fn run(cmd: Command) -> Result<()> {
             };
             eprintln!("loadgen: run {} to {}", spec.run_id, spec.topic);
             let live = Arc::new(loadgen::Live::default());
-            let r = with_progress(live.clone(), verify, loadgen::run(&cfg, &spec, live)).await?;
+            let work = loadgen::run(&cfg, &spec, live.clone());
+            let r = with_progress(live, true, verify, work).await?;
             finish_report(&r, report.as_deref())
         }
         Command::Check {
@@ -448,16 +451,17 @@ async fn run(cmd: Command) -> Result<()> {
         } => {
             let cfg = load_config(config.as_deref())?;
             let live = Arc::new(loadgen::Live::default());
-            let r = loadgen::check(
+            let timeout = seconds("--timeout", timeout)?;
+            let work = loadgen::check(
                 &cfg,
                 &topic,
                 schema.as_ref(),
                 &run_id,
                 expect,
-                seconds("--timeout", timeout)?,
-                live,
-            )
-            .await?;
+                timeout,
+                live.clone(),
+            );
+            let r = with_progress(live, false, true, work).await?;
             finish_report(&r, report.as_deref())
         }
         Command::Cat { file, limit } => display::cat(&file, limit),
@@ -493,26 +497,34 @@ fn seconds(flag: &str, s: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// Runs a load run with a progress line every 2 s; the first SIGINT/SIGTERM stops
-/// producing (the run is then verified and reported as usual).
+/// Runs a load run or check with a progress line every 2 s. The first SIGINT or
+/// SIGTERM stops producing (what was sent is then verified, briefly, and reported);
+/// a second one exits at once with status 130.
 async fn with_progress(
     live: Arc<loadgen::Live>,
-    verify: bool,
+    producing: bool,
+    verifying: bool,
     work: impl std::future::Future<Output = Result<loadgen::Report, loadgen::LoadgenError>>,
 ) -> Result<loadgen::Report> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = tokio::spawn(loadgen::progress(
         live.clone(),
         Duration::from_secs(2),
-        verify,
+        producing,
+        verifying,
         done.clone(),
     ));
     let stopper = {
         let live = live.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
-            eprintln!("loadgen: stopping (signal); verifying what was sent");
+            eprintln!(
+                "loadgen: stopping (signal); reporting what was done; a second signal exits now"
+            );
             live.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            shutdown_signal().await;
+            eprintln!("loadgen: second signal: exiting without a report");
+            std::process::exit(130);
         })
     };
     let r = work.await;

@@ -71,27 +71,21 @@ impl Header {
         h
     }
 
-    /// Parses and checks the header and the minimum length of a ciphertext.
+    /// Parses and checks the header and the minimum length of a ciphertext. The
+    /// errors name no byte values or lengths: when a plaintext sits where a
+    /// ciphertext belongs, its bytes are what is being parsed.
     pub fn parse(ct: &[u8]) -> Result<Header, CryptoError> {
+        let malformed = |what: &str| CryptoError::Malformed(what.to_string());
         if ct.len() < HEADER_LEN {
-            return Err(CryptoError::Malformed(format!(
-                "{} bytes is too short",
-                ct.len()
-            )));
+            return Err(malformed("too short for a ciphertext header"));
         }
         if ct[0] != VERSION {
-            return Err(CryptoError::Malformed(format!(
-                "unknown format version {}",
-                ct[0]
-            )));
+            return Err(malformed("unknown format version"));
         }
-        let algorithm = Algorithm::from_byte(ct[1])
-            .ok_or_else(|| CryptoError::Malformed(format!("unknown algorithm {}", ct[1])))?;
+        let algorithm =
+            Algorithm::from_byte(ct[1]).ok_or_else(|| malformed("unknown algorithm"))?;
         if ct.len() < algorithm.overhead() {
-            return Err(CryptoError::Malformed(format!(
-                "{} bytes is too short",
-                ct.len()
-            )));
+            return Err(malformed("too short for its algorithm"));
         }
         let mut key_id = [0u8; KEY_ID_LEN];
         key_id.copy_from_slice(&ct[2..HEADER_LEN]);

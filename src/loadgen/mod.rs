@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{Config, PipelineMode};
-use crate::kafka::route::{RouteError, Router};
+use crate::kafka::route::{KeyFormat, RouteError, Router};
 use crate::pipeline::client_config;
 use crate::registry::{RegistryError, SchemaRegistry};
 use crate::sample::Envelope;
@@ -40,8 +40,12 @@ use verify::{Expectations, Start, Verifier};
 pub const RUN_HEADER: &str = "fieldcrypt.loadgen.run";
 /// Header with the record's sequence number within its run (decimal).
 pub const SEQ_HEADER: &str = "fieldcrypt.loadgen.seq";
-/// Header with the record's creation time, microseconds since the Unix epoch (decimal).
+/// Header with the record's creation time, microseconds since the Unix epoch
+/// (decimal): when it was due at the target rate, or when it was sent at rate 0.
 pub const TS_HEADER: &str = "fieldcrypt.loadgen.ts";
+/// Header present (value `1`) on tombstones only, so a value lost on the way (a null
+/// where a record was sent) is told apart from a tombstone.
+pub const TOMBSTONE_HEADER: &str = "fieldcrypt.loadgen.tombstone";
 
 /// Why a load run could not start or finish. Never contains field values or keys.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct RouteView {
     pub target: String,
     /// The route's raw-Avro writer schema, if it has one.
     pub value_schema: Option<PathBuf>,
+    /// Whether the route reads keys as Avro (loadgen writes text keys).
+    pub avro_keys: bool,
 }
 
 /// Finds the route for `topic`; a verifier needs an encrypting pipeline.
@@ -111,6 +117,7 @@ pub fn route_for(config: &Config, topic: &str, verify: bool) -> Result<RouteView
         source: topic.to_string(),
         target: d.target,
         value_schema: config.routes[d.route].value_schema.clone(),
+        avro_keys: config.routes[d.route].key_format == KeyFormat::Avro,
     })
 }
 
@@ -144,10 +151,14 @@ pub struct ProduceReport {
     pub failed: u64,
     /// Key and value bytes sent.
     pub bytes: u64,
-    /// From the first send to the last acknowledgement.
+    /// From the first send to the last (the send window).
     pub seconds: f64,
-    /// Records acknowledged per second.
+    /// Then, waiting for the last acknowledgements.
+    pub flush_seconds: f64,
+    /// Records acknowledged per second of the send window.
     pub rate: f64,
+    /// Stopped early by a signal.
+    pub interrupted: bool,
     /// The requested rate (0: as fast as possible).
     pub target_rate: f64,
     /// The first delivery error, if any (no record contents).
@@ -164,23 +175,121 @@ pub struct Latency {
     pub max: f64,
 }
 
-impl Latency {
-    /// Percentiles of `micros` (sorted here).
-    pub fn of(micros: &mut [u64]) -> Latency {
-        if micros.is_empty() {
+/// Latencies in logarithmic buckets 1% wide: constant memory however long the run,
+/// percentiles within 1% (reported as their bucket's upper edge, capped at the max).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+/// Buckets per factor e of latency: 100 gives buckets 1% wide.
+const PER_E: f64 = 100.0;
+
+impl Histogram {
+    pub fn record(&mut self, micros: u64) {
+        let b = ((micros as f64 + 1.0).ln() * PER_E) as usize;
+        if b >= self.counts.len() {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += 1;
+        self.total += 1;
+        self.max = self.max.max(micros);
+    }
+
+    /// The nearest-rank percentile `q` (0 < q <= 1), microseconds.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = ((self.total as f64 * q).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (b, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let upper = ((b + 1) as f64 / PER_E).exp() - 1.0;
+                return upper.min(self.max as f64);
+            }
+        }
+        self.max as f64
+    }
+
+    pub fn summary(&self) -> Latency {
+        if self.total == 0 {
             return Latency::default();
         }
-        micros.sort_unstable();
-        let at = |q: f64| {
-            let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
-            micros[i] as f64 / 1000.0
-        };
         Latency {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            max: micros[micros.len() - 1] as f64 / 1000.0,
+            p50: self.quantile(0.50) / 1000.0,
+            p90: self.quantile(0.90) / 1000.0,
+            p99: self.quantile(0.99) / 1000.0,
+            max: self.max as f64 / 1000.0,
         }
+    }
+}
+
+/// A set of sequence numbers `0..n`, one bit each.
+#[derive(Debug, Clone, Default)]
+pub struct SeqSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl SeqSet {
+    /// `0..n`.
+    pub fn full(n: u64) -> SeqSet {
+        let mut words = vec![u64::MAX; n.div_ceil(64) as usize];
+        if n % 64 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last = (1u64 << (n % 64)) - 1;
+            }
+        }
+        SeqSet { words, len: n }
+    }
+
+    /// Adds `seq`; false if it was there already.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        let fresh = self.words[w] & bit == 0;
+        self.words[w] |= bit;
+        self.len += u64::from(fresh);
+        fresh
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.words
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// One past the largest member (0 when empty).
+    pub fn end(&self) -> u64 {
+        self.words.iter().rposition(|&w| w != 0).map_or(0, |i| {
+            i as u64 * 64 + 64 - u64::from(self.words[i].leading_zeros())
+        })
+    }
+
+    /// How many members `other` lacks, and the first `limit` of them.
+    pub fn absent_from(&self, other: &SeqSet, limit: usize) -> (u64, Vec<u64>) {
+        let mut count = 0;
+        let mut first = Vec::new();
+        for (i, &w) in self.words.iter().enumerate() {
+            let mut lack = w & !other.words.get(i).copied().unwrap_or(0);
+            count += u64::from(lack.count_ones());
+            while lack != 0 && first.len() < limit {
+                first.push(i as u64 * 64 + u64::from(lack.trailing_zeros()));
+                lack &= lack - 1;
+            }
+        }
+        (count, first)
     }
 }
 
@@ -193,19 +302,24 @@ pub struct VerifyReport {
     pub seen: u64,
     /// Records of this run seen more than once (at-least-once redelivery).
     pub duplicates: u64,
-    /// Expected records never seen.
+    /// Expected records never seen (by sequence number, so a duplicate or a stray
+    /// record cannot hide a lost one).
     pub missing: u64,
     /// Records whose sensitive fields are not all fieldcrypt ciphertexts (must be 0).
     pub unencrypted: u64,
-    /// Records that do not decode with their schema or framing (must be 0).
+    /// Records of this run that do not decode with their schema or framing, or
+    /// whose value was lost (null where no tombstone was sent) (must be 0).
     pub malformed: u64,
-    /// Records on the target from other runs or without loadgen headers (ignored).
+    /// Records on the target from other runs, without loadgen headers, or numbered
+    /// beyond what was produced (ignored).
     pub other: u64,
     pub tombstones: u64,
     /// Sensitive field values checked to be ciphertexts (nulls not counted).
     pub fields_checked: u64,
-    /// Creation in loadgen to arrival at the verifier.
+    /// Creation in loadgen (the time the record was due) to arrival at the verifier.
     pub latency_ms: Latency,
+    /// Stopped early by a signal.
+    pub interrupted: bool,
     pub seconds: f64,
     /// The first few problems, with partition and offset (never values).
     pub problems: Vec<String>,
@@ -225,7 +339,8 @@ pub struct Report {
     pub target: String,
     pub framing: &'static str,
     pub cdc: bool,
-    pub keys: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub produce: Option<ProduceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,15 +361,15 @@ impl Report {
     /// The human summary.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        let keys = self.keys.map(|k| format!(", {k} keys")).unwrap_or_default();
         let _ = writeln!(
             s,
-            "run {}: {} -> {} ({}, {}, {} keys)",
+            "run {}: {} -> {} ({}, {}{keys})",
             self.run_id,
             self.topic,
             self.target,
             self.framing,
             if self.cdc { "change events" } else { "events" },
-            self.keys
         );
         if let Some(p) = &self.produce {
             let target = if p.target_rate > 0.0 {
@@ -264,7 +379,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "  produced   {} records ({} tombstones; {} inserts, {} updates, {} deletes), {} failed, {:.1} MB in {:.2} s: {:.0} records/s (target {target})",
+                "  produced   {} records ({} tombstones; {} inserts, {} updates, {} deletes), {} failed, {:.1} MB in {:.2} s (+{:.2} s for the last acks): {:.0} records/s (target {target}){}",
                 p.records,
                 p.tombstones,
                 p.inserts,
@@ -273,7 +388,9 @@ impl Report {
                 p.failed,
                 p.bytes as f64 / 1e6,
                 p.seconds,
-                p.rate
+                p.flush_seconds,
+                p.rate,
+                if p.interrupted { ", interrupted" } else { "" }
             );
             if let Some(e) = &p.first_error {
                 let _ = writeln!(s, "  first delivery error: {e}");
@@ -282,7 +399,7 @@ impl Report {
         if let Some(v) = &self.verify {
             let _ = writeln!(
                 s,
-                "  verified   {} of {} seen, {} duplicates, {} missing, {} unencrypted, {} malformed ({} fields checked, {} tombstones, {} other records ignored)",
+                "  verified   {} of {} seen, {} duplicates, {} missing, {} unencrypted, {} malformed ({} fields checked, {} tombstones, {} other records ignored){}",
                 v.seen,
                 v.expected,
                 v.duplicates,
@@ -291,7 +408,8 @@ impl Report {
                 v.malformed,
                 v.fields_checked,
                 v.tombstones,
-                v.other
+                v.other,
+                if v.interrupted { "; interrupted" } else { "" }
             );
             let _ = writeln!(
                 s,
@@ -326,8 +444,11 @@ pub struct LoadSpec {
     pub run_id: String,
 }
 
-/// The schema a run writes: from `--schema` or the route.
+/// The schema a run writes: from `--schema` or the route. Without a registry the
+/// route's `value_schema` is what the pipeline decodes with, so another schema would
+/// only be dead-lettered: refused.
 fn load_schema(
+    config: &Config,
     explicit: Option<&PathBuf>,
     route: Option<&RouteView>,
 ) -> Result<(PathBuf, serde_json::Value), LoadgenError> {
@@ -347,6 +468,20 @@ fn load_schema(
         path: path.clone(),
         msg: e.to_string(),
     })?;
+    if let (Some(r), None) = (route, &config.schema_registry.url) {
+        if let Some(rs) = r.value_schema.as_ref().filter(|rs| **rs != path) {
+            let (_, theirs) = load_schema(config, Some(rs), None)?;
+            if theirs != json {
+                return Err(LoadgenError::Invalid(format!(
+                    "{} differs from the route's value_schema {}: without a registry the \
+                     pipeline decodes {} with that schema; drop --schema or use the same file",
+                    path.display(),
+                    rs.display(),
+                    r.source
+                )));
+            }
+        }
+    }
     Ok((path, json))
 }
 
@@ -372,7 +507,14 @@ pub async fn run(
         Err(LoadgenError::Route(RouteError::NoRoute(_))) if !spec.verify => None,
         Err(e) => return Err(e),
     };
-    let (path, json) = load_schema(spec.schema.as_ref(), route.as_ref())?;
+    if route.as_ref().is_some_and(|r| r.avro_keys) {
+        return Err(LoadgenError::Invalid(format!(
+            "the route for {} has key_format = \"avro\"; loadgen writes text keys (the row id), \
+             which that pipeline would dead-letter",
+            spec.topic
+        )));
+    }
+    let (path, json) = load_schema(config, spec.schema.as_ref(), route.as_ref())?;
     let tree = SchemaTree::compile(&json)?;
     let envelope = Envelope::detect(&tree).is_some();
     let shape = match spec.cdc {
@@ -394,7 +536,12 @@ pub async fn run(
                     .schema_registry
                     .subject_strategy
                     .subject(&spec.topic, false, &json);
-            Some(reg.id_for(&subject, &json, true).await?)
+            // As a producer would: register, or only look up when the config says
+            // schemas are registered by someone else.
+            Some(
+                reg.id_for(&subject, &json, config.schema_registry.auto_register)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -445,11 +592,12 @@ pub async fn run(
     let produced = match produced {
         Ok(p) => p,
         Err(e) => {
-            let _ = done_tx.send(Some(0));
+            let _ = done_tx.send(Some(Arc::new(SeqSet::default())));
             return Err(e);
         }
     };
-    let _ = done_tx.send(Some(produced.records));
+    let _ = done_tx.send(Some(Arc::new(produced.acked)));
+    let produced = produced.report;
     let verify = match verifier {
         Some(task) => Some(
             task.await
@@ -467,7 +615,7 @@ pub async fn run(
             "raw"
         },
         cdc: shape == Shape::ChangeEvents,
-        keys: spec.keys,
+        keys: Some(spec.keys),
         produce: Some(produced),
         verify,
         ok: false,
@@ -488,7 +636,7 @@ pub async fn check(
     live: Arc<Live>,
 ) -> Result<Report, LoadgenError> {
     let route = route_for(config, topic, true)?;
-    let (_, json) = load_schema(schema, Some(&route))?;
+    let (_, json) = load_schema(config, schema, Some(&route))?;
     let registry = registry(config)?;
     let framing = if registry.is_some() {
         "confluent"
@@ -510,7 +658,7 @@ pub async fn check(
     })
     .await
     .map_err(|e| LoadgenError::Invalid(format!("verifier setup panicked: {e}")))??;
-    let (_tx, rx) = watch::channel(Some(expect));
+    let (_tx, rx) = watch::channel(Some(Arc::new(SeqSet::full(expect))));
     let verify = v.run(rx, live).await?;
     let cdc = Envelope::detect(&SchemaTree::compile(&json)?).is_some();
     Ok(Report {
@@ -519,7 +667,7 @@ pub async fn check(
         target: route.target,
         framing,
         cdc,
-        keys: 0,
+        keys: None,
         produce: None,
         verify: Some(verify),
         ok: false,
@@ -543,8 +691,15 @@ pub fn new_run_id() -> String {
     hex::encode(b)
 }
 
-/// Prints a progress line to stderr every `every` until `done` is set.
-pub async fn progress(live: Arc<Live>, every: Duration, verify: bool, done: Arc<AtomicBool>) {
+/// Prints a progress line to stderr every `every` until `done` is set: records
+/// acknowledged (when producing) and seen on the target (when verifying).
+pub async fn progress(
+    live: Arc<Live>,
+    every: Duration,
+    producing: bool,
+    verifying: bool,
+    done: Arc<AtomicBool>,
+) {
     let start = Instant::now();
     let mut last = (0u64, start);
     loop {
@@ -552,19 +707,19 @@ pub async fn progress(live: Arc<Live>, every: Duration, verify: bool, done: Arc<
         if done.load(Ordering::Relaxed) {
             return;
         }
-        let acked = live.acked.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let rate = (acked - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
-        last = (acked, now);
-        let mut line = format!(
-            "loadgen: {:>6.1}s  acked {acked}  {rate:.0} records/s",
-            start.elapsed().as_secs_f64()
-        );
-        let failed = live.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            line.push_str(&format!("  failed {failed}"));
+        let mut line = format!("loadgen: {:>6.1}s", start.elapsed().as_secs_f64());
+        if producing {
+            let acked = live.acked.load(Ordering::Relaxed);
+            let now = Instant::now();
+            let rate = (acked - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
+            last = (acked, now);
+            line.push_str(&format!("  acked {acked}  {rate:.0} records/s"));
+            let failed = live.failed.load(Ordering::Relaxed);
+            if failed > 0 {
+                line.push_str(&format!("  failed {failed}"));
+            }
         }
-        if verify {
+        if verifying {
             line.push_str(&format!(
                 "  seen on target {}",
                 live.seen.load(Ordering::Relaxed)
@@ -579,13 +734,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let mut v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
-        let l = Latency::of(&mut v);
-        assert_eq!((l.p50, l.p90, l.p99, l.max), (50.0, 90.0, 99.0, 100.0));
-        let l = Latency::of(&mut [7000]);
-        assert_eq!((l.p50, l.p99), (7.0, 7.0));
-        assert_eq!(Latency::of(&mut []).p50, 0.0);
+    fn percentiles_are_within_one_percent() {
+        let mut h = Histogram::default();
+        for i in 1..=100_000u64 {
+            h.record(i * 10); // 10 µs .. 1 s
+        }
+        let l = h.summary();
+        for (got, want) in [(l.p50, 500.0), (l.p90, 900.0), (l.p99, 990.0)] {
+            assert!((got - want).abs() / want < 0.01, "{got} vs {want}");
+        }
+        assert_eq!(l.max, 1000.0);
+        let mut h = Histogram::default();
+        h.record(7000);
+        assert_eq!((h.summary().p50, h.summary().p99), (7.0, 7.0));
+        assert_eq!(Histogram::default().summary().p50, 0.0);
+    }
+
+    #[test]
+    fn seq_sets_count_and_compare() {
+        let mut seen = SeqSet::default();
+        assert!(seen.insert(0) && seen.insert(130) && !seen.insert(130));
+        assert_eq!((seen.len(), seen.end()), (2, 131));
+        let all = SeqSet::full(131);
+        assert_eq!((all.len(), all.end()), (131, 131));
+        assert!(all.contains(130) && !all.contains(131));
+        let (n, first) = all.absent_from(&seen, 3);
+        assert_eq!((n, first), (129, vec![1, 2, 3]));
+        assert_eq!(seen.absent_from(&all, 5), (0, vec![]));
+        assert_eq!(SeqSet::full(64).end(), 64);
+        assert_eq!(SeqSet::default().end(), 0);
     }
 
     #[test]
@@ -596,7 +773,7 @@ mod tests {
             target: "b".into(),
             framing: "raw",
             cdc: false,
-            keys: 1,
+            keys: Some(1),
             produce: Some(ProduceReport {
                 records: 10,
                 ..Default::default()

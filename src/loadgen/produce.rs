@@ -15,7 +15,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use super::{
-    now_micros, Limit, Live, LoadgenError, ProduceReport, Shape, RUN_HEADER, SEQ_HEADER, TS_HEADER,
+    now_micros, Limit, Live, LoadgenError, ProduceReport, SeqSet, Shape, RUN_HEADER, SEQ_HEADER,
+    TOMBSTONE_HEADER, TS_HEADER,
 };
 use crate::kafka::wire;
 use crate::sample::{ChangeEvents, Envelope, Generator, Op};
@@ -37,29 +38,41 @@ pub struct ProduceSpec {
     pub seed: u64,
 }
 
-/// Counts deliveries; keeps the first error.
+/// Counts deliveries and keeps the sequence numbers acknowledged and the first error.
 struct Deliveries {
     live: Arc<Live>,
+    acked: Mutex<SeqSet>,
     first_error: Mutex<Option<String>>,
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    /// The record's sequence number.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
             Ok(_) => {
+                lock(&self.acked).insert(seq as u64);
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
                 self.live.failed.fetch_add(1, Ordering::Relaxed);
-                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                first.get_or_insert_with(|| e.to_string());
+                lock(&self.first_error).get_or_insert_with(|| e.to_string());
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the producer did, and which records the broker acknowledged.
+pub struct Produced {
+    pub report: ProduceReport,
+    pub acked: SeqSet,
 }
 
 /// The record source: one datum (and maybe a tombstone after it) per step.
@@ -100,16 +113,25 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Sends records until the limit, a stop request, or a fatal producer error; then
-/// waits (up to `flush_timeout`) for every record to be acknowledged.
+/// Sends records until the limit, a stop request, or a producer error; then waits
+/// (up to `flush_timeout`) for every record to be acknowledged. A paced record's
+/// timestamp is the time it was due, so a producer that falls behind shows up in
+/// the latency rather than hiding it.
 pub fn produce(
     spec: &ProduceSpec,
     client: ClientConfig,
     live: Arc<Live>,
     flush_timeout: Duration,
-) -> Result<ProduceReport, LoadgenError> {
+) -> Result<Produced, LoadgenError> {
+    if spec.rate > 0.0 && spec.rate < MIN_RATE {
+        return Err(LoadgenError::Invalid(format!(
+            "--rate {} is below {MIN_RATE} records/s; use 0 for as fast as possible",
+            spec.rate
+        )));
+    }
     let ctx = Deliveries {
         live: live.clone(),
+        acked: Mutex::new(SeqSet::default()),
         first_error: Mutex::new(None),
     };
     let producer: ThreadedProducer<Deliveries> = client
@@ -138,24 +160,35 @@ pub fn produce(
         ..Default::default()
     };
     let start = Instant::now();
+    let start_wall = now_micros();
     let mut seq: u64 = 0;
     let mut value = Vec::with_capacity(512);
     let mut datum = Vec::with_capacity(512);
-    let due = |seq: u64| {
-        (spec.rate > 0.0).then(|| start + Duration::from_secs_f64(seq as f64 / spec.rate))
-    };
-    let finished = |seq: u64| match spec.limit {
+    // Offsets from the start, in µs, at which record `seq` is due (None: unpaced).
+    let due = |seq: u64| (spec.rate > 0.0).then(|| (seq as f64 * 1e6 / spec.rate) as u64);
+    let out_of_time = || matches!(spec.limit, Limit::Duration(d) if start.elapsed() >= d);
+    let done = |seq: u64| match spec.limit {
         Limit::Count(n) => seq >= n,
-        Limit::Duration(d) => start.elapsed() >= d,
+        Limit::Duration(_) => out_of_time(),
     };
-    while !finished(seq) && !live.stopped() {
-        if let Some(at) = due(seq) {
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep((at - now).min(Duration::from_millis(50)));
-                continue;
+    let mut sender = Sender {
+        producer: &producer,
+        spec,
+        live: &live,
+        out_of_time: &out_of_time,
+    };
+    'run: while !done(seq) && !live.stopped() {
+        let ts = match due(seq) {
+            Some(off) => {
+                let elapsed = start.elapsed().as_micros() as u64;
+                if off > elapsed {
+                    std::thread::sleep(Duration::from_micros(off - elapsed).min(MAX_NAP));
+                    continue;
+                }
+                start_wall + off
             }
-        }
+            None => now_micros(),
+        };
         datum.clear();
         let (key, op) = source.next(&mut datum);
         value.clear();
@@ -164,34 +197,45 @@ pub fn produce(
         }
         value.extend_from_slice(&datum);
         let key = key.to_string();
-        match op {
-            Some(Op::Insert) => report.inserts += 1,
-            Some(Op::Update) => report.updates += 1,
-            Some(Op::Delete) => report.deletes += 1,
-            None => {}
-        }
-        send(&producer, spec, &live, seq, key.as_bytes(), Some(&value))?;
-        report.bytes += (key.len() + value.len()) as u64;
-        seq += 1;
-        // A delete is followed by its tombstone, so compaction can drop the key.
-        if op == Some(Op::Delete) && !(matches!(spec.limit, Limit::Count(n) if seq >= n)) {
-            send(&producer, spec, &live, seq, key.as_bytes(), None)?;
-            report.bytes += key.len() as u64;
-            report.tombstones += 1;
+        // A delete is followed by its tombstone, so compaction can drop the key
+        // (unless --count ends the run between the two).
+        let tombstone =
+            op == Some(Op::Delete) && !matches!(spec.limit, Limit::Count(n) if seq + 1 >= n);
+        for value in [Some(value.as_slice()), None] {
+            if value.is_none() && !tombstone {
+                break;
+            }
+            match sender.send(seq, ts, key.as_bytes(), value) {
+                Ok(true) => {}
+                Ok(false) => break 'run,
+                Err(e) => {
+                    report.failed += 1;
+                    report.first_error = Some(e);
+                    break 'run;
+                }
+            }
+            report.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+            match (value.is_none(), op) {
+                (true, _) => report.tombstones += 1,
+                (false, Some(Op::Insert)) => report.inserts += 1,
+                (false, Some(Op::Update)) => report.updates += 1,
+                (false, Some(Op::Delete)) => report.deletes += 1,
+                (false, None) => {}
+            }
             seq += 1;
         }
     }
-    let flushed = producer.flush(flush_timeout);
     report.seconds = start.elapsed().as_secs_f64();
+    report.interrupted = live.stopped();
+    let flushed = producer.flush(flush_timeout);
+    report.flush_seconds = start.elapsed().as_secs_f64() - report.seconds;
+    let ctx = producer.context();
     report.records = live.acked.load(Ordering::Relaxed);
-    report.failed = live.failed.load(Ordering::Relaxed);
+    report.failed += live.failed.load(Ordering::Relaxed);
     report.rate = report.records as f64 / report.seconds.max(1e-9);
-    report.first_error = producer
-        .context()
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    if let Some(e) = lock(&ctx.first_error).clone() {
+        report.first_error.get_or_insert(e);
+    }
     if let Err(e) = flushed {
         let unacked = seq.saturating_sub(report.records + report.failed);
         report.failed += unacked;
@@ -199,56 +243,76 @@ pub fn produce(
             format!("{unacked} records unacknowledged after {flush_timeout:?}: {e}")
         });
     }
-    Ok(report)
+    let acked = std::mem::take(&mut *lock(&ctx.acked));
+    Ok(Produced { report, acked })
 }
 
-/// Sends one record, waiting while the producer queue is full.
-fn send(
-    producer: &ThreadedProducer<Deliveries>,
-    spec: &ProduceSpec,
-    live: &Live,
-    seq: u64,
-    key: &[u8],
-    value: Option<&[u8]>,
-) -> Result<(), LoadgenError> {
-    let seq_text = seq.to_string();
-    let ts = now_micros();
-    let ts_text = ts.to_string();
-    let headers = OwnedHeaders::new_with_capacity(3)
-        .insert(Header {
-            key: RUN_HEADER,
-            value: Some(spec.run_id.as_str()),
-        })
-        .insert(Header {
-            key: SEQ_HEADER,
-            value: Some(seq_text.as_str()),
-        })
-        .insert(Header {
-            key: TS_HEADER,
-            value: Some(ts_text.as_str()),
-        });
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&spec.topic)
-        .key(key)
-        .headers(headers)
-        .timestamp((ts / 1000) as i64);
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => {
-                live.sent.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => {
-                return Err(LoadgenError::Kafka {
-                    what: format!("cannot send to {}", spec.topic),
-                    source: e,
-                })
+/// The lowest paced rate: one record every 1000 s.
+const MIN_RATE: f64 = 0.001;
+/// The longest sleep between checks of the clock, the limit and a stop request.
+const MAX_NAP: Duration = Duration::from_millis(50);
+
+struct Sender<'a> {
+    producer: &'a ThreadedProducer<Deliveries>,
+    spec: &'a ProduceSpec,
+    live: &'a Live,
+    out_of_time: &'a dyn Fn() -> bool,
+}
+
+impl Sender<'_> {
+    /// Queues one record, waiting while the producer queue is full. Ok(false): gave
+    /// up waiting because of a stop request or the end of the run's time; Err: the
+    /// producer refused the record (the message says why; it holds no values).
+    fn send(
+        &mut self,
+        seq: u64,
+        ts: u64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<bool, String> {
+        let seq_text = seq.to_string();
+        let ts_text = ts.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: RUN_HEADER,
+                value: Some(self.spec.run_id.as_str()),
+            })
+            .insert(Header {
+                key: SEQ_HEADER,
+                value: Some(seq_text.as_str()),
+            })
+            .insert(Header {
+                key: TS_HEADER,
+                value: Some(ts_text.as_str()),
+            });
+        if value.is_none() {
+            headers = headers.insert(Header {
+                key: TOMBSTONE_HEADER,
+                value: Some("1"),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.spec.topic, seq as usize)
+                .key(key)
+                .headers(headers)
+                .timestamp((ts / 1000) as i64);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.live.sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if self.live.stopped() || (self.out_of_time)() {
+                        return Ok(false);
+                    }
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(format!("cannot send to {}: {e}", self.spec.topic)),
             }
         }
     }

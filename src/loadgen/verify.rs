@@ -19,10 +19,11 @@ use serde_json::Value as Json;
 use tokio::sync::watch;
 
 use super::{
-    now_micros, Latency, Live, LoadgenError, VerifyReport, RUN_HEADER, SEQ_HEADER, TS_HEADER,
+    now_micros, Histogram, Live, LoadgenError, SeqSet, VerifyReport, RUN_HEADER, SEQ_HEADER,
+    TOMBSTONE_HEADER, TS_HEADER,
 };
 use crate::kafka::wire;
-use crate::registry::{RegistryError, SchemaRegistry};
+use crate::registry::SchemaRegistry;
 use crate::schema::plan::{DecryptPlan, EncryptPlan, PlanConfig};
 use crate::transform::inspect::Inspector;
 use crate::transform::TransformErrorKind;
@@ -79,12 +80,17 @@ impl Expectations {
         &self.required
     }
 
-    async fn inspector(&mut self, id: u32) -> Result<Result<Arc<Inspector>, String>, LoadgenError> {
+    /// The inspector for output schema `id`, or why its records cannot be checked.
+    /// Only answers that cannot change are cached: a registry that is down is
+    /// asked again for the next record.
+    async fn inspector(&mut self, id: u32) -> Result<Arc<Inspector>, Verdict> {
         if let Some(i) = self.by_id.get(&id) {
-            return Ok(i.clone());
+            return i.clone().map_err(Verdict::Unencrypted);
         }
         let Some(reg) = &self.registry else {
-            return Ok(Err("framed record but no registry configured".into()));
+            return Err(Verdict::Malformed(
+                "framed record but no registry configured".into(),
+            ));
         };
         let found = match reg.schema_by_id(id).await {
             Ok(s) => match DecryptPlan::build(&s.json, &format!("schema id {id}")) {
@@ -98,38 +104,51 @@ impl Expectations {
                 }
                 Err(e) => Err(format!("output schema id {id}: {e}")),
             },
-            Err(e @ RegistryError::NotFound { .. }) => Err(e.to_string()),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_infrastructure() => {
+                return Err(Verdict::Malformed(format!(
+                    "output schema id {id} could not be fetched: {e}"
+                )))
+            }
+            Err(e) => return Err(Verdict::Malformed(format!("output schema id {id}: {e}"))),
         };
         self.by_id.insert(id, found.clone());
-        Ok(found)
+        found.map_err(Verdict::Unencrypted)
     }
 
-    /// Checks one output value.
-    async fn check(&mut self, payload: Option<&[u8]>) -> Result<Verdict, LoadgenError> {
-        let Some(v) = payload else {
-            return Ok(Verdict::Tombstone);
+    /// Checks one output value; `tombstone`: the load generator sent a tombstone.
+    async fn check(&mut self, payload: Option<&[u8]>, tombstone: bool) -> Verdict {
+        let v = match (payload, tombstone) {
+            (None, true) => return Verdict::Tombstone,
+            (None, false) => {
+                return Verdict::Malformed(
+                    "the value is missing (null) but a record was sent".into(),
+                )
+            }
+            (Some(_), true) => {
+                return Verdict::Malformed("a value where a tombstone was sent".into())
+            }
+            (Some(v), false) => v,
         };
         let (inspector, datum) = match &self.raw {
             Some(raw) => (raw.clone(), v),
             None => {
                 let (id, datum) = match wire::parse(v) {
                     Ok(x) => x,
-                    Err(e) => return Ok(Verdict::Malformed(e.to_string())),
+                    Err(e) => return Verdict::Malformed(e.to_string()),
                 };
-                match self.inspector(id).await? {
+                match self.inspector(id).await {
                     Ok(i) => (i, datum),
-                    Err(why) => return Ok(Verdict::Unencrypted(why)),
+                    Err(verdict) => return verdict,
                 }
             }
         };
-        Ok(match inspector.inspect(datum) {
+        match inspector.inspect(datum) {
             Ok(i) => Verdict::Encrypted(i.ciphertexts),
             Err(e) if matches!(e.kind, TransformErrorKind::Crypto(_)) => {
                 Verdict::Unencrypted(e.to_string())
             }
             Err(e) => Verdict::Malformed(e.to_string()),
-        })
+        }
     }
 }
 
@@ -140,23 +159,6 @@ enum Verdict {
     Malformed(String),
 }
 
-/// Sequence numbers seen, as a growable bit set.
-#[derive(Default)]
-struct Seen(Vec<u64>);
-
-impl Seen {
-    /// Marks `seq`; false if it was already marked.
-    fn insert(&mut self, seq: u64) -> bool {
-        let (w, b) = ((seq / 64) as usize, seq % 64);
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        let fresh = self.0[w] & (1 << b) == 0;
-        self.0[w] |= 1 << b;
-        fresh
-    }
-}
-
 /// A consumer assigned to the target topic, ready to verify one run.
 pub struct Verifier {
     consumer: StreamConsumer,
@@ -164,6 +166,10 @@ pub struct Verifier {
     run_id: String,
     expect: Expectations,
     timeout: Duration,
+    /// Partitions and the end offsets they had at assignment, until the consumer
+    /// has read that far (reading from the beginning only): the timeout for missing
+    /// records starts once they are all read.
+    behind: Vec<(i32, i64)>,
 }
 
 impl Verifier {
@@ -202,15 +208,19 @@ impl Verifier {
             )));
         }
         let mut tpl = TopicPartitionList::new();
+        let mut behind = Vec::new();
         for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(target, p, wait)
+                .map_err(LoadgenError::kafka(format!("end offset of {target}/{p}")))?;
             let offset = match start {
-                Start::Beginning => Offset::Beginning,
-                Start::End => {
-                    let (_, high) = consumer
-                        .fetch_watermarks(target, p, wait)
-                        .map_err(LoadgenError::kafka(format!("end offset of {target}/{p}")))?;
-                    Offset::Offset(high)
+                Start::Beginning => {
+                    if high > low {
+                        behind.push((p, high));
+                    }
+                    Offset::Beginning
                 }
+                Start::End => Offset::Offset(high),
             };
             tpl.add_partition_offset(target, p, offset)
                 .map_err(LoadgenError::kafka("assignment"))?;
@@ -224,34 +234,63 @@ impl Verifier {
             run_id: run_id.to_string(),
             expect,
             timeout,
+            behind,
         })
     }
 
+    /// Has the consumer read every partition up to where it ended at assignment?
+    fn caught_up(&mut self) -> bool {
+        if self.behind.is_empty() {
+            return true;
+        }
+        if let Ok(pos) = self.consumer.position() {
+            let target = &self.target;
+            self.behind.retain(|(p, end)| {
+                match pos.find_partition(target, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o < *end,
+                    _ => true,
+                }
+            });
+        }
+        self.behind.is_empty()
+    }
+
     /// Reads until every expected record has been seen (and [`LINGER`] more), or
-    /// until `timeout` after the expected count became known. `expected` holds
-    /// `None` while the producer is still running, then the records it had
-    /// acknowledged.
+    /// until `timeout` after the expected records became known (and, reading from
+    /// the beginning, the consumer reached the topic's end as it was at
+    /// assignment). `expected` holds `None` while the producer is still running,
+    /// then the sequence numbers the broker acknowledged.
     pub async fn run(
         mut self,
-        mut expected: watch::Receiver<Option<u64>>,
+        mut expected: watch::Receiver<Option<Arc<SeqSet>>>,
         live: Arc<Live>,
     ) -> Result<VerifyReport, LoadgenError> {
         let started = Instant::now();
         let mut r = VerifyReport::default();
-        let mut seen = Seen::default();
-        let mut latencies: Vec<u64> = Vec::new();
+        let mut seen = SeqSet::default();
+        let mut latency = Histogram::default();
         let mut deadline: Option<Instant> = None;
         let mut complete_at: Option<Instant> = None;
+        // Expected records not seen yet, once the expected set is known.
+        let mut remaining: Option<u64> = None;
         loop {
-            let want = *expected.borrow_and_update();
-            if let Some(n) = want {
+            let want = expected.borrow_and_update().clone();
+            if let Some(acked) = &want {
                 let now = Instant::now();
-                let deadline = *deadline.get_or_insert(now + self.timeout);
-                if r.seen >= n {
+                let left = *remaining.get_or_insert_with(|| acked.absent_from(&seen, 0).0);
+                if live.stopped() {
+                    r.interrupted = true;
+                    let soon = now + STOPPED_TIMEOUT;
+                    deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                }
+                if deadline.is_none() && self.caught_up() {
+                    deadline = Some(now + self.timeout);
+                }
+                if left == 0 {
                     if *complete_at.get_or_insert(now + LINGER) <= now {
                         break;
                     }
-                } else if now >= deadline {
+                } else if deadline.is_some_and(|d| now >= d) {
                     break;
                 }
             }
@@ -265,68 +304,99 @@ impl Verifier {
                 }
                 Ok(Ok(m)) => m,
             };
-            let (mut run, mut seq, mut ts) = (None, None, None);
+            let (mut run, mut seq, mut ts, mut tombstone) = (None, None, None, false);
             if let Some(hs) = msg.headers() {
                 for h in hs.iter() {
                     let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
                     match h.key {
                         RUN_HEADER => run = v,
-                        SEQ_HEADER => seq = v.and_then(|s| s.parse::<u64>().ok()),
+                        SEQ_HEADER => seq = Some(v.and_then(|s| s.parse::<u64>().ok())),
                         TS_HEADER => ts = v.and_then(|s| s.parse::<u64>().ok()),
+                        TOMBSTONE_HEADER => tombstone = true,
                         _ => {}
                     }
                 }
             }
-            let (Some(seq), true) = (seq, run == Some(self.run_id.as_str())) else {
+            if run != Some(self.run_id.as_str()) {
                 r.other += 1;
                 continue;
+            }
+            let at = format!("{}/{}@{}", self.target, msg.partition(), msg.offset());
+            // Sequence numbers above what was sent belong to another run that reused
+            // this run id; checking them could also make the seen set huge.
+            let bound = match &want {
+                Some(acked) => acked.end().max(live.sent.load(Ordering::Relaxed)),
+                None => live.sent.load(Ordering::Relaxed),
+            };
+            let seq = match seq {
+                Some(Some(s)) if s < bound => s,
+                Some(Some(_)) => {
+                    r.other += 1;
+                    continue;
+                }
+                _ => {
+                    r.malformed += 1;
+                    note(
+                        &mut r.problems,
+                        format!("{at}: malformed: no valid sequence number header"),
+                    );
+                    continue;
+                }
             };
             if seen.insert(seq) {
-                r.seen += 1;
-                live.seen.store(r.seen, Ordering::Relaxed);
                 if let Some(ts) = ts {
-                    latencies.push(now_micros().saturating_sub(ts));
+                    latency.record(now_micros().saturating_sub(ts));
                 }
+                if let (Some(acked), Some(left)) = (&want, remaining.as_mut()) {
+                    if acked.contains(seq) {
+                        *left = left.saturating_sub(1);
+                    }
+                }
+                live.seen.store(seen.len(), Ordering::Relaxed);
             } else {
                 r.duplicates += 1;
             }
-            let at = format!("{}/{}@{}", self.target, msg.partition(), msg.offset());
-            match self.expect.check(msg.payload()).await? {
+            match self.expect.check(msg.payload(), tombstone).await {
                 Verdict::Tombstone => r.tombstones += 1,
                 Verdict::Encrypted(n) => r.fields_checked += n,
                 Verdict::Unencrypted(why) => {
                     r.unencrypted += 1;
-                    if r.problems.len() < MAX_PROBLEMS {
-                        r.problems.push(format!("{at}: unencrypted: {why}"));
-                    }
+                    note(&mut r.problems, format!("{at}: unencrypted: {why}"));
                 }
                 Verdict::Malformed(why) => {
                     r.malformed += 1;
-                    if r.problems.len() < MAX_PROBLEMS {
-                        r.problems.push(format!("{at}: malformed: {why}"));
-                    }
+                    note(&mut r.problems, format!("{at}: malformed: {why}"));
                 }
             }
         }
-        r.expected = expected.borrow().unwrap_or(0);
-        r.missing = r.expected.saturating_sub(r.seen);
-        r.latency_ms = Latency::of(&mut latencies);
+        let acked = expected.borrow().clone().unwrap_or_default();
+        r.expected = acked.len();
+        r.seen = seen.len();
+        let (missing, first) = acked.absent_from(&seen, MAX_PROBLEMS);
+        r.missing = missing;
+        if missing > 0 {
+            let list: Vec<String> = first.iter().map(u64::to_string).collect();
+            // First, whatever else was noted: it is the headline.
+            r.problems.insert(
+                0,
+                format!(
+                    "missing: {missing} records, the first with sequence numbers {}",
+                    list.join(", ")
+                ),
+            );
+        }
+        r.latency_ms = latency.summary();
         r.seconds = started.elapsed().as_secs_f64();
         Ok(r)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How long the verifier keeps reading after a stop request.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(5);
 
-    #[test]
-    fn seen_marks_each_sequence_once() {
-        let mut s = Seen::default();
-        assert!(s.insert(0));
-        assert!(s.insert(130));
-        assert!(!s.insert(130));
-        assert!(s.insert(129));
-        assert!(!s.insert(0));
+/// Keeps the first few problems.
+fn note(problems: &mut Vec<String>, p: String) {
+    if problems.len() < MAX_PROBLEMS {
+        problems.push(p);
     }
 }
