@@ -155,7 +155,8 @@ pub struct ProduceReport {
     pub seconds: f64,
     /// Then, waiting for the last acknowledgements.
     pub flush_seconds: f64,
-    /// Records acknowledged per second of the send window.
+    /// Records acknowledged per second, from the first send to the last
+    /// acknowledgement.
     pub rate: f64,
     /// Stopped early by a signal.
     pub interrupted: bool,
