@@ -40,13 +40,11 @@ SCHEMA="$ROOT/schemas/customer_cdc.avsc"
 BROKER_STARTED=0
 FC_PID=""
 
-log_tail() {
-  if [[ -s "$1" ]]; then
-    echo "---- last lines of $1 ----" >&2
-    tail -n 40 "$1" >&2
-    echo "----" >&2
-  fi
-}
+SCRIPT_NAME=quickstart
+COMMANDS=()
+# die, log_tail, note_cmd, run
+# shellcheck source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 
 cleanup() {
   local rc=$?
@@ -77,11 +75,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-die() {
-  echo "quickstart: $*" >&2
-  exit 1
-}
 
 # True if something accepts TCP connections on 127.0.0.1:$1.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -273,9 +273,12 @@ impl Verifier {
         let mut complete_at: Option<Instant> = None;
         // Expected records not seen yet, once the expected set is known.
         let mut remaining: Option<u64> = None;
+        // One past the largest acknowledged sequence number, once known.
+        let mut acked_end: Option<u64> = None;
         loop {
             let want = expected.borrow_and_update().clone();
             if let Some(acked) = &want {
+                acked_end.get_or_insert_with(|| acked.end());
                 let now = Instant::now();
                 let left = *remaining.get_or_insert_with(|| acked.absent_from(&seen, 0).0);
                 if live.stopped() {
@@ -321,13 +324,12 @@ impl Verifier {
                 r.other += 1;
                 continue;
             }
-            let at = format!("{}/{}@{}", self.target, msg.partition(), msg.offset());
+            // Where the record is, for problems only (never its contents).
+            let at = || format!("{}/{}@{}", self.target, msg.partition(), msg.offset());
             // Sequence numbers above what was sent belong to another run that reused
             // this run id; checking them could also make the seen set huge.
-            let bound = match &want {
-                Some(acked) => acked.end().max(live.sent.load(Ordering::Relaxed)),
-                None => live.sent.load(Ordering::Relaxed),
-            };
+            let sent = live.sent.load(Ordering::Relaxed);
+            let bound = acked_end.map_or(sent, |end| end.max(sent));
             let seq = match seq {
                 Some(Some(s)) if s < bound => s,
                 Some(Some(_)) => {
@@ -338,7 +340,7 @@ impl Verifier {
                     r.malformed += 1;
                     note(
                         &mut r.problems,
-                        format!("{at}: malformed: no valid sequence number header"),
+                        format!("{}: malformed: no valid sequence number header", at()),
                     );
                     continue;
                 }
@@ -361,11 +363,11 @@ impl Verifier {
                 Verdict::Encrypted(n) => r.fields_checked += n,
                 Verdict::Unencrypted(why) => {
                     r.unencrypted += 1;
-                    note(&mut r.problems, format!("{at}: unencrypted: {why}"));
+                    note(&mut r.problems, format!("{}: unencrypted: {why}", at()));
                 }
                 Verdict::Malformed(why) => {
                     r.malformed += 1;
-                    note(&mut r.problems, format!("{at}: malformed: {why}"));
+                    note(&mut r.problems, format!("{}: malformed: {why}", at()));
                 }
             }
         }
