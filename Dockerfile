@@ -21,15 +21,15 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 # ---------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 
-# librdkafka is compiled from source (rdkafka's cmake-build feature, linked
-# statically) and zstd from its C sources: cmake and a C toolchain. OpenSSL
-# (librdkafka's TLS, reqwest's native-tls) and zlib are linked dynamically.
-# libcurl4-openssl-dev matches CI (.ci/run); librdkafka is built WITH_CURL=0.
+# librdkafka is compiled from source (its own configure + make, linked
+# statically, built without libcurl) and zstd from its C sources: a C toolchain
+# and make, no cmake. OpenSSL (librdkafka's TLS, reqwest's native-tls) and zlib
+# are linked dynamically.
 # Packages are not version-pinned: bookworm's point releases carry security fixes.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev \
+      build-essential pkg-config libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

@@ -15,6 +15,13 @@ reads and writes them with one schema file per route.
       every value (a value that does not decode is an error); print the first K
       records as JSON (bytes as "b64:...", headers listed; undecoded values as b64);
       prints "consumed N records"; exit 2 if fewer than N arrived in time
+  compare --bootstrap B --source T --encrypted T2 --decrypted T3 --schema S.avsc
+          --encrypted-schema E.avsc --count N [--seq-header H] [--timeout-seconds S]
+      read all three topics from the earliest offset until each holds the N records
+      that carry the sequence header H (loadgen's); print one source record next to
+      its encrypted form, field by field; check that every decrypted record is
+      byte-for-byte its source record (tombstones included); exit 1 on a mismatch,
+      2 if records are missing
 
 Needs: pip install confluent-kafka fastavro==1.13.1
 """
@@ -224,6 +231,105 @@ def consume(args):
         sys.exit(2)
 
 
+# ---------------------------------------------------------------------- compare
+
+
+def read_by_seq(bootstrap, topic, count, header, timeout_seconds):
+    """{seq: (value bytes or None, headers)} for the records carrying `header`."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"kafka-tool-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    out = {}
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    die(f"consume error on {topic}: {msg.error()}")
+                headers = dict(msg.headers() or [])
+                seq = headers.get(header)
+                if seq is None:
+                    continue
+                out[int(seq.decode("ascii"))] = (msg.value(), headers)
+    finally:
+        consumer.close()
+    return out
+
+
+def flatten(value, prefix=""):
+    """[(path, leaf)] of a decoded record, nested records joined with dots."""
+    if isinstance(value, dict):
+        rows = []
+        for k, v in value.items():
+            rows.extend(flatten(v, f"{prefix}{k}."))
+        return rows
+    return [(prefix[:-1], value)]
+
+
+def shown(v, width):
+    text = "null" if v is None else json.dumps(jsonable(v), ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def compare(args):
+    with open(args.schema) as f:
+        schema = fastavro.parse_schema(json.load(f))
+    with open(args.encrypted_schema) as f:
+        enc_schema = fastavro.parse_schema(json.load(f))
+    topics = {"source": args.source, "encrypted": args.encrypted, "decrypted": args.decrypted}
+    got = {}
+    for role, topic in topics.items():
+        got[role] = read_by_seq(args.bootstrap, topic, args.count, args.seq_header, args.timeout_seconds)
+        print(f"{role:>9}: {len(got[role])} records in {topic}")
+    short = [role for role in topics if len(got[role]) < args.count]
+    if short:
+        die(f"fewer than {args.count} records in: {', '.join(topics[r] for r in short)}", code=2)
+
+    def decode(b, s):
+        return None if b is None else fastavro.schemaless_reader(BytesIO(b), s, None)
+
+    # One record to show: the first update (before and after both set), else the first value.
+    seqs = sorted(got["source"])
+    pick = next(
+        (q for q in seqs if got["source"][q][0] is not None and (decode(got["source"][q][0], schema) or {}).get("op") == "u"),
+        next((q for q in seqs if got["source"][q][0] is not None), None),
+    )
+    if pick is not None:
+        src = dict(flatten(decode(got["source"][pick][0], schema)))
+        enc = flatten(decode(got["encrypted"][pick][0], enc_schema))
+        width = 44
+        print(f"\nrecord seq {pick}, field by field (bytes as base64):")
+        print(f"  {'field':<24} {'source':<{width}} {'encrypted':<{width}}")
+        for path, e in enc:
+            if path in src:
+                s = src[path]
+                what = "" if s == e else "  <- encrypted"
+            else:
+                s, what = "", "  <- blind index (added)"
+            print(f"  {path:<24} {shown(s, width) if s != '' else '':<{width}} {shown(e, width):<{width}}{what}")
+    equal = tombstones = 0
+    bad = []
+    for q in seqs:
+        s, d = got["source"][q][0], got["decrypted"][q][0]
+        if s == d:
+            equal += 1
+            tombstones += s is None
+        else:
+            bad.append(q)
+    print(f"\n{equal} of {len(seqs)} decrypted records equal their source byte for byte ({tombstones} tombstones)")
+    if bad:
+        die(f"{len(bad)} decrypted records differ from their source, first seqs: {bad[:10]}")
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -257,6 +363,18 @@ def main():
     co.add_argument("--group", default=None, help="consumer group (default: a fresh random one)")
     co.add_argument("--pretty", action="store_true", help="indent the printed JSON")
     co.set_defaults(func=consume)
+
+    cm = sub.add_parser("compare", help="source vs encrypted vs decrypted topics, joined by loadgen's sequence header")
+    cm.add_argument("--bootstrap", required=True)
+    cm.add_argument("--source", required=True)
+    cm.add_argument("--encrypted", required=True)
+    cm.add_argument("--decrypted", required=True)
+    cm.add_argument("--schema", required=True, help="writer schema (.avsc) of the source values")
+    cm.add_argument("--encrypted-schema", required=True, help="the derived schema (fieldcrypt plan --output-schema)")
+    cm.add_argument("--count", type=int, required=True, help="records the load generator produced")
+    cm.add_argument("--seq-header", default="loadgen.seq")
+    cm.add_argument("--timeout-seconds", type=float, default=60)
+    cm.set_defaults(func=compare)
 
     args = p.parse_args()
     try:

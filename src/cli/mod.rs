@@ -474,6 +474,8 @@ async fn run(cmd: Command) -> Result<()> {
         } => {
             let json = read_schema(&schema)?;
             let tree = SchemaTree::compile(&json)?;
+            fieldcrypt::sample::check(&tree)
+                .map_err(|m| anyhow::anyhow!("schema {}: {m}", schema.display()))?;
             let c = fieldcrypt::avro::container::parse_codec(&codec)?;
             fieldcrypt::sample::write_file(&json, &tree, count, seed, c, &codec, &output)
                 .with_context(|| format!("cannot write {}", output.display()))?;

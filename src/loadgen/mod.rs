@@ -36,16 +36,18 @@ use crate::schema::SchemaError;
 use produce::{produce, ProduceSpec};
 use verify::{Expectations, Start, Verifier};
 
-/// Header naming the load-generator run a record belongs to.
-pub const RUN_HEADER: &str = "fieldcrypt.loadgen.run";
+/// Header naming the load-generator run a record belongs to. The `loadgen.`
+/// headers are outside the `fieldcrypt.` namespace, which the pipeline keeps for
+/// its own headers, so they pass through it like any application header.
+pub const RUN_HEADER: &str = "loadgen.run";
 /// Header with the record's sequence number within its run (decimal).
-pub const SEQ_HEADER: &str = "fieldcrypt.loadgen.seq";
+pub const SEQ_HEADER: &str = "loadgen.seq";
 /// Header with the record's creation time, microseconds since the Unix epoch
 /// (decimal): when it was due at the target rate, or when it was sent at rate 0.
-pub const TS_HEADER: &str = "fieldcrypt.loadgen.ts";
+pub const TS_HEADER: &str = "loadgen.ts";
 /// Header present (value `1`) on tombstones only, so a value lost on the way (a null
 /// where a record was sent) is told apart from a tombstone.
-pub const TOMBSTONE_HEADER: &str = "fieldcrypt.loadgen.tombstone";
+pub const TOMBSTONE_HEADER: &str = "loadgen.tombstone";
 
 /// Why a load run could not start or finish. Never contains field values or keys.
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +519,8 @@ pub async fn run(
     }
     let (path, json) = load_schema(config, spec.schema.as_ref(), route.as_ref())?;
     let tree = SchemaTree::compile(&json)?;
+    crate::sample::check(&tree)
+        .map_err(|m| LoadgenError::Invalid(format!("schema {}: {m}", path.display())))?;
     let envelope = Envelope::detect(&tree).is_some();
     let shape = match spec.cdc {
         Some(true) | None if envelope => Shape::ChangeEvents,
