@@ -358,7 +358,20 @@ pub struct SchemaConfig {
     pub default_deterministic_domain: String,
     /// `error` (default) or `ignore`: a rule whose record is not in the schema.
     pub unmatched_rules: Unmatched,
+    /// Schema files (`.avsc`) that define named types other schemas use without
+    /// defining them (Confluent schema references, in file mode and for routes'
+    /// raw schemas); each such type is defined at its first use.
+    pub reference_files: Vec<PathBuf>,
+    /// Deepest nesting of values followed in a record (records, arrays and maps
+    /// inside one another; a union adds no level), default 256, at most 10,000.
+    /// Deeper records are dead letters with code `too_deep`.
+    pub max_depth: usize,
 }
+
+/// Default of `schema.max_depth`.
+pub const DEFAULT_MAX_DEPTH: usize = 256;
+/// Ceiling of `schema.max_depth`: deeper would risk the transform's stack.
+pub const MAX_DEPTH_CEILING: usize = 10_000;
 
 impl Default for SchemaConfig {
     fn default() -> Self {
@@ -366,7 +379,16 @@ impl Default for SchemaConfig {
             blind_index_suffix: "_bidx".into(),
             default_deterministic_domain: "default".into(),
             unmatched_rules: Unmatched::Error,
+            reference_files: Vec::new(),
+            max_depth: DEFAULT_MAX_DEPTH,
         }
+    }
+}
+
+impl SchemaConfig {
+    /// The named types of `reference_files`.
+    pub fn references(&self) -> Result<crate::schema::References, crate::schema::SchemaError> {
+        crate::schema::References::from_files(&self.reference_files)
     }
 }
 
@@ -426,6 +448,12 @@ impl Config {
 
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_DEPTH_CEILING).contains(&self.schema.max_depth) {
+            return Err(invalid(
+                "schema.max_depth",
+                format!("must be from 1 to {MAX_DEPTH_CEILING} (default {DEFAULT_MAX_DEPTH})"),
+            ));
+        }
         match self.kms.provider {
             KmsProvider::Local if self.kms.kek_file.as_os_str().is_empty() => {
                 return Err(invalid("kms.kek_file", "must name a file"))
@@ -659,6 +687,7 @@ impl Config {
                 default_deterministic_domain: self.schema.default_deterministic_domain.clone(),
             },
             blind_index_suffix: self.schema.blind_index_suffix.clone(),
+            max_depth: self.schema.max_depth,
             text_only_domains: self
                 .blind_index
                 .domains

@@ -201,7 +201,11 @@ impl Engine {
         label: &str,
     ) -> Result<Arc<Decryptor>, EngineError> {
         self.decryptors.get_or_build(schema, || {
-            let plan = Arc::new(DecryptPlan::build(schema, label)?);
+            let plan = Arc::new(DecryptPlan::build_with_depth(
+                schema,
+                label,
+                self.config.schema.max_depth,
+            )?);
             Ok(Decryptor::new(plan, self.keys.clone()))
         })
     }

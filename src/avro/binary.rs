@@ -9,7 +9,9 @@ use std::fmt;
 
 use crate::schema::model::{Node, NodeId, SchemaTree};
 
-/// Deepest nesting of values we follow before calling the input hostile.
+/// Deepest nesting of values followed by default before calling the input hostile
+/// (records, arrays and maps inside one another; a union adds no level). A tree's
+/// own limit is [`SchemaTree::max_depth`] (config `schema.max_depth`).
 pub const MAX_DEPTH: usize = 256;
 /// Most items in one array or map block when an item can encode to zero bytes.
 pub const MAX_ZERO_SIZE_ITEMS: i64 = 1 << 20;
@@ -34,8 +36,8 @@ pub enum DecodeErrorKind {
     BadEnumIndex,
     /// More zero-size items in one array or map than [`MAX_ZERO_SIZE_ITEMS`].
     TooManyItems,
-    /// Values nested deeper than [`MAX_DEPTH`].
-    TooDeep,
+    /// Values nested deeper than the limit it carries ([`SchemaTree::max_depth`]).
+    TooDeep(usize),
     /// Bytes left over after the record.
     TrailingBytes(usize),
 }
@@ -84,7 +86,9 @@ impl fmt::Display for DecodeError {
             DecodeErrorKind::TooManyItems => {
                 format!("more than {MAX_ZERO_SIZE_ITEMS} zero-size items in one array or map")
             }
-            DecodeErrorKind::TooDeep => format!("values nested deeper than {MAX_DEPTH}"),
+            DecodeErrorKind::TooDeep(n) => {
+                format!("values nested deeper than the limit of {n} levels (schema.max_depth)")
+            }
             DecodeErrorKind::TrailingBytes(n) => format!("{n} bytes left after the record"),
         };
         if self.path.is_empty() {
@@ -291,8 +295,8 @@ pub fn walk<S: Sink>(
     sink: &mut S,
     depth: usize,
 ) -> Result<(), DecodeError> {
-    if depth > MAX_DEPTH {
-        return Err(cur.err(DecodeErrorKind::TooDeep));
+    if depth > tree.max_depth {
+        return Err(cur.err(DecodeErrorKind::TooDeep(tree.max_depth)));
     }
     match tree.node(node) {
         Node::Null => {}
@@ -321,7 +325,8 @@ pub fn walk<S: Sink>(
         Node::Union(branches) => {
             let i = cur.read_branch(branches.len())?;
             sink.long(i as i64);
-            walk(tree, branches[i], cur, sink, depth + 1)?;
+            // The branch is the same value, not one nested in it.
+            walk(tree, branches[i], cur, sink, depth)?;
         }
         Node::Array(item) => {
             let min = tree.min_size(*item);

@@ -20,7 +20,6 @@ use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
 use fieldcrypt::loadgen::{self, Limit, LoadSpec};
 use fieldcrypt::schema::model::SchemaTree;
-use fieldcrypt::schema::parse_schema_json;
 
 /// Field-level encryption for Avro records: Kafka streams and Avro files.
 #[derive(Debug, Parser)]
@@ -54,6 +53,11 @@ enum Command {
         config: Option<PathBuf>,
         /// Avro schema file (.avsc).
         schema: PathBuf,
+        /// A schema file defining named types the schema uses without defining
+        /// them (a Confluent schema reference); repeat for several. Adds to the
+        /// config's schema.reference_files.
+        #[arg(long = "schema-path", value_name = "FILE.avsc")]
+        schema_paths: Vec<PathBuf>,
         /// Write the derived (encrypted) output schema here.
         #[arg(long)]
         output_schema: Option<PathBuf>,
@@ -158,9 +162,16 @@ enum Command {
     },
     /// Write random records of a schema to an Avro container file.
     Sample {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Avro schema file (.avsc).
         #[arg(long)]
         schema: PathBuf,
+        /// A schema file defining named types the schema uses without defining
+        /// them (a Confluent schema reference); repeat for several. The records'
+        /// file carries the schema with those types defined in it.
+        #[arg(long = "schema-path", value_name = "FILE.avsc")]
+        schema_paths: Vec<PathBuf>,
         /// Number of records.
         #[arg(long, default_value_t = 1000)]
         count: u64,
@@ -294,9 +305,25 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn read_schema(path: &Path) -> Result<serde_json::Value> {
+    read_schema_with(path, &fieldcrypt::schema::References::default())
+}
+
+/// Reads a schema whose referenced types come from `refs`.
+fn read_schema_with(
+    path: &Path,
+    refs: &fieldcrypt::schema::References,
+) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read schema {}", path.display()))?;
-    parse_schema_json(&text).with_context(|| format!("schema {}", path.display()))
+    Ok(fieldcrypt::schema::parse_schema_with(&text, refs)
+        .map_err(|e| anyhow::anyhow!("schema {}: {e}", path.display()))?)
+}
+
+/// The named types of the config's schema.reference_files and of `--schema-path`.
+fn references(cfg: &Config, extra: &[PathBuf]) -> Result<fieldcrypt::schema::References> {
+    let mut paths = cfg.schema.reference_files.clone();
+    paths.extend_from_slice(extra);
+    Ok(fieldcrypt::schema::References::from_files(&paths)?)
 }
 
 async fn run(cmd: Command) -> Result<()> {
@@ -305,10 +332,11 @@ async fn run(cmd: Command) -> Result<()> {
         Command::Plan {
             config,
             schema,
+            schema_paths,
             output_schema,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let json = read_schema(&schema)?;
+            let json = read_schema_with(&schema, &references(&cfg, &schema_paths)?)?;
             let plan = fieldcrypt::schema::plan::EncryptPlan::build(
                 &json,
                 &schema.display().to_string(),
@@ -466,13 +494,16 @@ async fn run(cmd: Command) -> Result<()> {
         }
         Command::Cat { file, limit } => display::cat(&file, limit),
         Command::Sample {
+            config,
             schema,
+            schema_paths,
             count,
             seed,
             codec,
             output,
         } => {
-            let json = read_schema(&schema)?;
+            let cfg = load_config(config.as_deref())?;
+            let json = read_schema_with(&schema, &references(&cfg, &schema_paths)?)?;
             let tree = SchemaTree::compile(&json)?;
             fieldcrypt::sample::check(&tree)
                 .map_err(|m| anyhow::anyhow!("schema {}: {m}", schema.display()))?;

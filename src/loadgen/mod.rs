@@ -467,10 +467,12 @@ fn load_schema(
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    let json = crate::schema::parse_schema_json(&text).map_err(|e| LoadgenError::SchemaFile {
-        path: path.clone(),
-        msg: e.to_string(),
-    })?;
+    let refs = config.schema.references()?;
+    let json =
+        crate::schema::parse_schema_with(&text, &refs).map_err(|e| LoadgenError::SchemaFile {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
     if let (Some(r), None) = (route, &config.schema_registry.url) {
         if let Some(rs) = r.value_schema.as_ref().filter(|rs| **rs != path) {
             let (_, theirs) = load_schema(config, Some(rs), None)?;

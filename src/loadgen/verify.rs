@@ -63,9 +63,10 @@ impl Expectations {
         registry: Option<Arc<SchemaRegistry>>,
     ) -> Result<Self, LoadgenError> {
         let plan = EncryptPlan::build(source_schema, "the load generator's schema", plan_config)?;
-        let derived = Arc::new(Inspector::new(Arc::new(DecryptPlan::build(
+        let derived = Arc::new(Inspector::new(Arc::new(DecryptPlan::build_with_depth(
             &plan.output_json,
             "the derived output schema",
+            plan_config.max_depth,
         )?)));
         Ok(Expectations {
             required: derived.encrypted_fields(),

@@ -22,7 +22,7 @@ use crate::kafka::route::KeyFormat;
 use crate::kafka::wire;
 use crate::keys::{Dek, KmsError};
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
-use crate::schema::parse_schema_json;
+use crate::schema::parse_schema_with;
 use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, Decryptor, Encryptor, TransformErrorKind};
 
@@ -135,13 +135,17 @@ impl Transformer {
         registry: Option<Arc<SchemaRegistry>>,
     ) -> Result<Self, String> {
         let mode = config.pipeline.mode;
+        let refs = config
+            .schema
+            .references()
+            .map_err(|e| format!("schema.reference_files: {e}"))?;
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let load = |key: &str, path: &std::path::Path, is_key: bool| {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     format!("routes[{i}].{key}: cannot read {}: {e}", path.display())
                 })?;
-                let json = parse_schema_json(&text)
+                let json = parse_schema_with(&text, &refs)
                     .map_err(|e| format!("routes[{i}].{key} {}: {e}", path.display()))?;
                 codec_for(&engine, mode, &json, &path.display().to_string(), is_key)
                     .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))

@@ -71,8 +71,14 @@ pub struct SchemaTree {
     pub names: HashMap<String, NodeId>,
     /// `logicalType` of nodes that declare one.
     pub logical: HashMap<NodeId, String>,
+    /// Attributes of named-type definitions beyond Avro's own (`sensitive`,
+    /// `confluent:tags`, `connect.*`, ...), by node.
+    pub named_attrs: HashMap<NodeId, Map<String, Json>>,
     /// Per node: a lower bound on its encoded size (see [`SchemaTree::min_size`]).
     min_sizes: Vec<usize>,
+    /// Deepest nesting of values the walkers follow in a datum of this schema
+    /// (records, arrays and maps inside one another; a union adds no level).
+    pub max_depth: usize,
 }
 
 const PRIMITIVES: [&str; 8] = [
@@ -86,6 +92,7 @@ impl SchemaTree {
             nodes: Vec::new(),
             names: HashMap::new(),
             logical: HashMap::new(),
+            named_attrs: HashMap::new(),
         };
         let root = b.node(json, "", "")?;
         let mut tree = SchemaTree {
@@ -93,7 +100,9 @@ impl SchemaTree {
             root,
             names: b.names,
             logical: b.logical,
+            named_attrs: b.named_attrs,
             min_sizes: Vec::new(),
+            max_depth: crate::avro::binary::MAX_DEPTH,
         };
         tree.min_sizes = tree.compute_min_sizes();
         Ok(tree)
@@ -141,6 +150,33 @@ impl SchemaTree {
         match &self.nodes[id] {
             Node::Union(bs) => bs.iter().position(|b| matches!(self.nodes[*b], Node::Null)),
             _ => None,
+        }
+    }
+
+    /// Is `v` a valid default value (Avro's JSON form) for this node? Unions accept
+    /// a value of any branch, as apache-avro and fastavro do.
+    pub fn default_is_valid(&self, id: NodeId, v: &Json) -> bool {
+        match (&self.nodes[id], v) {
+            (Node::Null, Json::Null) | (Node::Boolean, Json::Bool(_)) => true,
+            (Node::Int, Json::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+            (Node::Long, Json::Number(n)) => n.as_i64().is_some(),
+            (Node::Float | Node::Double, Json::Number(_)) => true,
+            (Node::Float | Node::Double, Json::String(s)) => {
+                matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
+            }
+            (Node::Bytes | Node::String, Json::String(_)) => true,
+            (Node::Fixed { size, .. }, Json::String(s)) => s.chars().count() == *size,
+            (Node::Enum { symbols, .. }, Json::String(s)) => symbols.contains(s),
+            (Node::Array(i), Json::Array(items)) => {
+                items.iter().all(|x| self.default_is_valid(*i, x))
+            }
+            (Node::Map(val), Json::Object(m)) => m.values().all(|x| self.default_is_valid(*val, x)),
+            (Node::Record(r), Json::Object(m)) => r.fields.iter().all(|f| match m.get(&f.name) {
+                Some(x) => self.default_is_valid(f.node, x),
+                None => f.json.contains_key("default"),
+            }),
+            (Node::Union(bs), _) => bs.iter().any(|b| self.default_is_valid(*b, v)),
+            _ => false,
         }
     }
 
@@ -214,7 +250,21 @@ struct Builder {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
     logical: HashMap<NodeId, String>,
+    named_attrs: HashMap<NodeId, Map<String, Json>>,
 }
+
+/// Keys Avro itself gives meaning to in a named-type definition.
+const AVRO_KEYS: [&str; 9] = [
+    "type",
+    "name",
+    "namespace",
+    "fields",
+    "symbols",
+    "size",
+    "doc",
+    "aliases",
+    "default",
+];
 
 impl Builder {
     fn push(&mut self, n: Node) -> NodeId {
@@ -298,6 +348,19 @@ impl Builder {
         at: &str,
     ) -> Result<NodeId, SchemaError> {
         let id = self.complex_inner(obj, ns, at)?;
+        if matches!(
+            obj.get("type").and_then(Json::as_str),
+            Some("record" | "error" | "enum" | "fixed")
+        ) {
+            let extra: Map<String, Json> = obj
+                .iter()
+                .filter(|(k, _)| !AVRO_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !extra.is_empty() {
+                self.named_attrs.insert(id, extra);
+            }
+        }
         if let Some(l) = obj.get("logicalType").and_then(Json::as_str) {
             self.logical.insert(id, l.to_string());
         }

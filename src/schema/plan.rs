@@ -27,6 +27,8 @@ pub struct PlanConfig {
     pub blind_index_suffix: String,
     /// Blind-index domains that normalise text and so only apply to strings.
     pub text_only_domains: HashSet<String>,
+    /// Deepest nesting of values the walkers follow (`schema.max_depth`).
+    pub max_depth: usize,
 }
 
 /// What a blind index hashes, by the source field's (non-null) type.
@@ -113,7 +115,8 @@ pub struct EncryptPlan {
 impl EncryptPlan {
     /// Builds the plan for `json`; `label` names the schema in errors.
     pub fn build(json: &Json, label: &str, cfg: &PlanConfig) -> Result<Self, SchemaError> {
-        let tree = SchemaTree::compile(json)?;
+        let mut tree = SchemaTree::compile(json)?;
+        tree.max_depth = cfg.max_depth;
         let selection = select(&tree, label, &cfg.selection)?;
         let perr = |path: &str, msg: String| SchemaError::Policy {
             schema: label.into(),
@@ -205,43 +208,20 @@ impl EncryptPlan {
         }
         check_no_index_inside_encrypted(&tree, &actions, label)?;
 
-        let mut output_json = json.clone();
-        rewrite_records(&mut output_json, "", &mut |fullname, fields| {
-            let Some(&rid) = tree.names.get(fullname) else {
-                return Ok(());
-            };
-            let old = std::mem::take(fields);
-            for (i, f) in old.into_iter().enumerate() {
-                match actions[rid].get(i) {
-                    Some(FieldAction::Encrypt(ef)) => {
-                        let obj = f.as_object().cloned().unwrap_or_default();
-                        let name = obj.get("name").cloned().unwrap_or(Json::Null);
-                        fields.push(encrypted_field_json(&obj, ef));
-                        if let Some(ix) = &ef.index {
-                            let name = format!(
-                                "{}{}",
-                                name.as_str().unwrap_or(""),
-                                cfg.blind_index_suffix
-                            );
-                            fields.push(index_field_json(&name, &obj, ef, ix));
-                        }
-                    }
-                    _ => fields.push(f),
-                }
-            }
-            Ok(())
-        })?;
-        let output_tree = SchemaTree::compile(&output_json).map_err(|e| SchemaError::Other {
+        let output_json = derive_output(json, &tree, &actions, &dirty, cfg, label)?;
+        let mut output_tree =
+            SchemaTree::compile(&output_json).map_err(|e| SchemaError::Other {
+                schema: label.into(),
+                msg: format!(
+                    "fieldcrypt derived an invalid output schema ({e}); please report this"
+                ),
+            })?;
+        output_tree.max_depth = cfg.max_depth;
+        super::check_with_apache_avro(&output_json).map_err(|e| SchemaError::Other {
             schema: label.into(),
             msg: format!(
-                "the derived output schema is invalid ({e}); this happens when a named type is \
-                 defined inside an encrypted field and used elsewhere: define it at a use that is \
-                 not encrypted"
+                "fieldcrypt derived an output schema that apache-avro rejects ({e}); please report this"
             ),
-        })?;
-        apache_avro::Schema::parse(&output_json).map_err(|e| SchemaError::Other {
-            schema: label.into(),
-            msg: format!("the derived output schema is rejected by apache-avro: {e}"),
         })?;
 
         let mut rows = Vec::new();
@@ -373,7 +353,17 @@ pub struct DecryptPlan {
 impl DecryptPlan {
     /// Builds the plan for an encrypted schema; `label` names it in errors.
     pub fn build(json: &Json, label: &str) -> Result<Self, SchemaError> {
-        let tree = SchemaTree::compile(json)?;
+        Self::build_with_depth(json, label, crate::avro::binary::MAX_DEPTH)
+    }
+
+    /// As [`build`](Self::build), following values nested up to `max_depth` levels.
+    pub fn build_with_depth(
+        json: &Json,
+        label: &str,
+        max_depth: usize,
+    ) -> Result<Self, SchemaError> {
+        let mut tree = SchemaTree::compile(json)?;
+        tree.max_depth = max_depth;
         let original_json = restore_original(json)?;
         let err = |msg: String| SchemaError::Other {
             schema: label.into(),
@@ -381,9 +371,10 @@ impl DecryptPlan {
         };
         // The schema comes from the data (a file header, a registry): check that what
         // we will write is a valid schema before writing anything.
-        apache_avro::Schema::parse(&original_json)
+        super::check_with_apache_avro(&original_json)
             .map_err(|e| err(format!("the restored original schema is invalid: {e}")))?;
-        let original_tree = SchemaTree::compile(&original_json)?;
+        let mut original_tree = SchemaTree::compile(&original_json)?;
+        original_tree.max_depth = max_depth;
         let bytes_like = |id: NodeId| match tree.node(id) {
             Node::Bytes => true,
             Node::Union(bs) => {
@@ -401,7 +392,12 @@ impl DecryptPlan {
                 .get(&r.fullname)
                 .and_then(|o| original_tree.record(*o));
             for f in &r.fields {
-                let attr = f.json.get(ATTR).and_then(Json::as_object);
+                let attr = f
+                    .json
+                    .get(ATTR)
+                    .and_then(Json::as_object)
+                    // A field kept as it was, with what the output changed about it.
+                    .filter(|a| !a.contains_key("original"));
                 if attr.is_some() && !bytes_like(f.node) {
                     return Err(err(format!(
                         "field {}.{} carries a fieldcrypt attribute but is not bytes or [null, bytes]",
@@ -483,6 +479,22 @@ pub fn restore_original(json: &Json) -> Result<Json, SchemaError> {
             match attr {
                 None => fields.push(f),
                 Some(a) if a.contains_key("blind_index_of") => {}
+                Some(a) if a.contains_key("original") => {
+                    let original =
+                        a.get("original").and_then(Json::as_object).ok_or_else(|| {
+                            SchemaError::invalid(
+                                fullname,
+                                "a \"fieldcrypt\" attribute's \"original\" is not an object",
+                            )
+                        })?;
+                    check_attr_version(fullname, a)?;
+                    let mut obj = f.as_object().cloned().unwrap_or_default();
+                    obj.remove(ATTR);
+                    for (k, v) in original {
+                        obj.insert(k.clone(), v.clone());
+                    }
+                    fields.push(Json::Object(obj));
+                }
                 Some(a) => {
                     let orig = a.get("field").filter(|v| v.is_object()).ok_or_else(|| {
                         SchemaError::invalid(
@@ -493,13 +505,7 @@ pub fn restore_original(json: &Json) -> Result<Json, SchemaError> {
                             ),
                         )
                     })?;
-                    let v = a.get("v").and_then(Json::as_u64).unwrap_or(0);
-                    if v != ATTR_VERSION {
-                        return Err(SchemaError::invalid(
-                            fullname,
-                            format!("unsupported fieldcrypt schema attribute version {v}; upgrade fieldcrypt"),
-                        ));
-                    }
+                    check_attr_version(fullname, a)?;
                     fields.push(orig.clone());
                 }
             }
@@ -507,6 +513,17 @@ pub fn restore_original(json: &Json) -> Result<Json, SchemaError> {
         Ok(())
     })?;
     Ok(out)
+}
+
+fn check_attr_version(fullname: &str, a: &Map<String, Json>) -> Result<(), SchemaError> {
+    let v = a.get("v").and_then(Json::as_u64).unwrap_or(0);
+    if v != ATTR_VERSION {
+        return Err(SchemaError::invalid(
+            fullname,
+            format!("unsupported fieldcrypt schema attribute version {v}; upgrade fieldcrypt"),
+        ));
+    }
+    Ok(())
 }
 
 /// Does this schema carry fieldcrypt attributes (is it an encrypted schema)?
@@ -518,6 +535,207 @@ pub fn is_encrypted_schema(json: &Json) -> bool {
         Ok(())
     });
     found
+}
+
+/// The output schema: encrypted fields become `bytes` (keeping the original field
+/// in the attribute), blind-index fields follow them, named types defined inside
+/// encrypted fields are defined again at their next use, and defaults that hold
+/// encrypted parts are rewritten without them. Every other field is kept as
+/// written; a field this changes keeps what it changed in its attribute.
+fn derive_output(
+    json: &Json,
+    tree: &SchemaTree,
+    actions: &[Vec<FieldAction>],
+    dirty: &[bool],
+    cfg: &PlanConfig,
+    label: &str,
+) -> Result<Json, SchemaError> {
+    let mut encrypted = HashSet::new();
+    for (id, acts) in actions.iter().enumerate() {
+        if let Some(r) = tree.record(id) {
+            for (i, a) in acts.iter().enumerate() {
+                if matches!(a, FieldAction::Encrypt(_)) {
+                    encrypted.insert((r.fullname.clone(), r.fields[i].name.clone()));
+                }
+            }
+        }
+    }
+    // Definitions that disappear with their encrypted field.
+    let mut available = std::collections::HashMap::new();
+    let mut probe = json.clone();
+    rewrite_records(&mut probe, "", &mut |fullname, fields| {
+        let inner = split_fullname(fullname).0;
+        for f in fields.iter() {
+            let name = f.get("name").and_then(Json::as_str).unwrap_or_default();
+            if encrypted.contains(&(fullname.to_string(), name.to_string())) {
+                if let Some(t) = f.get("type") {
+                    super::relocate::definitions(t, inner, &mut available);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mut output = json.clone();
+    let relocated = super::relocate::relocate(&mut output, &available, &encrypted);
+    if relocated.outside_fields {
+        return Err(SchemaError::Other {
+            schema: label.into(),
+            msg: "a named type defined inside an encrypted field is used again as a branch of \
+                  the top-level union, where its definition cannot be moved; define it in a \
+                  field that is not encrypted"
+                .into(),
+        });
+    }
+    let moved = relocated.changed;
+    rewrite_records(&mut output, "", &mut |fullname, fields| {
+        let Some(&rid) = tree.names.get(fullname) else {
+            return Ok(());
+        };
+        let Some(record) = tree.record(rid) else {
+            return Ok(());
+        };
+        let old = std::mem::take(fields);
+        for (i, f) in old.into_iter().enumerate() {
+            let (Some(action), Some(def)) = (actions[rid].get(i), record.fields.get(i)) else {
+                fields.push(f);
+                continue;
+            };
+            match action {
+                FieldAction::Encrypt(ef) => {
+                    // The field as written (relocation never touches encrypted fields).
+                    fields.push(encrypted_field_json(&def.json, ef));
+                    if let Some(ix) = &ef.index {
+                        let name = format!("{}{}", def.name, cfg.blind_index_suffix);
+                        fields.push(index_field_json(&name, &def.json, ef, ix));
+                    }
+                }
+                _ => {
+                    let Json::Object(mut obj) = f else {
+                        fields.push(f);
+                        continue;
+                    };
+                    let mut original = Map::new();
+                    if let Some(t) = moved.get(&(fullname.to_string(), def.name.clone())) {
+                        original.insert("type".into(), t.clone());
+                    }
+                    if dirty[def.node] {
+                        if let Some(d) = obj.get("default").cloned() {
+                            let index_name = |n: &str| format!("{n}{}", cfg.blind_index_suffix);
+                            match output_default(tree, actions, dirty, def.node, &d, &index_name) {
+                                Some(nd) if nd == d => {}
+                                Some(nd) => {
+                                    obj.insert("default".into(), nd);
+                                    original.insert("default".into(), d);
+                                }
+                                None => {
+                                    obj.remove("default");
+                                    original.insert("default".into(), d);
+                                }
+                            }
+                        }
+                    }
+                    if !original.is_empty() {
+                        obj.insert(
+                            ATTR.into(),
+                            json!({"v": ATTR_VERSION, "original": Json::Object(original)}),
+                        );
+                    }
+                    fields.push(Json::Object(obj));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(output)
+}
+
+/// Could a JSON default be a value of this node? (The shape only: enough to pick
+/// the union branch a default belongs to.)
+fn default_fits(tree: &SchemaTree, node: NodeId, v: &Json) -> bool {
+    match (tree.node(node), v) {
+        (Node::Null, Json::Null) | (Node::Boolean, Json::Bool(_)) => true,
+        (Node::Int | Node::Long | Node::Float | Node::Double, Json::Number(_)) => true,
+        (Node::Float | Node::Double, Json::String(s)) => {
+            matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
+        }
+        (Node::Bytes | Node::String | Node::Fixed { .. } | Node::Enum { .. }, Json::String(_)) => {
+            true
+        }
+        (Node::Array(_), Json::Array(_)) => true,
+        (Node::Map(_) | Node::Record(_), Json::Object(_)) => true,
+        (Node::Union(bs), _) => bs.iter().any(|b| default_fits(tree, *b, v)),
+        _ => false,
+    }
+}
+
+/// The output form of a default value of type `node`: encrypted parts become null
+/// where their output type starts with null, blind indexes of nulls are null, all
+/// else is kept. `None`: the value cannot be written without a ciphertext (or is
+/// not a valid default), so the default is dropped.
+fn output_default(
+    tree: &SchemaTree,
+    actions: &[Vec<FieldAction>],
+    dirty: &[bool],
+    node: NodeId,
+    v: &Json,
+    index_name: &dyn Fn(&str) -> String,
+) -> Option<Json> {
+    if !dirty[node] {
+        return Some(v.clone());
+    }
+    match tree.node(node) {
+        Node::Record(r) => {
+            let obj = v.as_object()?;
+            let mut out = Map::new();
+            for (i, f) in r.fields.iter().enumerate() {
+                let val = obj.get(&f.name).or_else(|| f.json.get("default"))?;
+                match &actions[node][i] {
+                    FieldAction::Encrypt(ef) => {
+                        let null_first = ef.nullable.is_some_and(|n| n.out_null == 0);
+                        if !(val.is_null() && null_first) {
+                            return None;
+                        }
+                        out.insert(f.name.clone(), Json::Null);
+                        if ef.index.is_some() {
+                            out.insert(index_name(&f.name), Json::Null);
+                        }
+                    }
+                    FieldAction::Recurse => {
+                        let nv = output_default(tree, actions, dirty, f.node, val, index_name)?;
+                        out.insert(f.name.clone(), nv);
+                    }
+                    FieldAction::Copy => {
+                        out.insert(f.name.clone(), val.clone());
+                    }
+                }
+            }
+            Some(Json::Object(out))
+        }
+        Node::Union(bs) => {
+            // The spec ties a union's default to its first branch; be lenient about
+            // defaults written for another branch, as apache-avro is.
+            let b = bs.iter().find(|b| default_fits(tree, **b, v))?;
+            output_default(tree, actions, dirty, *b, v, index_name)
+        }
+        Node::Array(item) => v
+            .as_array()?
+            .iter()
+            .map(|x| output_default(tree, actions, dirty, *item, x, index_name))
+            .collect::<Option<Vec<_>>>()
+            .map(Json::Array),
+        Node::Map(val) => {
+            let obj = v.as_object()?;
+            let mut out = Map::new();
+            for (k, x) in obj {
+                out.insert(
+                    k.clone(),
+                    output_default(tree, actions, dirty, *val, x, index_name)?,
+                );
+            }
+            Some(Json::Object(out))
+        }
+        _ => Some(v.clone()),
+    }
 }
 
 fn encrypted_field_json(orig: &Map<String, Json>, f: &EncryptField) -> Json {
@@ -806,5 +1024,142 @@ fn collect_rows(
             rows,
         ),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> PlanConfig {
+        PlanConfig {
+            selection: SelectionConfig {
+                default_deterministic_domain: "default".into(),
+                ..Default::default()
+            },
+            blind_index_suffix: "_bidx".into(),
+            text_only_domains: HashSet::new(),
+            max_depth: 256,
+        }
+    }
+
+    fn plan(s: &Json) -> EncryptPlan {
+        EncryptPlan::build(s, "test", &cfg()).unwrap()
+    }
+
+    /// The output is valid (our model and apache-avro), and decrypting the schema
+    /// gives back exactly the input.
+    fn round_trips(s: &Json) -> EncryptPlan {
+        let p = plan(s);
+        let d = DecryptPlan::build(&p.output_json, "out").unwrap();
+        assert_eq!(&d.original_json, s, "restore is exact");
+        p
+    }
+
+    #[test]
+    fn plans_say_what_is_encrypted_and_how() {
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "id", "type": "long"},
+            {"name": "email", "type": "string", "sensitive": {"mode": "deterministic", "blind_index": "email"}},
+            {"name": "ssn", "type": ["null", "string"], "default": null, "sensitive": true}
+        ]});
+        let p = round_trips(&s);
+        assert!(!p.is_passthrough());
+        assert_eq!(p.rows.len(), 2);
+        assert_eq!(p.rows[0].path, "email");
+        assert_eq!(p.rows[0].mode, Mode::Deterministic);
+        assert_eq!(p.rows[0].index_field.as_ref().unwrap().0, "email_bidx");
+        let f = p.output_json["fields"].as_array().unwrap();
+        let names: Vec<&str> = f.iter().map(|x| x["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["id", "email", "email_bidx", "ssn"]);
+        assert_eq!(f[1]["type"], "bytes");
+        assert_eq!(f[3]["type"], json!(["null", "bytes"]));
+        assert_eq!(f[3]["default"], Json::Null);
+        assert_eq!(
+            p.deterministic_domains(),
+            HashSet::from(["default".to_string()])
+        );
+        assert!(plan(&json!({"type": "record", "name": "P", "fields": [
+            {"name": "a", "type": "string"}]}))
+        .is_passthrough());
+    }
+
+    #[test]
+    fn defaults_of_enclosing_fields_lose_their_encrypted_parts() {
+        // A record default whose sensitive sub-field has a plaintext value: the
+        // default goes (it cannot be written without a ciphertext) and comes back
+        // on restore.
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "sub", "type": {"type": "record", "name": "Sub", "fields": [
+                {"name": "subField", "type": "string", "sensitive": true},
+                {"name": "other", "type": "int"}]},
+             "default": {"subField": "valueOfSubField", "other": 1}}
+        ]});
+        let p = round_trips(&s);
+        let sub = &p.output_json["fields"][0];
+        assert!(sub.get("default").is_none(), "{sub}");
+        assert_eq!(
+            sub[ATTR]["original"]["default"]["subField"],
+            "valueOfSubField"
+        );
+
+        // Null-first nullable encrypted parts and their indexes become null.
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "sub", "type": {"type": "record", "name": "Sub", "fields": [
+                {"name": "email", "type": ["null", "string"], "default": null,
+                 "sensitive": {"mode": "deterministic", "blind_index": "email"}},
+                {"name": "n", "type": "int", "default": 3}]},
+             "default": {"email": null}},
+            {"name": "list", "type": {"type": "array", "items": "Sub"}, "default": [{"email": null, "n": 1}]},
+            {"name": "opt", "type": ["null", "Sub"], "default": null}
+        ]});
+        let p = round_trips(&s);
+        let f = &p.output_json["fields"];
+        assert_eq!(
+            f[0]["default"],
+            json!({"email": null, "email_bidx": null, "n": 3})
+        );
+        assert_eq!(
+            f[1]["default"],
+            json!([{"email": null, "email_bidx": null, "n": 1}])
+        );
+        assert_eq!(f[2]["default"], Json::Null);
+        assert!(
+            f[2].get(ATTR).is_none(),
+            "an unchanged default is not annotated"
+        );
+    }
+
+    #[test]
+    fn a_type_first_defined_inside_an_encrypted_field_is_defined_at_its_next_use() {
+        // Debezium-style: encrypting only `before`, whose type defines Value.
+        let s = json!({"type": "record", "name": "Envelope", "namespace": "db.t", "fields": [
+            {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [
+                {"name": "id", "type": "int"},
+                {"name": "ssn", "type": "string"}]}], "default": null, "sensitive": true},
+            {"name": "after", "type": ["null", "Value"], "default": null},
+            {"name": "op", "type": "string"}
+        ]});
+        let p = round_trips(&s);
+        let after = &p.output_json["fields"][1];
+        assert_eq!(after["type"][1]["type"], "record");
+        assert_eq!(after["type"][1]["namespace"], "db.t");
+        assert_eq!(after[ATTR]["original"]["type"], json!(["null", "Value"]));
+        // The same records encrypt and the encrypted ones restore exactly.
+        assert_eq!(p.output_tree.names.len(), 2);
+    }
+
+    #[test]
+    fn moved_types_keep_the_null_namespace_and_error_types_are_records() {
+        let s = json!({"type": "record", "name": "Outer", "fields": [
+            {"name": "secret", "type": {"type": "error", "name": "Oops", "fields": [
+                {"name": "msg", "type": "string"}]}, "sensitive": true},
+            {"name": "again", "type": "Oops"}
+        ]});
+        let p = round_trips(&s);
+        assert_eq!(p.output_json["fields"][1]["type"]["type"], "error");
+        assert_eq!(p.output_json["fields"][1]["type"]["namespace"], "");
+        assert!(p.output_tree.names.contains_key("Oops"));
     }
 }

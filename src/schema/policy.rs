@@ -113,6 +113,9 @@ pub struct FieldPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Attribute,
+    /// A marking on the field's type object (`{"type": "string", "sensitive": true}`),
+    /// or on the named type it uses (its full name).
+    TypeAttribute(Option<String>),
     Tag(String),
     Rule(usize),
 }
@@ -121,6 +124,8 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Attribute => f.write_str("schema attribute"),
+            Source::TypeAttribute(None) => f.write_str("attribute on the type"),
+            Source::TypeAttribute(Some(t)) => write!(f, "attribute on type {t}"),
             Source::Tag(t) => write!(f, "tag {t}"),
             Source::Rule(i) => write!(f, "rule #{}", i + 1),
         }
@@ -263,6 +268,75 @@ pub fn select(
                     }
                 }
             }
+            // Markings on the field's own (unnamed) type objects, where Kafka Connect
+            // and Debezium put their parameters: they mean the field.
+            if let Some(ty) = f.json.get("type") {
+                let mut found = Vec::new();
+                anonymous_markings(ty, &mut found);
+                for m in found {
+                    for (spec, source) in
+                        marking_policies(m, cfg, None).map_err(|e| perr(path.clone(), e))?
+                    {
+                        put(&mut sel, (id, i), resolve(&spec, cfg), source, path.clone())?;
+                    }
+                }
+            }
+        }
+    }
+
+    // Markings on named types mean the one field that uses the type; a type used
+    // by several fields (or the top-level record) is ambiguous and refused.
+    for (name, marks) in named_markings(tree) {
+        let Some(&node) = tree.names.get(&name) else {
+            continue;
+        };
+        let users = fields_using(tree, node);
+        let names: Vec<String> = users
+            .iter()
+            .map(|&(r, i)| {
+                let rec = tree
+                    .record(r)
+                    .map(|x| x.fullname.clone())
+                    .unwrap_or_default();
+                let f = tree
+                    .record(r)
+                    .map(|x| x.fields[i].name.clone())
+                    .unwrap_or_default();
+                format!("{rec}.{f}")
+            })
+            .collect();
+        if node == tree.root || users.len() != 1 {
+            let msg = if node == tree.root {
+                "the marking is on the schema's top-level type, which no field holds; mark its \
+                 fields instead (\"sensitive\" on each field object)"
+                    .to_string()
+            } else if users.is_empty() {
+                "the marked type is not the type of any field, so the marking would protect \
+                 nothing; move it to the fields that need it"
+                    .to_string()
+            } else {
+                format!(
+                    "the marking on named type {name} is ambiguous: the type is used by {} fields \
+                     ({}), and each would be encrypted whole; put the marking on each field object \
+                     that should be encrypted instead, and remove it from the type",
+                    names.len(),
+                    names.join(", ")
+                )
+            };
+            return Err(perr(name.clone(), msg));
+        }
+        for m in marks {
+            for (spec, source) in
+                marking_policies(&m, cfg, Some(&name)).map_err(|e| perr(names[0].clone(), e))?
+            {
+                put(
+                    &mut sel,
+                    users[0],
+                    resolve(&spec, cfg),
+                    source,
+                    names[0].clone(),
+                )?;
+            }
         }
     }
 
@@ -311,6 +385,125 @@ pub fn select(
         }
     }
     Ok(sel)
+}
+
+/// Policies from one type object's `"sensitive"` and `"confluent:tags"`.
+fn marking_policies(
+    m: &serde_json::Map<String, Json>,
+    cfg: &SelectionConfig,
+    named: Option<&str>,
+) -> Result<Vec<(PolicySpec, Source)>, String> {
+    let mut out = Vec::new();
+    let source = Source::TypeAttribute(named.map(str::to_string));
+    if let Some(v) = m.get("sensitive") {
+        if let Some(spec) = attribute_policy(v)? {
+            out.push((spec, source.clone()));
+        }
+    }
+    if let Some(tags) = m.get("confluent:tags") {
+        let tags = tags
+            .as_array()
+            .ok_or("\"confluent:tags\" must be an array of strings")?;
+        for t in tags {
+            let t = t
+                .as_str()
+                .ok_or("\"confluent:tags\" must be an array of strings")?;
+            if let Some(spec) = cfg.tags.get(t) {
+                out.push((spec.clone(), Source::Tag(t.into())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_marked(m: &serde_json::Map<String, Json>) -> bool {
+    m.contains_key("sensitive") || m.contains_key("confluent:tags")
+}
+
+/// Marked type objects in a field's type that are not named definitions: the
+/// type itself, union branches, array items, map values.
+fn anonymous_markings<'a>(ty: &'a Json, out: &mut Vec<&'a serde_json::Map<String, Json>>) {
+    match ty {
+        Json::Array(branches) => branches.iter().for_each(|b| anonymous_markings(b, out)),
+        Json::Object(o) => {
+            let t = o.get("type");
+            if matches!(
+                t.and_then(Json::as_str),
+                Some("record" | "error" | "enum" | "fixed")
+            ) {
+                return; // named: handled by `named_markings`
+            }
+            if is_marked(o) {
+                out.push(o);
+            }
+            match t {
+                Some(Json::String(k)) if k == "array" => {
+                    if let Some(i) = o.get("items") {
+                        anonymous_markings(i, out)
+                    }
+                }
+                Some(Json::String(k)) if k == "map" => {
+                    if let Some(v) = o.get("values") {
+                        anonymous_markings(v, out)
+                    }
+                }
+                Some(inner @ (Json::Object(_) | Json::Array(_))) => anonymous_markings(inner, out),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Named types whose definition carries a marking, with the marked attributes.
+fn named_markings(tree: &SchemaTree) -> Vec<(String, Vec<serde_json::Map<String, Json>>)> {
+    let mut out: Vec<(String, Vec<serde_json::Map<String, Json>>)> = tree
+        .named_attrs
+        .iter()
+        .filter(|(_, a)| is_marked(a))
+        .filter_map(|(id, a)| {
+            let name = match tree.node(*id) {
+                Node::Record(r) => r.fullname.clone(),
+                Node::Enum { name, .. } | Node::Fixed { name, .. } => name.clone(),
+                _ => return None,
+            };
+            let mut m = a.clone();
+            m.retain(|k, _| k == "sensitive" || k == "confluent:tags");
+            Some((name, vec![m]))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every (record, field index) whose type is `node` or reaches it through unions,
+/// arrays and maps (not through other records' fields).
+fn fields_using(tree: &SchemaTree, node: NodeId) -> Vec<(NodeId, usize)> {
+    fn reaches(t: &SchemaTree, id: NodeId, target: NodeId, seen: &mut Vec<NodeId>) -> bool {
+        if id == target {
+            return true;
+        }
+        if seen.contains(&id) {
+            return false;
+        }
+        seen.push(id);
+        match t.node(id) {
+            Node::Union(bs) => bs.iter().any(|b| reaches(t, *b, target, seen)),
+            Node::Array(i) | Node::Map(i) => reaches(t, *i, target, seen),
+            _ => false,
+        }
+    }
+    let mut out = Vec::new();
+    for (rid, n) in tree.nodes.iter().enumerate() {
+        if let Node::Record(r) = n {
+            for (i, f) in r.fields.iter().enumerate() {
+                if reaches(tree, f.node, node, &mut Vec::new()) {
+                    out.push((rid, i));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn describe(p: &FieldPolicy) -> String {
@@ -512,5 +705,53 @@ mod tests {
             e.contains("no field \"b\"") && e.contains("fields: a"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn markings_on_type_objects_mean_their_field() {
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "email", "type": {"type": "string", "sensitive": true, "connect.parameters": {}}},
+            {"name": "phone", "type": ["null", {"type": "string", "confluent:tags": ["PII"]}]},
+            {"name": "tags", "type": {"type": "array", "items": {"type": "string", "sensitive": {"mode": "deterministic"}}}},
+            {"name": "card", "type": {"type": "record", "name": "Card", "sensitive": true, "fields": [
+                {"name": "number", "type": "string"}]}},
+            {"name": "plain", "type": "string"}
+        ]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let mut c = cfg();
+        c.tags.insert("PII".into(), PolicySpec::default());
+        let sel = select(&tree, "t", &c).unwrap();
+        assert_eq!(
+            names(&tree, &sel),
+            vec!["R.card", "R.email", "R.phone", "R.tags"]
+        );
+        let tags = sel
+            .values()
+            .find(|x| x.policy.mode == Mode::Deterministic)
+            .unwrap();
+        assert_eq!(tags.source, Source::TypeAttribute(None));
+        assert!(sel
+            .values()
+            .any(|x| x.source == Source::TypeAttribute(Some("Card".into()))));
+    }
+
+    #[test]
+    fn a_marking_on_a_shared_or_top_level_type_is_refused_with_the_fields_named() {
+        let s = json!({"type": "record", "name": "R", "fields": [
+            {"name": "home", "type": {"type": "record", "name": "Addr", "sensitive": true, "fields": [
+                {"name": "street", "type": "string"}]}},
+            {"name": "work", "type": ["null", "Addr"]}
+        ]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let e = select(&tree, "t.avsc", &cfg()).unwrap_err().to_string();
+        assert!(
+            e.contains("ambiguous") && e.contains("R.home") && e.contains("R.work"),
+            "{e}"
+        );
+        let s = json!({"type": "record", "name": "R", "sensitive": true, "fields": [
+            {"name": "a", "type": "string"}]});
+        let tree = SchemaTree::compile(&s).unwrap();
+        let e = select(&tree, "t.avsc", &cfg()).unwrap_err().to_string();
+        assert!(e.contains("top-level"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ pub mod inspect;
 
 use std::fmt;
 
-use crate::avro::binary::{walk, write_long, Cursor, DecodeError, Discard, MAX_DEPTH};
+use crate::avro::binary::{walk, write_long, Cursor, DecodeError, Discard};
 use crate::crypto::CryptoError;
 use crate::schema::model::{Node, NodeId, SchemaTree};
 
@@ -76,6 +76,10 @@ impl TransformError {
     /// A short stable code for metrics and dead-letter headers.
     pub fn code(&self) -> &'static str {
         match &self.kind {
+            TransformErrorKind::Decode(DecodeError {
+                kind: crate::avro::binary::DecodeErrorKind::TooDeep(_),
+                ..
+            }) => "too_deep",
             TransformErrorKind::Decode(_) => "schema_mismatch",
             TransformErrorKind::DekExhausted => "dek_exhausted",
             TransformErrorKind::Crypto(CryptoError::Authentication) => "authentication_failed",
@@ -89,6 +93,12 @@ impl TransformError {
 impl fmt::Display for TransformError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
+            TransformErrorKind::Decode(
+                d @ DecodeError {
+                    kind: crate::avro::binary::DecodeErrorKind::TooDeep(_),
+                    ..
+                },
+            ) => write!(f, "record exceeds the nesting depth limit: {d}"),
             TransformErrorKind::Decode(d) => write!(f, "record does not match its schema: {d}"),
             TransformErrorKind::DekExhausted => f.write_str("data key reached its usage limit"),
             TransformErrorKind::Crypto(c) => write!(f, "field {}: {c}", self.path),
@@ -169,9 +179,10 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
     if !h.dirty(node) {
         return copy_value(h.tree(), node, cur, out, depth);
     }
-    if depth > MAX_DEPTH {
+    let limit = h.tree().max_depth;
+    if depth > limit {
         return Err(DecodeError::new(
-            crate::avro::binary::DecodeErrorKind::TooDeep,
+            crate::avro::binary::DecodeErrorKind::TooDeep(limit),
             cur.position(),
         )
         .into());
@@ -181,7 +192,7 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
         Node::Union(bs) => {
             let i = cur.read_branch(bs.len())?;
             write_long(out, i as i64);
-            value(h, bs[i], cur, out, st, depth + 1)
+            value(h, bs[i], cur, out, st, depth)
         }
         Node::Array(item) => {
             let min = h.tree().min_size(*item);
