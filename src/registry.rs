@@ -76,8 +76,36 @@ impl RegistryError {
 #[derive(Debug)]
 pub struct RegisteredSchema {
     pub id: u32,
+    /// The schema, standing alone: the named types of its references (and theirs)
+    /// are defined at their first use in it.
     pub json: Json,
+    /// The schema's references, as registered (`[{name, subject, version}]`).
+    pub references: Vec<SchemaReference>,
+    /// Confluent data-contract `ruleSet`, if the schema has one.
+    pub rule_set: Option<Json>,
+    /// Confluent data-contract `metadata`, if the schema has one.
+    pub metadata: Option<Json>,
 }
+
+/// One Confluent schema reference: the type `name` is defined by the schema
+/// registered as `subject` version `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+pub struct SchemaReference {
+    pub name: String,
+    pub subject: String,
+    pub version: i64,
+}
+
+/// A subject's version as fetched (references not yet resolved).
+#[derive(Debug)]
+struct VersionBody {
+    json: Json,
+    references: Vec<SchemaReference>,
+}
+
+/// Most schema references followed for one schema (all levels): a bound against
+/// a registry with reference cycles or absurd fan-out.
+const MAX_REFERENCES: usize = 1_000;
 
 /// The client. Cheap to share (`Arc`).
 pub struct SchemaRegistry {
@@ -87,6 +115,8 @@ pub struct SchemaRegistry {
     password: Option<Zeroizing<String>>,
     retries: u32,
     by_id: Cache<u32, Arc<RegisteredSchema>>,
+    /// (subject, version) → schema, for references (versions never change).
+    by_version: Cache<(String, i64), Arc<VersionBody>>,
     /// (subject, schema text) → id.
     ids: Cache<(String, String), u32>,
     metrics: Arc<Metrics>,
@@ -189,6 +219,7 @@ impl SchemaRegistry {
             password,
             retries: cfg.retries,
             by_id: Cache::builder().max_capacity(10_000).build(),
+            by_version: Cache::builder().max_capacity(10_000).build(),
             ids: Cache::builder().max_capacity(10_000).build(),
             metrics,
         })
@@ -208,30 +239,100 @@ impl SchemaRegistry {
                         None,
                     )
                     .await?;
-                let text = body.get("schema").and_then(Json::as_str).ok_or_else(|| {
-                    RegistryError::Invalid {
-                        what: what.clone(),
-                        msg: "no \"schema\" string in the answer".into(),
-                    }
-                })?;
-                if let Some(t) = body.get("schemaType").and_then(Json::as_str) {
-                    if t != "AVRO" {
-                        return Err(RegistryError::Rejected {
-                            what,
-                            status: 200,
-                            code: 0,
-                            message: format!("schema type {t} is not Avro"),
-                        });
-                    }
-                }
-                let json = serde_json::from_str(text).map_err(|e| RegistryError::Invalid {
-                    what,
-                    msg: format!("schema is not JSON: {e}"),
-                })?;
-                Ok(Arc::new(RegisteredSchema { id, json }))
+                let (json, references) = parse_schema_body(&body, &what)?;
+                let json = self.resolve_references(json, &references, &what).await?;
+                Ok(Arc::new(RegisteredSchema {
+                    id,
+                    json,
+                    references,
+                    rule_set: body.get("ruleSet").filter(|v| !v.is_null()).cloned(),
+                    metadata: body.get("metadata").filter(|v| !v.is_null()).cloned(),
+                }))
             })
             .await
             .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+
+    /// A subject's version (`-1`: the latest), references not resolved; cached
+    /// for good when the version is explicit.
+    async fn version(
+        &self,
+        subject: &str,
+        version: i64,
+    ) -> Result<Arc<VersionBody>, RegistryError> {
+        let fetch = async {
+            let what = format!("subject {subject} version {version}");
+            let v = if version < 0 {
+                "latest".to_string()
+            } else {
+                version.to_string()
+            };
+            let body = self
+                .call(
+                    "get_version",
+                    &what,
+                    reqwest::Method::GET,
+                    &format!("/subjects/{}/versions/{v}", encode_segment(subject)),
+                    None,
+                )
+                .await?;
+            let (json, references) = parse_schema_body(&body, &what)?;
+            Ok(Arc::new(VersionBody { json, references }))
+        };
+        if version < 0 {
+            return fetch.await;
+        }
+        self.by_version
+            .try_get_with((subject.to_string(), version), fetch)
+            .await
+            .map_err(|e: Arc<RegistryError>| (*e).clone())
+    }
+
+    /// The schema with its references' named types defined in it: each referenced
+    /// subject/version is fetched once (cached), breadth first, to any depth.
+    async fn resolve_references(
+        &self,
+        json: Json,
+        references: &[SchemaReference],
+        what: &str,
+    ) -> Result<Json, RegistryError> {
+        if references.is_empty() {
+            return Ok(json);
+        }
+        let mut refs = crate::schema::References::default();
+        let mut queue: std::collections::VecDeque<SchemaReference> =
+            references.iter().cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(r) = queue.pop_front() {
+            if !seen.insert((r.subject.clone(), r.version)) {
+                continue;
+            }
+            if seen.len() > MAX_REFERENCES {
+                return Err(RegistryError::Invalid {
+                    what: what.to_string(),
+                    msg: format!("more than {MAX_REFERENCES} schema references"),
+                });
+            }
+            let body = match self.version(&r.subject, r.version).await {
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(RegistryError::NotFound {
+                        what: format!(
+                            "subject {} version {} (referenced as {} by {what})",
+                            r.subject, r.version, r.name
+                        ),
+                    })
+                }
+                b => b?,
+            };
+            refs.add(&body.json);
+            queue.extend(body.references.iter().cloned());
+        }
+        refs.inline(json).map_err(|e| RegistryError::Rejected {
+            what: what.to_string(),
+            status: 200,
+            code: 0,
+            message: format!("its references do not resolve: {e}"),
+        })
     }
 
     /// Registers `schema` under `subject` (or finds it there when `register` is
@@ -376,6 +477,43 @@ impl SchemaRegistry {
             },
         })
     }
+}
+
+/// The schema JSON and references of a `/schemas/ids/{id}` or
+/// `/subjects/{s}/versions/{v}` answer; a schema type other than Avro is refused.
+fn parse_schema_body(
+    body: &Json,
+    what: &str,
+) -> Result<(Json, Vec<SchemaReference>), RegistryError> {
+    let text = body
+        .get("schema")
+        .and_then(Json::as_str)
+        .ok_or_else(|| RegistryError::Invalid {
+            what: what.to_string(),
+            msg: "no \"schema\" string in the answer".into(),
+        })?;
+    if let Some(t) = body.get("schemaType").and_then(Json::as_str) {
+        if t != "AVRO" {
+            return Err(RegistryError::Rejected {
+                what: what.to_string(),
+                status: 200,
+                code: 0,
+                message: format!("schema type {t} is not Avro"),
+            });
+        }
+    }
+    let json = serde_json::from_str(text).map_err(|e| RegistryError::Invalid {
+        what: what.to_string(),
+        msg: format!("schema is not JSON: {e}"),
+    })?;
+    let references = match body.get("references") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| RegistryError::Invalid {
+            what: what.to_string(),
+            msg: format!("\"references\" is not a list of {{name, subject, version}}: {e}"),
+        })?,
+    };
+    Ok((json, references))
 }
 
 /// A transport error without the URL (which is ours) repeated, with its cause.

@@ -3,16 +3,30 @@
 of Confluent Schema Registry's REST API that fieldcrypt and the Confluent clients
 use, so tests run without a real registry (none can be installed here).
 
-Implements this subset of the Confluent Schema Registry API (AVRO only):
+Implements this subset of the Confluent Schema Registry API (AVRO only), with the
+response shapes of Confluent Platform 7.x (the docker stack runs cp-schema-registry
+7.7.1): "schemaType" is left out for AVRO, and "references", "metadata" and
+"ruleSet" only appear when the schema has them.
 
     GET    /subjects                                  list of subjects
     GET    /subjects/{subject}/versions               list of versions
-    GET    /subjects/{subject}/versions/{v|latest}    {"subject","version","id","schema"}
+    GET    /subjects/{subject}/versions/{v|latest|-1} {"subject","version","id",
+                                                      "references"?,"metadata"?,
+                                                      "ruleSet"?,"schema"}
     GET    /subjects/{subject}/versions/{v}/schema    raw schema
-    POST   /subjects/{subject}/versions               register -> {"id": N}
-    POST   /subjects/{subject}                        lookup -> {"subject","version","id","schema"}
+    GET    /subjects/{subject}/versions/{v}/referencedby
+                                                      ids of the schemas referencing
+                                                      that version, ascending
+    POST   /subjects/{subject}/versions               register {"schema","schemaType"?,
+                                                      "references"?,"metadata"?,
+                                                      "ruleSet"?} -> {"id"}, or with
+                                                      metadata/ruleSet the whole
+                                                      schema {"id","version",...}
+    POST   /subjects/{subject}                        lookup (same body) -> as GET version
     DELETE /subjects/{subject}                        list of deleted versions
-    GET    /schemas/ids/{id}                          {"schema": "..."}
+    GET    /schemas/ids/{id}                          {"references"?,"metadata"?,
+                                                      "ruleSet"?,"schema"}
+    GET    /schemas/ids/{id}/schema                   raw schema
     GET    /schemas/ids/{id}/versions                 [{"subject","version"}]
     GET    /schemas/ids/{id}/subjects                 [subject, ...]
     GET    /schemas/types                             ["AVRO"]
@@ -21,12 +35,28 @@ Implements this subset of the Confluent Schema Registry API (AVRO only):
     GET    /config[/{subject}]                        {"compatibilityLevel": ...}
     PUT    /config[/{subject}]                        echoes {"compatibility": ...}
 
-Schema ids are global and start at 1; the same schema text (canonicalised JSON)
-gets the same id under every subject. Versions start at 1 per subject, and
-registering a schema already under the subject returns its id without a new
-version. Query parameters (?normalize=, ?subject=, ?deleted=, ...) are accepted
-and ignored. Errors use Confluent's codes: 40401 subject not found, 40402
-version not found, 40403 schema not found, 42201 invalid schema, 401 bad auth.
+Schema ids are global and start at 1. A schema's identity, as Confluent's, is its
+text (canonicalised JSON) with its references, metadata and ruleSet: the same
+identity gets the same id under every subject, and the same text with another
+ruleSet is a new id. Versions start at 1 per subject, and registering a schema
+already under the subject returns its id without a new version. A request without
+metadata or ruleSet takes the subject's latest version's (Confluent's inheritance;
+default/override metadata and rules in the config are not modelled), on register
+and on lookup. metadata and ruleSet are stored in Confluent's normalised form
+(sorted maps and sets, empty parts left out, rule kind/mode defaulted to
+TRANSFORM/WRITEREAD, "disabled" always present).
+
+References [{"name","subject","version"}] must point at a registered subject
+version (-1: the latest, stored resolved). The schema is parsed with fastavro with
+the referenced schemas' named types known, nested references first, each
+reference name once, as Confluent's Avro parser is fed them.
+
+Query parameters (?normalize=, ?subject=, ?deleted=, ...) are accepted and
+ignored. Errors use Confluent's codes: 40401 subject not found, 40402 version
+not found, 40403 schema not found, 42201 invalid schema (also an unknown
+reference), 42202 invalid version, 42206 subject still referenced (on delete),
+42210 invalid ruleSet (register), 422 a body field of the wrong JSON type, 401
+bad auth. Deletes are permanent (no soft delete).
 
 Usage:
     python3 tools/test_registry.py --host 127.0.0.1 --port 0 \
@@ -72,13 +102,252 @@ class ApiError(Exception):
         self.message = message
 
 
+def invalid_schema(message):
+    return ApiError(422, 42201, message)
+
+
 def canonical(schema_text):
     """Canonical form of a schema text: parsed and re-dumped with sorted keys."""
     try:
         obj = json.loads(schema_text)
     except (TypeError, ValueError) as e:
-        raise ApiError(422, 42201, "Invalid schema: schema is not valid JSON: %s" % e)
+        raise invalid_schema("Invalid schema: schema is not valid JSON: %s" % e)
     return obj, json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def parse_version(version):
+    """A path version as Confluent's VersionId reads it: "latest" (any case) or -1
+    for the latest, else an int >= 1; anything else is 42202 (checked before the
+    subject is looked up, as Confluent does)."""
+    text = version.strip()
+    if text.lower() == "latest":
+        return -1
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or (v <= 0 and v != -1) or v > 2**31 - 1:
+        raise ApiError(422, 42202, "The specified version '%s' is not a valid version id. "
+                       "Allowed values are between [1, 2^31-1] and the string \"latest\"" % version)
+    return v
+
+
+# -- request bodies ---------------------------------------------------------
+# Confluent reads metadata and ruleSet into Java objects (Metadata, RuleSet, Rule)
+# and writes them back with @JsonInclude(NON_EMPTY): maps and sets come back sorted,
+# empty collections and empty strings are left out, a rule's kind and mode default
+# to TRANSFORM and WRITEREAD, and "disabled" (a primitive boolean) is always there.
+# The normalised form below is what is stored, returned and part of the identity.
+
+RULE_KINDS = ("TRANSFORM", "CONDITION")
+RULE_MODES = ("UPGRADE", "DOWNGRADE", "UPDOWN", "WRITE", "READ", "WRITEREAD")
+MIGRATION_MODES = ("UPGRADE", "DOWNGRADE", "UPDOWN")
+DOMAIN_MODES = ("WRITE", "READ", "WRITEREAD")
+RULE_LISTS = ("migrationRules", "domainRules", "encodingRules")
+
+
+def body_error(message):
+    # What Confluent's JSON binding answers for a field of the wrong type.
+    return ApiError(422, 422, message)
+
+
+def _str_or_none(value, what):
+    if value is None or isinstance(value, str):
+        return value or None  # NON_EMPTY: "" is left out
+    raise body_error("Invalid request: %s must be a string" % what)
+
+
+def _scalar_str(value, what):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    raise body_error("Invalid request: %s must be a string" % what)
+
+
+def _str_set(value, what):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise body_error("Invalid request: %s must be an array of strings" % what)
+    return sorted({_scalar_str(v, what) for v in value})
+
+
+def _str_map(value, what):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise body_error("Invalid request: %s must be an object" % what)
+    return {k: _scalar_str(value[k], "%s.%s" % (what, k)) for k in sorted(value)}
+
+
+def normalize_metadata(md):
+    if md is None:
+        return None
+    if not isinstance(md, dict):
+        raise body_error("Invalid request: metadata must be an object")
+    tags = md.get("tags")
+    if tags is not None and not isinstance(tags, dict):
+        raise body_error("Invalid request: metadata.tags must be an object")
+    out = {}
+    tags = {k: _str_set(tags[k], "metadata.tags.%s" % k) for k in sorted(tags or {})}
+    if tags:
+        out["tags"] = tags
+    props = _str_map(md.get("properties"), "metadata.properties")
+    if props:
+        out["properties"] = props
+    sensitive = _str_set(md.get("sensitive"), "metadata.sensitive")
+    if sensitive:
+        out["sensitive"] = sensitive
+    return out
+
+
+def normalize_rule(rule):
+    if not isinstance(rule, dict):
+        raise body_error("Invalid request: a rule must be an object")
+    kind = rule.get("kind") or "TRANSFORM"
+    if kind not in RULE_KINDS:
+        raise body_error("Invalid request: rule kind %r is not one of %s" % (kind, ", ".join(RULE_KINDS)))
+    mode = rule.get("mode") or "WRITEREAD"
+    if mode not in RULE_MODES:
+        raise body_error("Invalid request: rule mode %r is not one of %s" % (mode, ", ".join(RULE_MODES)))
+    disabled = rule.get("disabled", False)
+    if disabled is None:
+        disabled = False
+    if not isinstance(disabled, bool):
+        raise body_error("Invalid request: rule disabled must be a boolean")
+    out = {}
+    for key in ("name", "doc"):
+        v = _str_or_none(rule.get(key), "rule " + key)
+        if v is not None:
+            out[key] = v
+    out["kind"] = kind
+    out["mode"] = mode
+    v = _str_or_none(rule.get("type"), "rule type")
+    if v is not None:
+        out["type"] = v
+    tags = _str_set(rule.get("tags"), "rule tags")
+    if tags:
+        out["tags"] = tags
+    params = _str_map(rule.get("params"), "rule params")
+    if params:
+        out["params"] = params
+    for key in ("expr", "onSuccess", "onFailure"):
+        v = _str_or_none(rule.get(key), "rule " + key)
+        if v is not None:
+            out[key] = v
+    out["disabled"] = disabled
+    return out
+
+
+def normalize_rule_set(rs):
+    if rs is None:
+        return None
+    if not isinstance(rs, dict):
+        raise body_error("Invalid request: ruleSet must be an object")
+    out = {}
+    for key in RULE_LISTS:
+        rules = rs.get(key)
+        if rules is None:
+            continue
+        if not isinstance(rules, list):
+            raise body_error("Invalid request: ruleSet.%s must be an array" % key)
+        if rules:
+            out[key] = [normalize_rule(r) for r in rules]
+    enable_at = _str_or_none(rs.get("enableAt"), "ruleSet.enableAt")
+    if enable_at is not None:
+        out["enableAt"] = enable_at
+    return out
+
+
+RULE_NAME_MAX = 256
+
+
+def validate_rule_set(rs):
+    """Confluent's RuleSet.validate(), run on register only: 422/42210."""
+    if not rs:
+        return
+    names = set()
+
+    def fail(msg):
+        raise ApiError(422, 42210, msg)
+
+    for key in RULE_LISTS:
+        for rule in rs.get(key, []):
+            name = rule.get("name")
+            if name in names:
+                fail("Found rule with duplicate name '%s'" % name)
+            names.add(name)
+            if name is None:
+                fail("Missing rule name")
+            if len(name) > RULE_NAME_MAX:
+                fail("Rule name too long")
+            if not (name[0].isalpha() or name[0] == "_"):
+                fail("Illegal initial character in rule name: %s" % name)
+            if any(not (c.isalnum() or c in "_-") for c in name[1:]):
+                fail("Illegal character in rule name: %s" % name)
+            if "type" not in rule:
+                fail("Missing rule type")
+            if rule["mode"] not in ("WRITEREAD", "UPDOWN"):
+                for action in ("onSuccess", "onFailure"):
+                    if "," in rule.get(action, ""):
+                        fail("Multiple actions only valid with WRITEREAD and UPDOWN")
+            if key == "migrationRules" and rule["mode"] not in MIGRATION_MODES:
+                fail("Migration rules can only be UPGRADE, DOWNGRADE, UPDOWN")
+            if key == "domainRules" and rule["mode"] not in DOMAIN_MODES:
+                fail("Domain rules can only be WRITE, READ, WRITEREAD")
+            if key == "encodingRules" and rule["mode"] not in DOMAIN_MODES:
+                fail("Encoding rules can only be WRITE, READ, WRITEREAD")
+
+
+def parse_references(refs):
+    """The request's references as [{"name","subject","version"}] (versions still
+    unresolved: -1 means the subject's latest)."""
+    if refs is None:
+        return []
+    if not isinstance(refs, list):
+        raise body_error("Invalid request: references must be an array")
+    out = []
+    for ref in refs:
+        if not isinstance(ref, dict):
+            raise body_error("Invalid request: a reference must be an object")
+        name, subject, version = ref.get("name"), ref.get("subject"), ref.get("version")
+        if (not isinstance(name, str) or not isinstance(subject, str)
+                or not isinstance(version, int) or isinstance(version, bool)):
+            raise invalid_schema("Invalid schema of type AVRO, details: Invalid reference: "
+                                 "SchemaReference{name='%s', subject='%s', version=%s}"
+                                 % tuple("null" if v is None else v for v in (name, subject, version)))
+        out.append({"name": name, "subject": subject, "version": version})
+    return out
+
+
+class Request:
+    """A register or lookup body: schema text, references, metadata, ruleSet."""
+
+    def __init__(self, body):
+        if not isinstance(body, dict):
+            raise invalid_schema("Invalid schema: request body must be a JSON object")
+        schema_type = body.get("schemaType") or "AVRO"
+        if schema_type != "AVRO":
+            raise invalid_schema("Invalid schema: schemaType %s is not supported (AVRO only)" % schema_type)
+        self.text = body.get("schema")
+        if not isinstance(self.text, str):
+            raise invalid_schema("Invalid schema: field 'schema' must be a string")
+        self.obj, self.canon = canonical(self.text)
+        self.references = parse_references(body.get("references"))
+        self.metadata = normalize_metadata(body.get("metadata"))
+        self.rule_set = normalize_rule_set(body.get("ruleSet"))
+
+
+def identity(canon, references, metadata, rule_set):
+    """What makes two registrations the same schema (one id), as Confluent's MD5 of
+    schema text + references + metadata + ruleSet: null and {} metadata differ."""
+    return (canon,
+            json.dumps([[r["name"], r["subject"], r["version"]] for r in references]),
+            None if metadata is None else json.dumps(metadata, sort_keys=True),
+            None if rule_set is None else json.dumps(rule_set, sort_keys=True))
 
 
 class Registry:
@@ -86,8 +355,9 @@ class Registry:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.schemas = {}  # id -> schema text as first registered
-        self.ids_by_canon = {}  # canonical text -> id
+        # id -> {"schema", "references", "metadata", "ruleSet"}; text as first registered
+        self.schemas = {}
+        self.ids_by_identity = {}  # identity(...) -> id
         self.subjects = {}  # subject -> list of ids; version = index + 1
         self.config = {"compatibilityLevel": "NONE"}
         self.subject_config = {}
@@ -99,27 +369,113 @@ class Registry:
         return versions
 
     def _version_index(self, subject, version):
+        v = parse_version(version) if isinstance(version, str) else version
         versions = self._versions(subject)
-        if version == "latest" or version == "-1":
+        if v == -1:
             if not versions:
-                raise ApiError(404, 40402, "Version latest not found.")
+                raise ApiError(404, 40402, "Version %d not found." % v)
             return len(versions) - 1
-        try:
-            v = int(version)
-        except ValueError:
-            raise ApiError(422, 42202, "The specified version '%s' is not a valid version id." % version)
-        if v < 1 or v > len(versions):
-            raise ApiError(404, 40402, "Version %s not found." % version)
+        if v > len(versions):
+            raise ApiError(404, 40402, "Version %d not found." % v)
         return v - 1
 
     def _entry(self, subject, index):
+        """GET /subjects/{s}/versions/{v}: Confluent's Schema entity, schemaType left
+        out for AVRO (CP 7.x), empty references left out."""
         schema_id = self.subjects[subject][index]
-        return {
-            "subject": subject,
-            "version": index + 1,
-            "id": schema_id,
-            "schema": self.schemas[schema_id],
-        }
+        rec = self.schemas[schema_id]
+        out = {"subject": subject, "version": index + 1, "id": schema_id}
+        out.update(self._extras(rec))
+        out["schema"] = rec["schema"]
+        return out
+
+    @staticmethod
+    def _extras(rec):
+        out = {}
+        if rec["references"]:
+            out["references"] = [dict(r) for r in rec["references"]]
+        if rec["metadata"] is not None:
+            out["metadata"] = rec["metadata"]
+        if rec["ruleSet"] is not None:
+            out["ruleSet"] = rec["ruleSet"]
+        return out
+
+    # -- references -------------------------------------------------------
+
+    def _resolve(self, subject, references):
+        """References with -1 replaced by the latest version, and the referenced
+        schemas in parse order (each one's own references first, each name once,
+        as Confluent's AbstractSchemaProvider.resolveReferences). Unknown subject or
+        version: 42201, as Confluent answers it."""
+        resolved, texts, visited = [], [], set()
+
+        def walk(refs, top):
+            for ref in refs:
+                versions = self.subjects.get(ref["subject"])
+                v = ref["version"]
+                if versions and v == -1:
+                    v = len(versions)
+                if not versions or not 1 <= v <= len(versions):
+                    raise invalid_schema(
+                        "Invalid schema of type AVRO, details: No schema reference found for subject "
+                        "\"%s\" and version %d" % (ref["subject"], ref["version"]))
+                if top:
+                    resolved.append({"name": ref["name"], "subject": ref["subject"], "version": v})
+                if ref["name"] in visited:
+                    continue
+                visited.add(ref["name"])
+                rec = self.schemas[versions[v - 1]]
+                walk(rec["references"], False)
+                texts.append((ref["name"], rec["schema"]))
+
+        walk(references, True)
+        return resolved, texts
+
+    @staticmethod
+    def _validate_avro(obj, ref_texts):
+        """Parses the schema with the referenced schemas' named types known, like
+        Confluent's AvroSchema (one Avro parser fed the references, then the schema)."""
+        if fastavro is None:
+            return
+        named = {}
+        try:
+            for name, text in ref_texts + [(None, obj)]:
+                before = dict(named)
+                fastavro.parse_schema(json.loads(text) if name is not None else obj, named_schemas=named)
+                redefined = sorted(k for k in before if named[k] is not before[k])
+                if redefined:
+                    raise ValueError("Can't redefine: %s" % redefined[0])
+        except Exception as e:
+            raise invalid_schema("Invalid schema of type AVRO, details: %s: %s" % (type(e).__name__, e))
+
+    def _prepare(self, subject, req):
+        """Resolved references and validation (call with the lock held)."""
+        references, ref_texts = self._resolve(subject, req.references)
+        self._validate_avro(req.obj, ref_texts)
+        return references
+
+    def _inherited(self, subject, req):
+        """Metadata and ruleSet: the request's, else the subject's latest version's
+        (Confluent's maybeSetMetadataRuleSet; default/override config not modelled)."""
+        metadata, rule_set = req.metadata, req.rule_set
+        versions = self.subjects.get(subject)
+        if versions and (metadata is None or rule_set is None):
+            prev = self.schemas[versions[-1]]
+            if metadata is None:
+                metadata = prev["metadata"]
+            if rule_set is None:
+                rule_set = prev["ruleSet"]
+        return metadata, rule_set
+
+    def referenced_by(self, subject, version):
+        with self.lock:
+            index = self._version_index(subject, version)
+            key = (subject, index + 1)
+            live = {i for ids in self.subjects.values() for i in ids}
+            return sorted(i for i in live
+                          if any((r["subject"], r["version"]) == key for r in self.schemas[i]["references"]))
+
+    # -- operations -------------------------------------------------------
 
     def subject_list(self):
         with self.lock:
@@ -133,33 +489,55 @@ class Registry:
         with self.lock:
             return self._entry(subject, self._version_index(subject, version))
 
-    def register(self, subject, schema_text):
-        _, canon = canonical(schema_text)
+    def register(self, subject, req):
+        """POST /subjects/{s}/versions. Answers {"id"} when the stored schema is the
+        request as sent; with metadata or a ruleSet (given or inherited) Confluent
+        answers the whole schema: {"id","version","references"?,"metadata"?,
+        "ruleSet"?,"schema"}."""
+        validate_rule_set(req.rule_set)
         with self.lock:
-            schema_id = self.ids_by_canon.get(canon)
+            references = self._prepare(subject, req)
+            metadata, rule_set = self._inherited(subject, req)
+            key = identity(req.canon, references, metadata, rule_set)
+            schema_id = self.ids_by_identity.get(key)
             if schema_id is None:
                 schema_id = len(self.schemas) + 1
-                self.schemas[schema_id] = schema_text
-                self.ids_by_canon[canon] = schema_id
+                self.schemas[schema_id] = {"schema": req.text, "references": references,
+                                           "metadata": metadata, "ruleSet": rule_set}
+                self.ids_by_identity[key] = schema_id
             versions = self.subjects.setdefault(subject, [])
             if schema_id not in versions:
                 versions.append(schema_id)
-            return schema_id
+            if metadata is None and rule_set is None:
+                return {"id": schema_id}
+            out = {"id": schema_id, "version": versions.index(schema_id) + 1}
+            out.update(self._extras(self.schemas[schema_id]))
+            out["schema"] = self.schemas[schema_id]["schema"]
+            return out
 
-    def lookup(self, subject, schema_text):
-        _, canon = canonical(schema_text)
+    def lookup(self, subject, req):
+        """POST /subjects/{s}: the version of this schema (text, references,
+        metadata, ruleSet) under the subject; without metadata/ruleSet in the request
+        the latest version's are tried too, as Confluent does."""
         with self.lock:
+            references = self._prepare(subject, req)
             versions = self._versions(subject)
-            schema_id = self.ids_by_canon.get(canon)
-            if schema_id is None or schema_id not in versions:
-                raise ApiError(404, 40403, "Schema not found")
-            return self._entry(subject, versions.index(schema_id))
+            candidates = [(req.metadata, req.rule_set), self._inherited(subject, req)]
+            for metadata, rule_set in candidates:
+                schema_id = self.ids_by_identity.get(identity(req.canon, references, metadata, rule_set))
+                if schema_id is not None and schema_id in versions:
+                    return self._entry(subject, versions.index(schema_id))
+            raise ApiError(404, 40403, "Schema not found")
 
     def schema_by_id(self, schema_id):
+        """GET /schemas/ids/{id}: {"schema", "references"?, "metadata"?, "ruleSet"?}."""
         with self.lock:
             if schema_id not in self.schemas:
                 raise ApiError(404, 40403, "Schema %s not found" % schema_id)
-            return self.schemas[schema_id]
+            rec = self.schemas[schema_id]
+            out = self._extras(rec)
+            out["schema"] = rec["schema"]
+            return out
 
     def versions_of_id(self, schema_id):
         with self.lock:
@@ -174,30 +552,17 @@ class Registry:
     def delete_subject(self, subject):
         with self.lock:
             versions = self._versions(subject)
+            for index, _ in enumerate(versions):
+                key = (subject, index + 1)
+                for other, ids in self.subjects.items():
+                    if other != subject and any(
+                            (r["subject"], r["version"]) == key
+                            for i in ids for r in self.schemas[i]["references"]):
+                        raise ApiError(422, 42206, "One or more references exist to the schema "
+                                       "{magic=1,keytype=SCHEMA,subject=%s,version=%d}." % key)
             del self.subjects[subject]
             self.subject_config.pop(subject, None)
             return list(range(1, len(versions) + 1))
-
-
-def validate_register_body(body):
-    """Return the schema text of a register/lookup body, or raise 42201."""
-    if not isinstance(body, dict):
-        raise ApiError(422, 42201, "Invalid schema: request body must be a JSON object")
-    schema_type = body.get("schemaType") or "AVRO"
-    if schema_type != "AVRO":
-        raise ApiError(422, 42201, "Invalid schema: schemaType %s is not supported (AVRO only)" % schema_type)
-    if body.get("references"):
-        raise ApiError(422, 42201, "Invalid schema: schema references are not supported")
-    schema_text = body.get("schema")
-    if not isinstance(schema_text, str):
-        raise ApiError(422, 42201, "Invalid schema: field 'schema' must be a string")
-    obj, _ = canonical(schema_text)
-    if fastavro is not None:
-        try:
-            fastavro.parse_schema(obj)
-        except Exception as e:
-            raise ApiError(422, 42201, "Invalid schema: %s: %s" % (type(e).__name__, e))
-    return schema_text
 
 
 def parse_id(text):
@@ -300,7 +665,7 @@ class Handler(BaseHTTPRequestHandler):
             if n == 2:
                 subject = parts[1]
                 if method == "POST":
-                    return 200, reg.lookup(subject, validate_register_body(body))
+                    return 200, reg.lookup(subject, Request(body))
                 if method == "DELETE":
                     return 200, reg.delete_subject(subject)
                 raise ApiError(405, 405, "Method not allowed")
@@ -310,25 +675,27 @@ class Handler(BaseHTTPRequestHandler):
                     if method == "GET":
                         return 200, reg.version_list(subject)
                     if method == "POST":
-                        return 200, {"id": reg.register(subject, validate_register_body(body))}
+                        return 200, reg.register(subject, Request(body))
                     raise ApiError(405, 405, "Method not allowed")
                 if n == 4 and method == "GET":
                     return 200, reg.get_version(subject, parts[3])
                 if n == 5 and parts[4] == "schema" and method == "GET":
                     return 200, json.loads(reg.get_version(subject, parts[3])["schema"])
+                if n == 5 and parts[4] == "referencedby" and method == "GET":
+                    return 200, reg.referenced_by(subject, parts[3])
         elif n >= 1 and parts[0] == "schemas":
             if n == 2 and parts[1] == "types" and method == "GET":
                 return 200, ["AVRO"]
             if n >= 3 and parts[1] == "ids" and method == "GET":
                 schema_id = parse_id(parts[2])
                 if n == 3:
-                    return 200, {"schema": reg.schema_by_id(schema_id)}
+                    return 200, reg.schema_by_id(schema_id)
                 if n == 4 and parts[3] == "versions":
                     return 200, reg.versions_of_id(schema_id)
                 if n == 4 and parts[3] == "subjects":
                     return 200, [v["subject"] for v in reg.versions_of_id(schema_id)]
                 if n == 4 and parts[3] == "schema":
-                    return 200, json.loads(reg.schema_by_id(schema_id))
+                    return 200, json.loads(reg.schema_by_id(schema_id)["schema"])
         elif n >= 1 and parts[0] == "config" and n <= 2:
             if method == "GET":
                 if n == 2:

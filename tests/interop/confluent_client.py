@@ -9,23 +9,35 @@ the client on both ends:
       Creates topics with the AdminClient (an existing topic is not an error).
 
   confluent_client.py produce --bootstrap HOST:PORT --registry URL --topic T
-          --schema FILE.avsc --count N --seed S [--partitions-key-cardinality K]
-          [--dump FILE]
+          --schema FILE.avsc [--reference NAME=SUBJECT=FILE.avsc ...]
+          --count N --seed S [--partitions-key-cardinality K] [--dump FILE]
       Produces N records generated from the seed to match the schema, values
       through AvroSerializer(auto.register.schemas=True) under subject T-value,
       keys "k{i % K}" through StringSerializer. --dump writes every generated
       record as a JSON line {"key": .., "value": ..}. Exits 1 if any delivery
       failed. Prints {"count": N, "schema_ids": [..]}.
 
+      --reference (repeatable) makes the value schema one with Confluent schema
+      references: each FILE is first registered under SUBJECT with
+      SchemaRegistryClient.register_schema (with references to the earlier
+      --reference files whose named types it uses, so list dependencies first),
+      then AvroSerializer gets Schema(text, "AVRO", references=[SchemaReference(
+      NAME, SUBJECT, version)]) and registers the value schema with them. NAME is
+      the referenced type's full name (e.g. com.example.BankingInfo). The value
+      schema references the --reference files it uses itself, plus any that no
+      other --reference uses. Records are generated with the referenced named
+      types known (a fastavro named_schemas built from the files).
+
   confluent_client.py consume --bootstrap HOST:PORT --registry URL --topic T
           --count N --timeout-seconds S [--group G]
           [--isolation read_committed] --out FILE
       Reads from the earliest offset through AvroDeserializer (the reader schema
-      is the writer schema, fetched from the registry by the id in each record)
-      until N records or the timeout. Writes each as a JSON line {"partition",
-      "offset", "key", "value", "headers"} and prints {"count": N,
-      "schema_ids": [..]}. Exits 0 when exactly N records were read, 2 when
-      fewer arrived before the timeout.
+      is the writer schema, fetched from the registry by the id in each record,
+      with the schemas it references fetched by subject and version, as the
+      deserializer itself does) until N records or the timeout. Writes each as a
+      JSON line {"partition", "offset", "key", "value", "headers"} and prints
+      {"count": N, "schema_ids": [..]}. Exits 0 when exactly N records were
+      read, 2 when fewer arrived before the timeout.
 
   confluent_client.py compare --expected DUMP --actual OUT
       Compares the values of both files as a multiset of (key, value), since
@@ -51,7 +63,8 @@ import fastavro
 from confluent_kafka import Consumer, KafkaException, SerializingProducer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.error import KafkaError
-from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
+from confluent_kafka.schema_registry import Schema as RegistrySchema
+from confluent_kafka.schema_registry import SchemaReference, SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, StringDeserializer, StringSerializer
 
@@ -81,8 +94,13 @@ def log(msg):
 
 
 class Schema:
-    def __init__(self, schema_obj):
+    """A schema parsed with fastavro; `references` are the raw referenced schemas,
+    each after the ones it uses itself, whose named types the schema may use."""
+
+    def __init__(self, schema_obj, references=()):
         self.named = {}
+        for ref in references:
+            fastavro.parse_schema(ref, named_schemas=self.named)
         self.root = fastavro.parse_schema(schema_obj, named_schemas=self.named)
 
     def resolve(self, s):
@@ -102,6 +120,104 @@ class Schema:
         while isinstance(s, dict) and isinstance(s.get("type"), (dict, list)):
             s = self.resolve(s["type"])
         return s
+
+
+# ---------------------------------------------------------------------------
+# Schema references: named types defined in another subject's schema.
+
+PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+NAMED_TYPES = ("record", "error", "enum", "fixed")
+
+
+def avro_names(schema_obj):
+    """(names the schema defines, names it uses without defining), as full names.
+    An unqualified use inside a namespace gives both candidates ("ns.X", "X")."""
+    defined, used = set(), []
+
+    def full(name, ns):
+        return name if "." in name or not ns else "%s.%s" % (ns, name)
+
+    def walk(s, ns):
+        if isinstance(s, str):
+            if s not in PRIMITIVES:
+                used.append((full(s, ns), s))
+        elif isinstance(s, list):
+            for b in s:
+                walk(b, ns)
+        elif isinstance(s, dict):
+            t = s.get("type")
+            if t in NAMED_TYPES:
+                name = s["name"]
+                inner = name.rsplit(".", 1)[0] if "." in name else (s.get("namespace", ns) or "")
+                defined.add(name if "." in name else full(name, inner))
+                for f in s.get("fields", []) if t in ("record", "error") else []:
+                    walk(f.get("type"), inner)
+            elif t == "array":
+                walk(s.get("items"), ns)
+            elif t == "map":
+                walk(s.get("values"), ns)
+            else:
+                walk(t, ns)
+
+    walk(schema_obj, "")
+    return defined, [u for u in used if u[0] not in defined and u[1] not in defined]
+
+
+class Reference:
+    """One --reference NAME=SUBJECT=FILE."""
+
+    def __init__(self, spec):
+        parts = spec.split("=", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError("--reference wants NAME=SUBJECT=FILE.avsc, not %r" % spec)
+        self.name, self.subject, self.path = parts
+        with open(self.path) as f:
+            self.text = f.read()
+        self.obj = json.loads(self.text)
+        self.defined, _ = avro_names(self.obj)
+        self.version = None
+
+
+def direct_references(schema_obj, refs):
+    """The refs (in their order) whose named types schema_obj uses."""
+    _, uses = avro_names(schema_obj)
+    out = []
+    for ref in refs:
+        if any(c in ref.defined for candidates in uses for c in candidates):
+            out.append(ref)
+    return out
+
+
+def register_references(registry, refs):
+    """Registers each referenced schema under its subject, with references to the
+    earlier --reference schemas it uses, and notes the version it got there."""
+    for i, ref in enumerate(refs):
+        deps = direct_references(ref.obj, refs[:i])
+        later = direct_references(ref.obj, refs[i + 1:])
+        if later:
+            raise ValueError("--reference %s uses %s: list that one before it" % (ref.name, later[0].name))
+        schema = RegistrySchema(ref.text, "AVRO", [SchemaReference(d.name, d.subject, d.version) for d in deps])
+        schema_id = registry.register_schema(ref.subject, schema)
+        ref.version = registry.lookup_schema(ref.subject, schema).version
+        log("registered reference %s under %s version %d (id %d)%s"
+            % (ref.name, ref.subject, ref.version, schema_id,
+               "" if not deps else ", referencing " + ", ".join(d.name for d in deps)))
+
+
+def registry_references(registry, schema, seen=None, out=None):
+    """The raw schemas a registered schema references, each after its own
+    references and each name once, fetched by (subject, version) as
+    AvroDeserializer does."""
+    seen = set() if seen is None else seen
+    out = [] if out is None else out
+    for ref in schema.references or []:
+        if ref.name in seen:
+            continue
+        seen.add(ref.name)
+        referenced = registry.get_version(ref.subject, ref.version).schema
+        registry_references(registry, referenced, seen, out)
+        out.append(json.loads(referenced.schema_str))
+    return out
 
 
 def twos_complement(n, size=None):
@@ -408,12 +524,25 @@ def cmd_create_topics(args):
 def cmd_produce(args):
     with open(args.schema) as f:
         schema_text = f.read()
-    generator = Generator(Schema(json.loads(schema_text)), args.seed)
+    schema_obj = json.loads(schema_text)
+    refs = [Reference(spec) for spec in args.reference or []]
     registry = SchemaRegistryClient({"url": args.registry})
+    value_schema = schema_text
+    if refs:
+        register_references(registry, refs)
+        # The schema's references: those it uses itself, and any --reference no other
+        # reference uses (so none given is dropped); nested ones come through theirs.
+        used_by_refs = {id(d) for r in refs for d in direct_references(r.obj, refs) if d is not r}
+        direct = direct_references(schema_obj, refs)
+        mine = [r for r in refs if r in direct or id(r) not in used_by_refs]
+        value_schema = RegistrySchema(schema_text, "AVRO",
+                                      [SchemaReference(r.name, r.subject, r.version) for r in mine])
+        log("value schema references %s" % ", ".join("%s (%s v%d)" % (r.name, r.subject, r.version) for r in mine))
+    generator = Generator(Schema(schema_obj, [r.obj for r in refs]), args.seed)
     producer = SerializingProducer({
         "bootstrap.servers": args.bootstrap,
         "key.serializer": StringSerializer("utf_8"),
-        "value.serializer": AvroSerializer(registry, schema_text, conf={
+        "value.serializer": AvroSerializer(registry, value_schema, conf={
             "auto.register.schemas": True,
             "subject.name.strategy": topic_subject_name_strategy,  # T-value
         }),
@@ -498,7 +627,8 @@ def cmd_consume(args):
                     if schema_id not in schemas:
                         # Same (subject, id) as the deserializer asked for: a cache hit.
                         writer = registry.get_schema(schema_id, subject_name=subject)
-                        schemas[schema_id] = Schema(json.loads(writer.schema_str))
+                        schemas[schema_id] = Schema(json.loads(writer.schema_str),
+                                                    registry_references(registry, writer))
                     value = to_plain(schemas[schema_id], value, schemas[schema_id].root)
                 key = key_deserializer(msg.key(), SerializationContext(msg.topic(), MessageField.KEY))
                 headers = {name: (None if hv is None else base64.b64encode(hv).decode("ascii"))
@@ -569,6 +699,9 @@ def main(argv=None):
     p.add_argument("--registry", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--schema", required=True, help="Avro schema file (.avsc)")
+    p.add_argument("--reference", action="append", metavar="NAME=SUBJECT=FILE.avsc",
+                   help="a schema the value schema (or a later --reference) references: registered "
+                        "under SUBJECT first, referenced as NAME; repeatable, dependencies first")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--partitions-key-cardinality", type=int, default=50, help="keys are k{i %% K}")
