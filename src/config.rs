@@ -363,15 +363,16 @@ pub struct SchemaConfig {
     /// raw schemas); each such type is defined at its first use.
     pub reference_files: Vec<PathBuf>,
     /// Deepest nesting of values followed in a record (records, arrays and maps
-    /// inside one another; a union adds no level), default 256, at most 10,000.
+    /// inside one another; a union adds no level), default 256, at most 1,000.
     /// Deeper records are dead letters with code `too_deep`.
     pub max_depth: usize,
 }
 
 /// Default of `schema.max_depth`.
 pub const DEFAULT_MAX_DEPTH: usize = 256;
-/// Ceiling of `schema.max_depth`: deeper would risk the transform's stack.
-pub const MAX_DEPTH_CEILING: usize = 10_000;
+/// Ceiling of `schema.max_depth`: twice this still fits a 2 MiB worker-thread
+/// stack (tested), so hostile nesting can never overflow one.
+pub const MAX_DEPTH_CEILING: usize = 1_000;
 
 impl Default for SchemaConfig {
     fn default() -> Self {

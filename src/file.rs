@@ -215,9 +215,10 @@ pub async fn encrypt_file(
             "its schema is already an encrypted (fieldcrypt) schema".into(),
         ));
     }
-    let label = input.display().to_string();
+    // The error already names the file.
+    let label = "its schema";
     let enc = engine
-        .encryptor(&schema, &label)
+        .encryptor(&schema, label)
         .map_err(|source| FileError::Engine {
             path: input.to_path_buf(),
             source: Box::new(source),
@@ -460,7 +461,8 @@ pub async fn decrypt_file(
         source: Box::new(e.into()),
     })?;
     let dec = engine
-        .decryptor(&schema, &input.display().to_string())
+        // The error already names the file.
+        .decryptor(&schema, "its schema")
         .map_err(|source| FileError::Engine {
             path: input.to_path_buf(),
             source: Box::new(source),

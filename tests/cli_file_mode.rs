@@ -476,3 +476,69 @@ fn plan_rejects_impossible_policies_with_the_fix() {
     let out = ok(d, &["plan", "ok.avsc"]);
     assert!(out.contains("no sensitive fields"), "{out}");
 }
+
+/// Schema files as people write them: a UTF-8 BOM is fine; a comment is named as
+/// the problem; a type with no values is refused, not a panic; and no error says
+/// the same thing twice.
+#[test]
+fn schema_files_with_bom_comments_and_empty_unions() {
+    let dir = setup();
+    let d = dir.path();
+    let mut bom = vec![0xef, 0xbb, 0xbf];
+    bom.extend_from_slice(
+        br#"{"type":"record","name":"R","fields":[{"name":"a","type":"string","sensitive":true}]}"#,
+    );
+    std::fs::write(d.join("bom.avsc"), bom).unwrap();
+    let out = ok(d, &["plan", "bom.avsc"]);
+    assert!(out.contains("randomized"), "{out}");
+
+    std::fs::write(
+        d.join("comment.avsc"),
+        "{\"type\": \"record\", // the customer\n \"name\": \"R\", \"fields\": []}",
+    )
+    .unwrap();
+    let err = fails(d, &["plan", "comment.avsc"]);
+    assert!(
+        err.contains("comment.avsc") && err.contains("comments"),
+        "{err}"
+    );
+
+    std::fs::write(
+        d.join("empty.avsc"),
+        r#"{"type":"record","name":"R","fields":[{"name":"u","type":[]}]}"#,
+    )
+    .unwrap();
+    let err = fails(d, &["sample", "--schema", "empty.avsc", "x.avro"]);
+    assert!(err.contains("empty union") && err.contains(" u "), "{err}");
+    assert!(!d.join("x.avro").exists());
+
+    // A damaged record: the message names file, record and field once.
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "20",
+            "--codec",
+            "null",
+            "in.avro",
+        ],
+    );
+    let mut bytes = std::fs::read(d.join("in.avro")).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 40);
+    bytes.extend_from_slice(&[0xff; 24]);
+    bytes.extend_from_slice(&std::fs::read(d.join("in.avro")).unwrap()[n - 16..]);
+    std::fs::write(d.join("bad.avro"), &bytes).unwrap();
+    let err = fails(d, &["encrypt-file", "bad.avro", "out.avro"]);
+    let line = err.lines().next().unwrap();
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p) || p.len() < 12,
+            "\"{p}\" repeated in: {line}"
+        );
+    }
+}

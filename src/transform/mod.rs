@@ -272,3 +272,91 @@ pub(crate) fn run<S, H: RecordHandler<S>>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::crypto::cipher::DeterministicKey;
+    use crate::keys::keyset::KeyMaterial;
+    use crate::schema::plan::{DecryptPlan, EncryptPlan, PlanConfig};
+    use crate::schema::policy::SelectionConfig;
+
+    fn cfg(max_depth: usize) -> PlanConfig {
+        PlanConfig {
+            selection: SelectionConfig {
+                default_deterministic_domain: "default".into(),
+                ..Default::default()
+            },
+            blind_index_suffix: "_bidx".into(),
+            text_only_domains: HashSet::new(),
+            max_depth,
+        }
+    }
+
+    fn keys() -> Arc<KeyMaterial> {
+        let k = Arc::new(DeterministicKey::new([3; 16], &[7; 64]).unwrap());
+        Arc::new(KeyMaterial::from_keys(vec![("default".into(), k)], vec![]))
+    }
+
+    /// A linked list whose every node holds a deterministic field, `n` nodes long.
+    fn list(n: usize) -> (serde_json::Value, Vec<u8>) {
+        let schema = json!({"type": "record", "name": "Node", "fields": [
+            {"name": "v", "type": "long", "sensitive": {"mode": "deterministic"}},
+            {"name": "next", "type": ["null", "Node"]}]});
+        let mut datum = Vec::new();
+        for i in 0..n {
+            crate::avro::binary::write_long(&mut datum, i as i64);
+            crate::avro::binary::write_long(&mut datum, if i + 1 < n { 1 } else { 0 });
+        }
+        (schema, datum)
+    }
+
+    fn round_trip(n: usize, max_depth: usize) -> Result<(), TransformError> {
+        let (schema, datum) = list(n);
+        let plan = Arc::new(EncryptPlan::build(&schema, "list", &cfg(max_depth)).unwrap());
+        let enc = Encryptor::new(plan.clone(), &keys()).unwrap();
+        let mut out = Vec::new();
+        enc.encrypt(&datum, None, &mut out)?;
+        let dplan = DecryptPlan::build_with_depth(&plan.output_json, "out", max_depth).unwrap();
+        let dec = Decryptor::new(Arc::new(dplan), keys());
+        let mut back = Vec::new();
+        dec.decrypt(&out, &Default::default(), &mut back)?;
+        assert_eq!(back, datum);
+        Ok(())
+    }
+
+    #[test]
+    fn depth_counts_records_not_union_branches() {
+        // 129 nodes: the last node's fields are 129 levels down, well inside 256
+        // (a union branch adds no level, so a list node is one level).
+        round_trip(129, 256).unwrap();
+        round_trip(256, 256).unwrap();
+        let e = round_trip(257, 256).unwrap_err();
+        assert_eq!(e.code(), "too_deep");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("nesting depth limit")
+                && msg.contains("256")
+                && msg.contains("schema.max_depth"),
+            "{msg}"
+        );
+        round_trip(600, 1000).unwrap();
+    }
+
+    #[test]
+    fn the_deepest_configurable_nesting_fits_a_worker_thread_stack() {
+        // tokio's worker threads have 2 MiB stacks; the ceiling must fit in them.
+        let n = crate::config::MAX_DEPTH_CEILING;
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || round_trip(n, n).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
