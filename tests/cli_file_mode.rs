@@ -542,3 +542,68 @@ fn schema_files_with_bom_comments_and_empty_unions() {
         );
     }
 }
+
+/// The KEK file is the root of every key: `keys init` makes its directory 0700
+/// and the file 0600 whatever the umask, and a KEK file that group or others can
+/// read is refused with the command that fixes it.
+#[test]
+fn kek_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = Command::new("sh")
+        .current_dir(d)
+        .args(["-c", &format!("umask 000 && {BIN} keys init")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(".fieldcrypt"), 0o700);
+    assert_eq!(mode(".fieldcrypt/kek.key"), 0o600);
+
+    std::fs::set_permissions(
+        d.join(".fieldcrypt/kek.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let err = fails(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "deterministic",
+            "--domain",
+            "default",
+        ],
+    );
+    assert!(
+        err.contains(".fieldcrypt/kek.key") && err.contains("chmod 600") && err.contains("640"),
+        "{err}"
+    );
+    // A symlink to a private KEK (how Kubernetes mounts secrets) is fine.
+    std::fs::set_permissions(
+        d.join(".fieldcrypt/kek.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::rename(d.join(".fieldcrypt/kek.key"), d.join("real.key")).unwrap();
+    std::os::unix::fs::symlink(d.join("real.key"), d.join(".fieldcrypt/kek.key")).unwrap();
+    ok(
+        d,
+        &[
+            "keys",
+            "create",
+            "--purpose",
+            "deterministic",
+            "--domain",
+            "default",
+        ],
+    );
+    // keys init never writes through a symlink.
+    std::fs::remove_file(d.join(".fieldcrypt/kek.key")).unwrap();
+    std::os::unix::fs::symlink(d.join("elsewhere.key"), d.join(".fieldcrypt/kek.key")).unwrap();
+    let err = fails(d, &["keys", "init"]);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(!d.join("elsewhere.key").exists());
+}

@@ -6,7 +6,18 @@
 //! - Dead letters carry `fieldcrypt.error.code`, `fieldcrypt.error.message`,
 //!   `fieldcrypt.source.topic`, `fieldcrypt.source.partition` and
 //!   `fieldcrypt.source.offset` (UTF-8 text).
+//!
+//! The `fieldcrypt.` header namespace is ours: incoming headers in it are dropped
+//! (only `fieldcrypt.dek` is read, when decrypting), so a producer cannot forge an
+//! error code or a marker. [`read`] is the one way records' headers are read: it
+//! refuses names it cannot read exactly (not UTF-8, or holding a NUL byte that
+//! librdkafka's C-string API would cut short) instead of passing them on altered.
 
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use rdkafka::message::Headers;
 use thiserror::Error;
 
 use crate::crypto::format::KeyId;
@@ -21,7 +32,76 @@ pub const SOURCE_TOPIC: &str = "fieldcrypt.source.topic";
 pub const SOURCE_PARTITION: &str = "fieldcrypt.source.partition";
 pub const SOURCE_OFFSET: &str = "fieldcrypt.source.offset";
 
+/// Headers fieldcrypt adds to dead letters whose original headers could not be read.
+pub const ERROR_HEADERS: &str = "fieldcrypt.error.headers";
+/// The namespace of fieldcrypt's own headers.
+pub const RESERVED_PREFIX: &str = "fieldcrypt.";
+
+/// Is this header name in fieldcrypt's namespace?
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
 const DEK_VERSION: u8 = 1;
+
+/// A record whose headers cannot be read exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum UnreadableHeaders {
+    #[error("a record header name is not UTF-8")]
+    NotUtf8,
+    #[error("record header {0}'s name contains a NUL byte")]
+    NulInName(usize),
+}
+
+thread_local! {
+    /// Set while [`read`] walks headers, so the panic hook stays quiet about the
+    /// panic it expects from rdkafka on a non-UTF-8 name.
+    static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The headers of a record as (name, value) pairs, in order.
+///
+/// rdkafka reads names as C strings and panics on non-UTF-8 ones; that panic is
+/// caught here (and not printed) and becomes [`UnreadableHeaders::NotUtf8`]. A
+/// name with a NUL byte would come back cut short: librdkafka keeps the value
+/// right after the name and its terminator, so for a non-empty value the distance
+/// between them tells the name's true length, and a mismatch is refused. (An empty
+/// or null value leaves no such witness; such a name is taken as librdkafka gives it.)
+pub fn read<H: Headers>(
+    headers: Option<&H>,
+) -> Result<Vec<(&str, Option<&[u8]>)>, UnreadableHeaders> {
+    let Some(hs) = headers else {
+        return Ok(Vec::new());
+    };
+    install_quiet_hook();
+    READING.with(|r| r.set(true));
+    let all = panic::catch_unwind(AssertUnwindSafe(|| {
+        hs.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>()
+    }));
+    READING.with(|r| r.set(false));
+    let all = all.map_err(|_| UnreadableHeaders::NotUtf8)?;
+    for (i, (k, v)) in all.iter().enumerate() {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            let gap = (v.as_ptr() as usize).wrapping_sub(k.as_ptr() as usize);
+            if gap != k.len() + 1 {
+                return Err(UnreadableHeaders::NulInName(i));
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn install_quiet_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !READING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
 
 /// A `fieldcrypt.dek` header that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -83,6 +163,45 @@ pub fn decode_dek(v: &[u8]) -> Result<WrappedDek, DekHeaderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    #[test]
+    fn headers_are_read_exactly_or_refused() {
+        let hs = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some(&b"abc"[..]),
+            })
+            .insert(Header {
+                key: "empty",
+                value: Some(&b""[..]),
+            })
+            .insert(Header {
+                key: "null",
+                value: None::<&[u8]>,
+            });
+        let got = read(Some(&hs)).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("trace", Some(&b"abc"[..])),
+                ("empty", Some(&b""[..])),
+                ("null", None)
+            ]
+        );
+        // librdkafka keeps "a\0b" whole but hands it back as the C string "a".
+        let hs = OwnedHeaders::new()
+            .insert(Header {
+                key: "ok",
+                value: Some(&b"1"[..]),
+            })
+            .insert(Header {
+                key: "fieldcrypt.dek\0x",
+                value: Some(&b"v"[..]),
+            });
+        assert_eq!(read(Some(&hs)), Err(UnreadableHeaders::NulInName(1)));
+        assert!(is_reserved("fieldcrypt.error.code") && !is_reserved("fieldcrypt"));
+    }
 
     #[test]
     fn dek_headers_round_trip_and_reject_damage() {

@@ -39,6 +39,82 @@ pub struct RouteConfig {
     /// the tenant rather than to the route.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Decrypting: the DEK scopes accepted in `fieldcrypt.dek` headers
+    /// (`route:<target template>`, `tenant:<name>`). Default: the tenant's when
+    /// `tenant` is set, otherwise any `route:` scope whose target template yields
+    /// the record's topic (what an encrypting route writing to it uses).
+    #[serde(default)]
+    pub accept_scopes: Option<Vec<String>>,
+}
+
+/// Which DEK scopes a decrypting route accepts in `fieldcrypt.dek` headers.
+/// Checked before any KMS call, so a header copied from another tenant's or
+/// route's record (or forged with another scope) is refused outright.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptScopes {
+    /// Exactly these scopes (as the encrypting side names them, e.g.
+    /// `route:secure.${topic}`).
+    Listed(Vec<String>),
+    /// Only this tenant's.
+    Tenant(String),
+    /// `route:<template>` where the template yields the record's topic.
+    RouteOfTopic,
+}
+
+impl AcceptScopes {
+    /// The route's setting, or its default.
+    pub fn for_route(r: &RouteConfig) -> Self {
+        match (&r.accept_scopes, &r.tenant) {
+            (Some(l), _) => AcceptScopes::Listed(l.clone()),
+            (None, Some(t)) => AcceptScopes::Tenant(format!("tenant:{t}")),
+            (None, None) => AcceptScopes::RouteOfTopic,
+        }
+    }
+
+    /// May a DEK of `scope` decrypt a record of `topic`?
+    pub fn accepts(&self, scope: &str, topic: &str) -> bool {
+        match self {
+            AcceptScopes::Tenant(t) => scope == t,
+            AcceptScopes::RouteOfTopic => scope
+                .strip_prefix("route:")
+                .is_some_and(|t| template_yields(t, topic)),
+            AcceptScopes::Listed(l) => l.iter().any(|a| a == scope),
+        }
+    }
+
+    /// What is accepted, for error messages.
+    pub fn describe(&self, topic: &str) -> String {
+        match self {
+            AcceptScopes::Tenant(t) => format!("it accepts {t}"),
+            AcceptScopes::RouteOfTopic => {
+                format!("it accepts route scopes whose target yields topic {topic}")
+            }
+            AcceptScopes::Listed(l) => format!("accept_scopes = {l:?}"),
+        }
+    }
+}
+
+/// Could target template `t` produce topic `topic` (some source topic put for
+/// each `${topic}`)?
+pub fn template_yields(t: &str, topic: &str) -> bool {
+    let parts: Vec<&str> = t.split("${topic}").collect();
+    if parts.len() == 1 {
+        return t == topic;
+    }
+    // Greedy match of the literal parts in order, each `${topic}` at least one byte.
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !topic.starts_with(first) || !topic.ends_with(last) || topic.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &topic[first.len()..topic.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.get(1..).and_then(|r| r.find(mid)) {
+            Some(i) => rest = &rest[1 + i + mid.len()..],
+            None => return false,
+        }
+    }
+    !rest.is_empty()
 }
 
 impl RouteConfig {

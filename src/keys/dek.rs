@@ -203,12 +203,36 @@ impl DekManager {
     }
 }
 
-/// Decrypt side: unwrapped DEKs by key id.
+/// Decrypt side: unwrapped DEKs by key id, each bound to everything its wrapped
+/// form was bound to (scope, KEK, wrapped blob). A header that reuses a known id
+/// with a different binding is refused: the KMS checked the first binding only.
 #[derive(Debug)]
 pub struct DekCache {
     kms: Arc<dyn Kms>,
-    cache: Cache<KeyId, Arc<RandomizedKey>>,
+    cache: Cache<KeyId, Arc<BoundKey>>,
     pub stats: Arc<DekStats>,
+}
+
+/// An unwrapped DEK and the digest of what unwrapping it was bound to.
+#[derive(Debug)]
+struct BoundKey {
+    binding: [u8; 32],
+    key: Arc<RandomizedKey>,
+}
+
+/// SHA-256 of the scope, KEK id and wrapped blob, each length-prefixed.
+fn binding(w: &WrappedDek) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        w.scope.as_bytes(),
+        w.wrapped.kek.as_bytes(),
+        &w.wrapped.blob,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 impl DekCache {
@@ -225,20 +249,30 @@ impl DekCache {
 
     /// The key for a wrapped DEK, unwrapping it through the KMS on first sight.
     pub async fn get(&self, w: &WrappedDek) -> Result<Arc<RandomizedKey>, KmsError> {
-        if let Some(k) = self.cache.get(&w.id).await {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(k);
+        let want = binding(w);
+        let bound = match self.cache.get(&w.id).await {
+            Some(b) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                b
+            }
+            None => self
+                .cache
+                .try_get_with(w.id, async {
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    let pt = self.kms.decrypt_data_key(&w.wrapped, &w.context()).await?;
+                    let key = RandomizedKey::new(w.id, &pt)
+                        .map(Arc::new)
+                        .map_err(|_| KmsError::InvalidCiphertext)?;
+                    Ok(Arc::new(BoundKey { binding: want, key }))
+                })
+                .await
+                .map_err(|e: Arc<KmsError>| (*e).clone())?,
+        };
+        // Equal digests of public values: no need for a constant-time compare.
+        if bound.binding != want {
+            return Err(KmsError::BindingMismatch);
         }
-        self.cache
-            .try_get_with(w.id, async {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                let pt = self.kms.decrypt_data_key(&w.wrapped, &w.context()).await?;
-                RandomizedKey::new(w.id, &pt)
-                    .map(Arc::new)
-                    .map_err(|_| KmsError::InvalidCiphertext)
-            })
-            .await
-            .map_err(|e: Arc<KmsError>| (*e).clone())
+        Ok(bound.key.clone())
     }
 }
 
@@ -305,6 +339,23 @@ mod tests {
         assert_eq!(
             cache.get(&moved).await.unwrap_err(),
             KmsError::InvalidCiphertext
+        );
+        // A known id with another scope, KEK or blob is refused from the cache,
+        // without a KMS call.
+        let misses = cache.stats.misses.load(Ordering::Relaxed);
+        for forge in [
+            |w: &mut WrappedDek| w.scope = "tenant:evil".into(),
+            |w: &mut WrappedDek| w.wrapped.kek = "local:0000000000000000".into(),
+            |w: &mut WrappedDek| w.wrapped.blob.push(0),
+        ] {
+            let mut f = d.wrapped().clone();
+            forge(&mut f);
+            assert_eq!(cache.get(&f).await.unwrap_err(), KmsError::BindingMismatch);
+        }
+        assert_eq!(cache.stats.misses.load(Ordering::Relaxed), misses);
+        assert!(
+            cache.get(d.wrapped()).await.is_ok(),
+            "the genuine one still works"
         );
     }
 }

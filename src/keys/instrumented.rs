@@ -31,6 +31,7 @@ impl Instrumented {
             Err(KmsError::WrongKek { .. }) => "wrong_kek",
             Err(KmsError::InvalidCiphertext) => "invalid_ciphertext",
             Err(KmsError::Config(_)) => "config",
+            Err(KmsError::BindingMismatch) => "binding_mismatch",
         };
         self.metrics
             .kms_requests

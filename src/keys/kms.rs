@@ -45,6 +45,10 @@ pub enum KmsError {
     /// The KMS is misconfigured (missing KEK file, bad key id, ...).
     #[error("{0}")]
     Config(String),
+    /// A wrapped DEK arrived with the id of one already unwrapped but a different
+    /// scope, KEK or blob: a forged or altered header, refused without a KMS call.
+    #[error("the fieldcrypt.dek header's key id was seen before with a different scope, KEK or wrapped key: a forged or altered header")]
+    BindingMismatch,
 }
 
 impl KmsError {

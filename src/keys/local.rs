@@ -6,7 +6,7 @@
 //! Wrapped blob: `0x01 || fingerprint(8) || nonce(12) || ciphertext || tag(16)`.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -37,12 +37,12 @@ impl std::fmt::Debug for LocalKms {
 }
 
 impl LocalKms {
-    /// Creates a new KEK file (32 random bytes, mode 0600). Refuses to overwrite.
+    /// Creates a new KEK file (32 random bytes, mode 0600 whatever the umask, in a
+    /// directory created 0700 if it does not exist). Refuses to overwrite, and
+    /// refuses an existing symlink at the path.
     pub fn init(path: &Path) -> Result<PathBuf, KmsError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| {
-                KmsError::Config(format!("cannot create directory {}: {e}", dir.display()))
-            })?;
+            create_private_dir(dir)?;
         }
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
@@ -62,6 +62,16 @@ impl LocalKms {
                 KmsError::Config(format!("cannot create KEK file {}: {e}", path.display()))
             }
         })?;
+        // The umask may have taken bits away from 0600 (never added any): make it
+        // exactly owner read/write.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(|e| {
+                    KmsError::Config(format!("cannot chmod KEK file {}: {e}", path.display()))
+                })?;
+        }
         let mut kek = Zeroizing::new([0u8; 32]);
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, kek.as_mut())
             .map_err(|e| KmsError::Config(format!("the OS random number generator failed: {e}")))?;
@@ -73,9 +83,11 @@ impl LocalKms {
         Ok(path.to_path_buf())
     }
 
-    /// Opens an existing KEK file.
+    /// Opens an existing KEK file. A file that group or others may read is refused
+    /// (before it is read). Symlinks are followed (Kubernetes mounts secrets as
+    /// symlinks); the file they lead to is what is checked.
     pub fn open(path: &Path) -> Result<Self, KmsError> {
-        let bytes = Zeroizing::new(fs::read(path).map_err(|e| {
+        let not_readable = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 KmsError::Config(format!(
                     "KEK file {} does not exist; create it with `fieldcrypt keys init`",
@@ -84,25 +96,21 @@ impl LocalKms {
             } else {
                 KmsError::Config(format!("cannot read KEK file {}: {e}", path.display()))
             }
-        })?);
+        };
+        // Checked on the open file, so what is checked is what is read.
+        let mut f = fs::File::open(path).map_err(not_readable)?;
+        check_private(path, &f.metadata().map_err(not_readable)?)?;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(32));
+        std::io::Read::by_ref(&mut f)
+            .take(1024)
+            .read_to_end(&mut bytes)
+            .map_err(not_readable)?;
         if bytes.len() != 32 {
             return Err(KmsError::Config(format!(
                 "KEK file {} holds {} bytes; a KEK is exactly 32 bytes (create one with `fieldcrypt keys init`)",
                 path.display(),
                 bytes.len()
             )));
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(m) = fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "KEK file is readable by group or others; chmod 600 it"
-                    );
-                }
-            }
         }
         Self::from_bytes(&bytes)
     }
@@ -133,6 +141,49 @@ impl LocalKms {
         }
         ad
     }
+}
+
+/// Creates `dir` (and missing parents) as 0700 whatever the umask; an existing
+/// directory is left as it is.
+fn create_private_dir(dir: &Path) -> Result<(), KmsError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| KmsError::Config(format!("cannot create directory {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            KmsError::Config(format!("cannot chmod directory {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Refuses a KEK file that anyone but its owner may read or write.
+fn check_private(path: &Path, m: &fs::Metadata) -> Result<(), KmsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KmsError::Config(format!(
+                "KEK file {} is accessible to group or others (mode {mode:03o}); refusing to use \
+                 it. Make it private with: chmod 600 {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

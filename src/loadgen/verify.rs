@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use tokio::sync::watch;
@@ -309,16 +309,15 @@ impl Verifier {
                 Ok(Ok(m)) => m,
             };
             let (mut run, mut seq, mut ts, mut tombstone) = (None, None, None, false);
-            if let Some(hs) = msg.headers() {
-                for h in hs.iter() {
-                    let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
-                    match h.key {
-                        RUN_HEADER => run = v,
-                        SEQ_HEADER => seq = Some(v.and_then(|s| s.parse::<u64>().ok())),
-                        TS_HEADER => ts = v.and_then(|s| s.parse::<u64>().ok()),
-                        TOMBSTONE_HEADER => tombstone = true,
-                        _ => {}
-                    }
+            // Unreadable headers: not a record of this run.
+            for (k, v) in crate::kafka::headers::read(msg.headers()).unwrap_or_default() {
+                let v = v.and_then(|v| std::str::from_utf8(v).ok());
+                match k {
+                    RUN_HEADER => run = v,
+                    SEQ_HEADER => seq = Some(v.and_then(|s| s.parse::<u64>().ok())),
+                    TS_HEADER => ts = v.and_then(|s| s.parse::<u64>().ok()),
+                    TOMBSTONE_HEADER => tombstone = true,
+                    _ => {}
                 }
             }
             if run != Some(self.run_id.as_str()) {

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub kms_requests: IntCounterVec,
     pub kms_seconds: HistogramVec,
     pub registry_requests: IntCounterVec,
+    /// Incoming headers in fieldcrypt's namespace, dropped.
+    pub reserved_headers_dropped: prometheus::IntCounter,
     /// The DEK counters live in the key managers; they are copied in at scrape time.
     dek_sources: std::sync::Mutex<Vec<(&'static str, Arc<DekStats>)>>,
     /// False after a KMS call failed for a retriable reason, until one succeeds.
@@ -188,6 +190,13 @@ impl Metrics {
                 IntGauge::new(
                     "fieldcrypt_paused",
                     "1 while consumption is paused because the KMS or the Schema Registry is unavailable."
+                )
+            ),
+            reserved_headers_dropped: reg!(
+                r,
+                prometheus::IntCounter::new(
+                    "fieldcrypt_reserved_headers_dropped_total",
+                    "Incoming record headers in fieldcrypt's own namespace (fieldcrypt.*) that were dropped: only fieldcrypt writes them."
                 )
             ),
             transactions: reg!(

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use serde_json::Value as Json;
 use thiserror::Error;
 
@@ -18,7 +18,7 @@ use crate::config::{Config, PipelineMode};
 use crate::crypto::format::KeyId;
 use crate::engine::Engine;
 use crate::kafka::headers;
-use crate::kafka::route::KeyFormat;
+use crate::kafka::route::{AcceptScopes, KeyFormat};
 use crate::kafka::wire;
 use crate::keys::{Dek, KmsError};
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
@@ -88,6 +88,8 @@ struct RouteCodecs {
     /// DEK scope, bound into each DEK's encryption context: one per route, stable
     /// across instances and restarts.
     scope: String,
+    /// Decrypting: the DEK scopes this route's records may name.
+    accepts: AcceptScopes,
     raw_value: Option<Codec>,
     key_format: KeyFormat,
     raw_key: Option<Codec>,
@@ -174,6 +176,7 @@ impl Transformer {
             };
             routes.push(RouteCodecs {
                 scope: r.dek_scope(),
+                accepts: AcceptScopes::for_route(r),
                 raw_value,
                 key_format: r.key_format,
                 raw_key,
@@ -208,6 +211,10 @@ impl Transformer {
         let Some(rc) = self.routes.get(route) else {
             return Ok(dead(("no_route", "no transform for this route".into())));
         };
+        let hdrs = match headers::read(msg.headers()) {
+            Ok(h) => h,
+            Err(e) => return Ok(dead(("bad_header", e.to_string()))),
+        };
         let key = match self.transform_key(msg, rc, target).await? {
             Ok(k) => k,
             Err(d) => return Ok(dead(d)),
@@ -217,7 +224,7 @@ impl Transformer {
             return Ok(Outcome::Produce {
                 key,
                 payload: None,
-                headers: copy_headers(msg),
+                headers: self.copy_headers(&hdrs),
                 counts: Counts::default(),
             });
         };
@@ -234,7 +241,7 @@ impl Transformer {
             Ok(r) => r,
             Err(d) => return Ok(dead(d)),
         };
-        let mut headers = copy_headers(msg);
+        let mut headers = self.copy_headers(&hdrs);
         let counts = match &codec {
             Codec::Encrypt(enc) => {
                 match self
@@ -246,7 +253,7 @@ impl Transformer {
                 }
             }
             Codec::Decrypt(dec) => {
-                let deks = match self.dek_set(msg).await? {
+                let deks = match self.dek_set(&hdrs, rc, msg.topic()).await? {
                     Ok(d) => d,
                     Err(d) => return Ok(dead(d)),
                 };
@@ -363,31 +370,73 @@ impl Transformer {
         }
     }
 
-    /// The DEKs named by the record's `fieldcrypt.dek` headers, unwrapped.
-    async fn dek_set<M: Message>(&self, msg: &M) -> Result<Result<DekSet, Dead>, Fatal> {
+    /// The DEKs named by the record's `fieldcrypt.dek` headers, unwrapped. A header
+    /// whose scope this route does not accept is refused before any KMS call.
+    async fn dek_set(
+        &self,
+        hdrs: &[(&str, Option<&[u8]>)],
+        rc: &RouteCodecs,
+        topic: &str,
+    ) -> Result<Result<DekSet, Dead>, Fatal> {
         let mut deks = DekSet::new();
-        if let Some(hs) = msg.headers() {
-            for h in hs.iter().filter(|h| h.key == headers::DEK) {
-                let w = match h.value.map(headers::decode_dek) {
-                    Some(Ok(w)) => w,
-                    Some(Err(e)) => return Ok(Err(("bad_dek_header", e.to_string()))),
-                    None => {
-                        return Ok(Err((
-                            "bad_dek_header",
-                            "empty fieldcrypt.dek header".into(),
-                        )))
-                    }
-                };
-                match self.engine.dek_cache.get(&w).await {
-                    Ok(k) => {
-                        deks.insert(w.id, k);
-                    }
-                    Err(e) if e.is_retriable() => return Err(e.into()),
-                    Err(e) => return Ok(Err(("dek_unwrap_failed", e.to_string()))),
+        for (_, v) in hdrs.iter().filter(|(k, _)| *k == headers::DEK) {
+            let w = match v.map(headers::decode_dek) {
+                Some(Ok(w)) => w,
+                Some(Err(e)) => return Ok(Err(("bad_dek_header", e.to_string()))),
+                None => {
+                    return Ok(Err((
+                        "bad_dek_header",
+                        "empty fieldcrypt.dek header".into(),
+                    )))
                 }
+            };
+            if !rc.accepts.accepts(&w.scope, topic) {
+                return Ok(Err((
+                    "dek_scope_refused",
+                    format!(
+                        "a fieldcrypt.dek header names scope \"{}\", which this route does not accept ({}); set the route's accept_scopes if the data comes from another route",
+                        w.scope,
+                        rc.accepts.describe(topic)
+                    ),
+                )));
+            }
+            match self.engine.dek_cache.get(&w).await {
+                Ok(k) => {
+                    deks.insert(w.id, k);
+                }
+                Err(e) if e.is_retriable() => return Err(e.into()),
+                Err(KmsError::BindingMismatch) => {
+                    return Ok(Err((
+                        "dek_binding_mismatch",
+                        KmsError::BindingMismatch.to_string(),
+                    )))
+                }
+                Err(e) => return Ok(Err(("dek_unwrap_failed", e.to_string()))),
             }
         }
         Ok(Ok(deks))
+    }
+
+    /// The record's headers for the output: everything but fieldcrypt's own
+    /// namespace (the output gets its own DEK headers, or none after decryption);
+    /// headers dropped from that namespace are counted.
+    fn copy_headers(&self, hdrs: &[(&str, Option<&[u8]>)]) -> OwnedHeaders {
+        let mut out = OwnedHeaders::new_with_capacity(hdrs.len() + 1);
+        let mut dropped = 0u64;
+        for (k, v) in hdrs {
+            if headers::is_reserved(k) {
+                // fieldcrypt.dek headers are ours to read, not to pass on.
+                if *k != headers::DEK {
+                    dropped += 1;
+                }
+                continue;
+            }
+            out = out.insert(Header { key: k, value: *v });
+        }
+        if dropped > 0 {
+            self.engine.metrics.reserved_headers_dropped.inc_by(dropped);
+        }
+        out
     }
 
     /// The codec for registry schema `id` on its way to `target`, built (and the
@@ -497,29 +546,26 @@ fn dead((code, message): Dead) -> Outcome {
     Outcome::DeadLetter { code, message }
 }
 
-/// The record's headers, minus fieldcrypt's own DEK headers (the output gets its
-/// own, or none after decryption).
-fn copy_headers<M: Message>(msg: &M) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new();
-    if let Some(hs) = msg.headers() {
-        for h in hs.iter().filter(|h| h.key != headers::DEK) {
-            out = out.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    out
-}
-
-/// The original headers plus the error and source-position headers.
+/// The original headers plus the error and source-position headers. Of the
+/// original headers in fieldcrypt's namespace only `fieldcrypt.dek` is kept (the
+/// dead letter's payload may need it to be decrypted), so a forged error header
+/// can never stand before the real one; headers that cannot be read are left out
+/// and the dead letter says so.
 pub fn dead_letter_headers<M: Message>(msg: &M, code: &str, message: &str) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
-    if let Some(hs) = msg.headers() {
-        for h in hs.iter() {
+    match headers::read(msg.headers()) {
+        Ok(hs) => {
+            for (k, v) in hs {
+                if headers::is_reserved(k) && k != headers::DEK {
+                    continue;
+                }
+                out = out.insert(Header { key: k, value: v });
+            }
+        }
+        Err(e) => {
             out = out.insert(Header {
-                key: h.key,
-                value: h.value,
+                key: headers::ERROR_HEADERS,
+                value: Some(format!("original headers left out: {e}").as_bytes()),
             });
         }
     }
