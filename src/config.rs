@@ -122,12 +122,17 @@ pub struct MetricsConfig {
     /// Address of the HTTP listener (default `127.0.0.1:9464`; port 0 picks one;
     /// empty turns it off).
     pub listen: String,
+    /// Most topics that get their own `topic` label (default 1,000); the rest
+    /// share the label `other`, so regex routes cannot grow the series without
+    /// bound. A source topic's series go when its partitions are revoked.
+    pub max_topics: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+            max_topics: crate::observe::metrics::DEFAULT_MAX_TOPICS,
         }
     }
 }
@@ -449,6 +454,12 @@ impl Config {
 
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.metrics.max_topics == 0 {
+            return Err(invalid(
+                "metrics.max_topics",
+                "must be at least 1 (topics past it share the label \"other\")",
+            ));
+        }
         if !(1..=MAX_DEPTH_CEILING).contains(&self.schema.max_depth) {
             return Err(invalid(
                 "schema.max_depth",

@@ -140,6 +140,17 @@ impl<R: Read> ContainerReader<R> {
                 metadata.push((k, v));
             }
         }
+        // Readers disagree on which of two equal keys counts (fastavro and Java take
+        // the last, others the first), so a file could show one schema to a checker
+        // and another to us: refuse it.
+        for (i, (k, _)) in metadata.iter().enumerate() {
+            if metadata[..i].iter().any(|(p, _)| p == k) {
+                let k: String = k.chars().take(64).collect();
+                return Err(ContainerError::BadHeader(format!(
+                    "metadata key {k:?} appears more than once (readers disagree on which counts)"
+                )));
+            }
+        }
         let mut sync = [0u8; 16];
         r.read_exact(&mut sync)
             .map_err(|_| ContainerError::BadHeader("file ends before the sync marker".into()))?;
@@ -432,5 +443,23 @@ mod tests {
         let mut r = ContainerReader::open(bad.as_slice()).unwrap();
         let e = r.next_block().unwrap_err().to_string();
         assert!(e.contains("sync marker"), "{e}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let mut h = Vec::new();
+        let meta = vec![
+            ("avro.schema".to_string(), br#""long""#.to_vec()),
+            ("avro.schema".to_string(), br#""string""#.to_vec()),
+        ];
+        write_header(&mut h, &meta, &[7; 16]).unwrap();
+        let Err(e) = ContainerReader::open(h.as_slice()) else {
+            panic!("a file with two schemas was opened");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("avro.schema") && e.contains("more than once"),
+            "{e}"
+        );
     }
 }

@@ -48,7 +48,17 @@ pub struct Metrics {
     assigned: AtomicI64,
     /// Records held by workers waiting for an unavailable KMS or registry.
     stalled: AtomicI64,
+    /// Topics that have their own label value; past `max_topics` the rest share
+    /// [`OTHER_TOPIC`], so regex routes over many topics cannot grow the series
+    /// without bound.
+    topics: std::sync::RwLock<std::collections::HashSet<String>>,
+    max_topics: std::sync::atomic::AtomicUsize,
 }
+
+/// The `topic` label of topics past `metrics.max_topics`.
+pub const OTHER_TOPIC: &str = "other";
+/// Default of `metrics.max_topics`.
+pub const DEFAULT_MAX_TOPICS: usize = 1_000;
 
 /// Latency buckets from 10 µs to 10 s: transforms take microseconds, deliveries
 /// milliseconds, KMS calls up to seconds.
@@ -263,6 +273,8 @@ impl Metrics {
             kms_reachable: AtomicBool::new(true),
             assigned: AtomicI64::new(0),
             stalled: AtomicI64::new(0),
+            topics: std::sync::RwLock::default(),
+            max_topics: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_TOPICS),
         }
     }
 
@@ -277,6 +289,66 @@ impl Metrics {
     }
 
     /// Adds one record's field counts.
+    /// Sets `metrics.max_topics`.
+    pub fn set_max_topics(&self, n: usize) {
+        self.max_topics.store(n, Ordering::Relaxed);
+    }
+
+    /// The `topic` label value for a topic: its name while fewer than
+    /// `metrics.max_topics` topics have one, [`OTHER_TOPIC`] after that.
+    pub fn topic_label<'a>(&self, topic: &'a str) -> &'a str {
+        {
+            let known = self.topics.read().unwrap_or_else(|p| p.into_inner());
+            if known.contains(topic) {
+                return topic;
+            }
+        }
+        let mut known = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if known.contains(topic) || known.len() < self.max_topics.load(Ordering::Relaxed) {
+            known.insert(topic.to_string());
+            topic
+        } else {
+            OTHER_TOPIC
+        }
+    }
+
+    /// Drops every series labelled with this topic (its partitions were revoked),
+    /// and frees its place under `metrics.max_topics`.
+    pub fn forget_topic(&self, topic: &str) {
+        use prometheus::core::Collector;
+        type Labels<'a> = std::collections::HashMap<&'a str, &'a str>;
+        let removers: [&dyn Fn(&Labels<'_>); 4] = [
+            &|l| drop(self.records_consumed.remove(l)),
+            &|l| drop(self.bytes_consumed.remove(l)),
+            &|l| drop(self.dead_letters.remove(l)),
+            &|l| drop(self.consumer_lag.remove(l)),
+        ];
+        let families = [
+            self.records_consumed.collect(),
+            self.bytes_consumed.collect(),
+            self.dead_letters.collect(),
+            self.consumer_lag.collect(),
+        ];
+        for (remove, fams) in removers.iter().zip(families) {
+            for fam in fams {
+                for m in fam.get_metric() {
+                    let labels: Labels<'_> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if labels.get("topic") == Some(&topic) {
+                        remove(&labels);
+                    }
+                }
+            }
+        }
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
     pub fn count_fields(&self, operation: &str, c: &Counts) {
         for (mode, n) in [
             ("randomized", c.randomized),
@@ -396,5 +468,33 @@ mod tests {
         m.set_kms_reachable(false);
         assert!(!m.is_ready());
         assert!(m.render().contains("fieldcrypt_ready 0"));
+    }
+
+    #[test]
+    fn topic_labels_are_capped_and_forgotten_on_revoke() {
+        let m = Metrics::new();
+        m.set_max_topics(2);
+        for t in ["a", "b", "c", "d"] {
+            let l = m.topic_label(t);
+            m.records_consumed.with_label_values(&[l]).inc();
+            m.dead_letters
+                .with_label_values(&[l, "schema_mismatch"])
+                .inc();
+            m.consumer_lag.with_label_values(&[l, "0"]).set(5);
+        }
+        let text = m.render();
+        assert!(
+            text.contains("fieldcrypt_records_consumed_total{topic=\"other\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("topic=\"c\""));
+        m.forget_topic("a");
+        let text = m.render();
+        assert!(
+            !text.contains("topic=\"a\""),
+            "every series of a goes: {text}"
+        );
+        assert_eq!(m.topic_label("c"), "c", "a's place is free again");
+        assert_eq!(m.topic_label("d"), OTHER_TOPIC);
     }
 }

@@ -110,7 +110,7 @@ impl ClientContext for Context {
                 if *p >= 0 && part.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
-                        .with_label_values(&[topic, &p.to_string()])
+                        .with_label_values(&[self.metrics.topic_label(topic), &p.to_string()])
                         .set(part.consumer_lag);
                 }
             }
@@ -129,12 +129,14 @@ impl ConsumerContext for Context {
             self.metrics.rebalances.with_label_values(&["revoke"]).inc();
             let forget = || {
                 let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                let mut topics = std::collections::BTreeSet::new();
                 for e in tpl.elements() {
                     t.forget(e.topic(), e.partition());
-                    let _ = self
-                        .metrics
-                        .consumer_lag
-                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                    topics.insert(e.topic().to_string());
+                }
+                // Series of topics no longer assigned go (regex routes come and go).
+                for topic in topics {
+                    self.metrics.forget_topic(&topic);
                 }
             };
             match &self.txn {
@@ -298,6 +300,7 @@ pub async fn run(
 ) -> Result<RunStats, PipelineError> {
     let setup = |e: String| PipelineError::Setup(e);
     let metrics = engine.metrics.clone();
+    metrics.set_max_topics(config.metrics.max_topics);
     let registry = match &config.schema_registry.url {
         Some(_) => Some(Arc::new(
             SchemaRegistry::new(&config.schema_registry, metrics.clone())
@@ -476,8 +479,9 @@ pub async fn run(
                 };
                 let msg = msg.detach();
                 let bytes = msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len);
-                metrics.records_consumed.with_label_values(&[msg.topic()]).inc();
-                metrics.bytes_consumed.with_label_values(&[msg.topic()]).inc_by(bytes as u64);
+                let topic = metrics.topic_label(msg.topic());
+                metrics.records_consumed.with_label_values(&[topic]).inc();
+                metrics.bytes_consumed.with_label_values(&[topic]).inc_by(bytes as u64);
                 metrics.in_flight.inc();
                 l.stats.consumed += 1;
                 let epoch = tracker
@@ -644,18 +648,18 @@ impl Loop<'_> {
                         self.stats.produced += 1;
                         self.metrics
                             .records_produced
-                            .with_label_values(&[&dest.target])
+                            .with_label_values(&[self.metrics.topic_label(&dest.target)])
                             .inc();
                         self.metrics
                             .bytes_produced
-                            .with_label_values(&[&dest.target])
+                            .with_label_values(&[self.metrics.topic_label(&dest.target)])
                             .inc_by(bytes as u64);
                     }
                     Some(c) => {
                         self.stats.dead_lettered += 1;
                         self.metrics
                             .dead_letters
-                            .with_label_values(&[&source.topic, c])
+                            .with_label_values(&[self.metrics.topic_label(&source.topic), c])
                             .inc();
                     }
                 }
