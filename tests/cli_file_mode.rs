@@ -607,3 +607,65 @@ fn kek_files_are_private_whatever_the_umask() {
     assert!(err.contains("already exists"), "{err}");
     assert!(!d.join("elsewhere.key").exists());
 }
+
+/// An interrupted decrypt-file leaves no plaintext behind: SIGTERM and SIGINT stop
+/// it at the next block with nothing written, and even SIGKILL leaves nothing,
+/// because the output is an unnamed (O_TMPFILE) file until it is complete.
+#[test]
+fn interrupted_decrypt_leaves_nothing_readable() {
+    let dir = setup();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            "150000",
+            "in.avro",
+        ],
+    );
+    ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
+    let before: std::collections::BTreeSet<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for (signal, name) in [("-TERM", "TERM"), ("-INT", "INT"), ("-KILL", "KILL")] {
+        let mut interrupted = false;
+        for delay_ms in [250u64, 120, 60, 400, 30] {
+            let mut child = Command::new(BIN)
+                .current_dir(d)
+                .args(["decrypt-file", "enc.avro", "dec.avro"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let after: std::collections::BTreeSet<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            if out.status.success() {
+                // Finished before the signal: the output is whole; try sooner.
+                std::fs::remove_file(d.join("dec.avro")).unwrap();
+                continue;
+            }
+            assert_eq!(
+                after, before,
+                "SIG{name} after {delay_ms} ms left files behind"
+            );
+            if name != "KILL" {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("interrupted"), "{err}");
+            }
+            interrupted = true;
+            break;
+        }
+        assert!(interrupted, "SIG{name} never arrived mid-run");
+    }
+}

@@ -260,9 +260,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     // `run` transforms on several worker tasks; the other commands are one task.
+    // File commands too: a signal must be seen while a block is being transformed.
     let rt = if matches!(
         cli.command,
-        Command::Run { .. } | Command::Loadgen { .. } | Command::Check { .. }
+        Command::Run { .. }
+            | Command::Loadgen { .. }
+            | Command::Check { .. }
+            | Command::EncryptFile { .. }
+            | Command::DecryptFile { .. }
     ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -379,6 +384,7 @@ async fn run(cmd: Command) -> Result<()> {
             input,
             output,
         } => {
+            stop_file_commands_on_signal();
             let engine = Engine::start(load_config(config.as_deref())?).await?;
             let bar = ProgressView::new(&input);
             let report = encrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
@@ -404,6 +410,7 @@ async fn run(cmd: Command) -> Result<()> {
             input,
             output,
         } => {
+            stop_file_commands_on_signal();
             let engine = Engine::start(load_config(config.as_deref())?).await?;
             let bar = ProgressView::new(&input);
             let report = decrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
@@ -595,6 +602,15 @@ fn finish_report(r: &loadgen::Report, path: Option<&Path>) -> Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// On SIGINT or SIGTERM, file commands stop at their next block and leave no
+/// output (the staged file is dropped unnamed); the process then exits non-zero.
+fn stop_file_commands_on_signal() {
+    tokio::spawn(async {
+        shutdown_signal().await;
+        fieldcrypt::file::interrupt();
+    });
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

@@ -1,8 +1,10 @@
 //! File mode: encrypt or decrypt an Avro object container file with no Kafka. The
 //! writer schema comes from the file; the output carries the derived schema, the
 //! input's codec and user metadata, and (encrypting) the wrapped DEKs in its
-//! metadata. Records stream block by block in bounded memory. Output goes to a
-//! temporary file in the target directory, renamed into place only on success.
+//! metadata. Records stream block by block in bounded memory. Output is written
+//! to a [`staged::Staged`] file (unnamed on Linux) that gets its name only on
+//! success, so an error, SIGINT/SIGTERM ([`interrupt`]) or even SIGKILL leaves
+//! nothing readable behind.
 //!
 //! Metadata written (docs/ENCRYPTION.md, "Container files"):
 //! `fieldcrypt.format` = `1`; `fieldcrypt.deks` = JSON
@@ -29,6 +31,28 @@ use crate::schema::parse_schema_json;
 use crate::schema::plan::is_encrypted_schema;
 use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, TransformError, TransformErrorKind};
+
+pub mod staged;
+
+use staged::Staged;
+
+/// Set by [`interrupt`]; file commands stop at the next block.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks running file commands to stop (SIGINT/SIGTERM): each returns
+/// [`FileError::Interrupted`] at its next block, and its output never appears.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn check_interrupted(output: &Path) -> Result<(), FileError> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(FileError::Interrupted {
+            path: output.to_path_buf(),
+        });
+    }
+    Ok(())
+}
 
 /// Metadata key: format version of fieldcrypt's file metadata.
 pub const META_FORMAT: &str = "fieldcrypt.format";
@@ -64,6 +88,8 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("interrupted: {path} was not written")]
+    Interrupted { path: PathBuf },
 }
 
 /// What a run did.
@@ -247,6 +273,7 @@ pub async fn encrypt_file(
         path: input.to_path_buf(),
         source,
     })? {
+        check_interrupted(output)?;
         if needs_dek {
             // Once per block: picks up TTL retirement without a KMS round trip per record.
             let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
@@ -330,13 +357,14 @@ pub async fn encrypt_file(
         .into_inner()
         .map_err(|e| io_err(output)(e.into_error()))?;
     body.seek(SeekFrom::Start(0)).map_err(io_err(output))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    let mut tmp = Staged::new_in(&dir).map_err(io_err(&dir))?;
     {
-        let mut w = BufWriter::new(tmp.as_file_mut());
+        let mut w = BufWriter::new(tmp.file_mut());
         write_header(&mut w, &metadata, &sync).map_err(io_err(output))?;
         std::io::copy(&mut body, &mut w).map_err(io_err(output))?;
         w.flush().map_err(io_err(output))?;
     }
+    check_interrupted(output)?;
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)
@@ -392,15 +420,14 @@ fn reader_bytes<R: Read>(r: &ContainerReader<Counting<R>>) -> u64 {
 }
 
 fn finish(
-    tmp: tempfile::NamedTempFile,
+    tmp: Staged,
     output: &Path,
     report: &mut FileReport,
     bytes_in: u64,
 ) -> Result<(), FileError> {
-    tmp.as_file().sync_all().map_err(io_err(output))?;
-    report.bytes_out = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    report.bytes_out = tmp.file().metadata().map(|m| m.len()).unwrap_or(0);
     report.bytes_in = bytes_in;
-    tmp.persist(output).map_err(|e| io_err(output)(e.error))?;
+    tmp.persist(output).map_err(io_err(output))?;
     Ok(())
 }
 
@@ -469,7 +496,7 @@ pub async fn decrypt_file(
         })?;
 
     let dir = out_dir(output);
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    let mut tmp = Staged::new_in(&dir).map_err(io_err(&dir))?;
     let metadata = output_metadata(&dec.plan().original_json, &reader);
     let mut sync = [0u8; 16];
     rand::rng().fill_bytes(&mut sync);
@@ -478,7 +505,7 @@ pub async fn decrypt_file(
         ..Default::default()
     };
     {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.file_mut());
         write_header(&mut w, &metadata, &sync).map_err(io_err(output))?;
         let mut blocks = BlockWriter::new(w, reader.codec(), sync);
         let mut block_index = 0u64;
@@ -486,6 +513,7 @@ pub async fn decrypt_file(
             path: input.to_path_buf(),
             source,
         })? {
+            check_interrupted(output)?;
             let min = dec.plan().tree.min_size(dec.plan().tree.root);
             block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
             let mut out = Vec::with_capacity(block.data.len());
@@ -512,6 +540,7 @@ pub async fn decrypt_file(
         report.blocks = block_index;
         blocks.into_inner().flush().map_err(io_err(output))?;
     }
+    check_interrupted(output)?;
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)
