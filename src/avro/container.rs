@@ -126,7 +126,10 @@ impl<R: Read> ContainerReader<R> {
                 break;
             }
             if n < 0 {
-                n = -n;
+                // A negative count is followed by the block's byte size.
+                n = n.checked_neg().ok_or_else(|| {
+                    ContainerError::BadHeader("implausible metadata count".into())
+                })?;
                 read_long(&mut r).map_err(|e| ContainerError::BadHeader(e.to_string()))?;
             }
             if n > 10_000 {
@@ -461,5 +464,17 @@ mod tests {
             e.contains("avro.schema") && e.contains("more than once"),
             "{e}"
         );
+    }
+
+    /// Found by fuzzing: a metadata count of i64::MIN overflowed its negation.
+    #[test]
+    fn the_most_negative_metadata_count_is_an_error() {
+        let mut f = b"Obj\x01".to_vec();
+        f.extend_from_slice(&[0xff; 9]);
+        f.extend_from_slice(&[0x01, 0x00, 0x00]);
+        assert!(matches!(
+            ContainerReader::open(f.as_slice()),
+            Err(ContainerError::BadHeader(_))
+        ));
     }
 }

@@ -319,6 +319,12 @@ mod tests {
             "{e}"
         );
         std::fs::write(dir.path().join("short"), b"abc").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let short = dir.path().join("short");
+            std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let e = LocalKms::open(&dir.path().join("short"))
             .unwrap_err()
             .to_string();

@@ -81,6 +81,7 @@ impl Decryptor {
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
         st: &mut DecState<'_>,
+        depth: usize,
     ) -> Result<(), TransformError> {
         if let Some((enc_null, orig_null)) = f.nullable {
             if cur.read_branch(2)? == enc_null {
@@ -114,20 +115,27 @@ impl Decryptor {
         // Authenticated, so this only fails if the writer encrypted garbage; check
         // anyway so that what we emit always matches the restored schema.
         let mut pc = Cursor::new(&out[start..]);
-        let ok = walk(&self.plan.original_tree, f.node, &mut pc, &mut Discard, 0)
-            .map_err(|d| TransformError::new(TransformErrorKind::Plaintext(d)))
-            .and_then(|_| {
-                if pc.remaining() == 0 {
-                    Ok(())
-                } else {
-                    Err(TransformError::new(TransformErrorKind::Plaintext(
-                        crate::avro::binary::DecodeError::new(
-                            crate::avro::binary::DecodeErrorKind::TrailingBytes(pc.remaining()),
-                            pc.position(),
-                        ),
-                    )))
-                }
-            });
+        // The restored value sits where the ciphertext was: same depth budget.
+        let ok = walk(
+            &self.plan.original_tree,
+            f.node,
+            &mut pc,
+            &mut Discard,
+            depth,
+        )
+        .map_err(|d| TransformError::new(TransformErrorKind::Plaintext(d)))
+        .and_then(|_| {
+            if pc.remaining() == 0 {
+                Ok(())
+            } else {
+                Err(TransformError::new(TransformErrorKind::Plaintext(
+                    crate::avro::binary::DecodeError::new(
+                        crate::avro::binary::DecodeErrorKind::TrailingBytes(pc.remaining()),
+                        pc.position(),
+                    ),
+                )))
+            }
+        });
         if ok.is_err() {
             out.truncate(start);
         }
@@ -160,7 +168,7 @@ impl<'a> RecordHandler<DecState<'a>> for Decryptor {
             out,
             st,
             depth,
-            |f, cur, out, st| self.field(f, cur, out, st),
+            |f, cur, out, st, depth| self.field(f, cur, out, st, depth),
         )
     }
 }
@@ -177,7 +185,13 @@ pub(crate) fn encrypted_record<S, H: RecordHandler<S>>(
     out: &mut Vec<u8>,
     st: &mut S,
     depth: usize,
-    field: impl Fn(&DecryptField, &mut Cursor<'_>, &mut Vec<u8>, &mut S) -> Result<(), TransformError>,
+    field: impl Fn(
+        &DecryptField,
+        &mut Cursor<'_>,
+        &mut Vec<u8>,
+        &mut S,
+        usize,
+    ) -> Result<(), TransformError>,
 ) -> Result<(), TransformError> {
     let Some(r) = plan.tree.record(node) else {
         return Ok(());
@@ -186,7 +200,8 @@ pub(crate) fn encrypted_record<S, H: RecordHandler<S>>(
         let res = match act {
             DecryptAction::Copy => copy_value(&plan.tree, f.node, cur, out, depth + 1),
             DecryptAction::Recurse => value(h, f.node, cur, out, st, depth + 1),
-            DecryptAction::Decrypt(df) => field(df, cur, out, st),
+            DecryptAction::Decrypt(df) => super::check_depth(&plan.tree, depth + 1, cur)
+                .and_then(|_| field(df, cur, out, st, depth + 1)),
             DecryptAction::Drop => walk(&plan.tree, f.node, cur, &mut Discard, depth + 1)
                 .map(|_| ())
                 .map_err(TransformError::from),

@@ -138,6 +138,7 @@ impl Encryptor {
         depth: usize,
     ) -> Result<(), TransformError> {
         let tree = &self.plan.tree;
+        super::check_depth(tree, depth, cur)?;
         let f = &e.field;
         if let Some(n) = f.nullable {
             let mut peek = cur.clone();

@@ -100,7 +100,7 @@ impl RecordHandler<Inspection> for Inspector {
             out,
             st,
             depth,
-            |f, cur, _, st| self.field(f, cur, st),
+            |f, cur, _, st, _| self.field(f, cur, st),
         )
     }
 }

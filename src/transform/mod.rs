@@ -166,6 +166,23 @@ pub(crate) fn copy_value(
     Ok(())
 }
 
+/// Refuses a value nested deeper than the tree's limit (every path that handles a
+/// value itself, rather than through the byte walker, must check).
+pub(crate) fn check_depth(
+    tree: &SchemaTree,
+    depth: usize,
+    cur: &Cursor<'_>,
+) -> Result<(), TransformError> {
+    if depth > tree.max_depth {
+        return Err(DecodeError::new(
+            crate::avro::binary::DecodeErrorKind::TooDeep(tree.max_depth),
+            cur.position(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Walks one value: copies what has nothing to transform, descends through unions,
 /// arrays and maps, and hands records to the handler.
 pub(crate) fn value<S, H: RecordHandler<S>>(
@@ -179,14 +196,7 @@ pub(crate) fn value<S, H: RecordHandler<S>>(
     if !h.dirty(node) {
         return copy_value(h.tree(), node, cur, out, depth);
     }
-    let limit = h.tree().max_depth;
-    if depth > limit {
-        return Err(DecodeError::new(
-            crate::avro::binary::DecodeErrorKind::TooDeep(limit),
-            cur.position(),
-        )
-        .into());
-    }
+    check_depth(h.tree(), depth, cur)?;
     match h.tree().node(node) {
         Node::Record(_) => h.record(node, cur, out, st, depth),
         Node::Union(bs) => {
@@ -358,5 +368,42 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// Found by fuzzing: a null in a nullable encrypted field past the depth limit
+    /// was accepted by the encrypt and decrypt walkers while validation refused it.
+    #[test]
+    fn nulls_of_encrypted_fields_count_against_the_depth_limit() {
+        // R0 { next: R1 { ... next: Leaf { secret: ["null", "string"] } } }
+        let mut t = json!({"type": "record", "name": "Leaf", "fields": [
+            {"name": "secret", "type": ["null", "string"], "default": null,
+             "sensitive": {"mode": "deterministic"}}]});
+        let levels = 4;
+        for i in (0..levels).rev() {
+            t = json!({"type": "record", "name": format!("R{i}"), "fields": [
+                {"name": "next", "type": t}]});
+        }
+        let datum = [0u8]; // the null branch, at depth `levels + 1`
+        let build = |max| {
+            let p = Arc::new(EncryptPlan::build(&t, "deep", &cfg(max)).unwrap());
+            let enc = Encryptor::new(p.clone(), &keys()).unwrap();
+            let d = DecryptPlan::build_with_depth(&p.output_json, "out", max).unwrap();
+            (enc, Decryptor::new(Arc::new(d), keys()))
+        };
+        let (enc, dec) = build(levels);
+        let mut out = Vec::new();
+        assert_eq!(
+            enc.encrypt(&datum, None, &mut out).unwrap_err().code(),
+            "too_deep"
+        );
+        let mut back = Vec::new();
+        let e = dec
+            .decrypt(&datum, &Default::default(), &mut back)
+            .unwrap_err();
+        assert_eq!(e.code(), "too_deep");
+        let (enc, dec) = build(levels + 1);
+        enc.encrypt(&datum, None, &mut out).unwrap();
+        dec.decrypt(&out, &Default::default(), &mut back).unwrap();
+        assert_eq!(back, datum);
     }
 }
