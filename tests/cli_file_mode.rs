@@ -634,7 +634,7 @@ fn interrupted_decrypt_leaves_nothing_readable() {
     for (signal, name) in [("-TERM", "TERM"), ("-INT", "INT"), ("-KILL", "KILL")] {
         let mut interrupted = false;
         for delay_ms in [250u64, 120, 60, 400, 30] {
-            let mut child = Command::new(BIN)
+            let child = Command::new(BIN)
                 .current_dir(d)
                 .args(["decrypt-file", "enc.avro", "dec.avro"])
                 .stderr(std::process::Stdio::piped())

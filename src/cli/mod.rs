@@ -334,8 +334,8 @@ fn read_schema_with(
 ) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read schema {}", path.display()))?;
-    Ok(fieldcrypt::schema::parse_schema_with(&text, refs)
-        .map_err(|e| anyhow::anyhow!("schema {}: {e}", path.display()))?)
+    fieldcrypt::schema::parse_schema_with(&text, refs)
+        .map_err(|e| anyhow::anyhow!("schema {}: {e}", path.display()))
 }
 
 /// The named types of the config's schema.reference_files and of `--schema-path`.

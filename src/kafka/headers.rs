@@ -32,8 +32,10 @@ pub const SOURCE_TOPIC: &str = "fieldcrypt.source.topic";
 pub const SOURCE_PARTITION: &str = "fieldcrypt.source.partition";
 pub const SOURCE_OFFSET: &str = "fieldcrypt.source.offset";
 
-/// Headers fieldcrypt adds to dead letters whose original headers could not be read.
+/// On a dead letter: why its original key and headers are missing.
 pub const ERROR_HEADERS: &str = "fieldcrypt.error.headers";
+/// On a dead letter: why its payload is missing.
+pub const ERROR_PAYLOAD: &str = "fieldcrypt.error.payload";
 /// The namespace of fieldcrypt's own headers.
 pub const RESERVED_PREFIX: &str = "fieldcrypt.";
 
@@ -53,6 +55,9 @@ pub enum UnreadableHeaders {
     NulInName(usize),
 }
 
+/// One header as read: its name and value (`None` for a null value).
+pub type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
+
 thread_local! {
     /// Set while [`read`] walks headers, so the panic hook stays quiet about the
     /// panic it expects from rdkafka on a non-UTF-8 name.
@@ -67,9 +72,7 @@ thread_local! {
 /// right after the name and its terminator, so for a non-empty value the distance
 /// between them tells the name's true length, and a mismatch is refused. (An empty
 /// or null value leaves no such witness; such a name is taken as librdkafka gives it.)
-pub fn read<H: Headers>(
-    headers: Option<&H>,
-) -> Result<Vec<(&str, Option<&[u8]>)>, UnreadableHeaders> {
+pub fn read<H: Headers>(headers: Option<&H>) -> Result<Vec<HeaderRef<'_>>, UnreadableHeaders> {
     let Some(hs) = headers else {
         return Ok(Vec::new());
     };

@@ -27,6 +27,7 @@
 //! committed, so it is read again on restart. A KMS or registry outage instead holds
 //! the record in its worker and pauses the assignment until the service answers.
 
+pub mod limits;
 pub mod offsets;
 pub mod record;
 pub mod worker;
@@ -381,6 +382,8 @@ pub async fn run(
         partitions: Mutex::new(HashMap::new()),
         destinations: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
+        limits: limits::Limits::new(config)?,
+        eos,
     });
     let n_workers = match config.pipeline.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

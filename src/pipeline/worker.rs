@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::offsets::OffsetTracker;
 use super::record::{dead_letter_headers, Outcome, Transformer};
 use crate::config::{DeadLetterPayload, OnError};
+use crate::kafka::headers;
 use crate::kafka::route::{Destination, RouteError, Router};
 use crate::observe::Metrics;
 
@@ -86,6 +88,11 @@ pub struct Shared {
     pub destinations: Mutex<HashMap<String, Arc<Destination>>>,
     /// Set when the pipeline stops: records waiting out an outage give up (undelivered).
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Record size limits per output topic.
+    pub limits: super::limits::Limits,
+    /// Exactly-once: a refused delivery aborts the transaction, so it cannot be
+    /// turned into a dead letter afterwards.
+    pub eos: bool,
 }
 
 /// Longest wait between retries of a record held by an outage.
@@ -249,7 +256,7 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
         }
     };
     drop(stall);
-    let (target, key, payload, headers, code) = match outcome {
+    let out = match outcome {
         Outcome::Produce {
             key,
             payload,
@@ -261,7 +268,13 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                 crate::config::PipelineMode::Decrypt => "decrypt",
             };
             shared.metrics.count_fields(op, &counts);
-            (&dest.target, key, payload, headers, None)
+            Out {
+                to_dead_letter: false,
+                key: key.map(Key::New).unwrap_or(Key::Original),
+                payload: payload.map(Payload::New).unwrap_or(Payload::None),
+                headers,
+                code: None,
+            }
         }
         Outcome::DeadLetter { code, message } => {
             if shared.on_error == OnError::Stop {
@@ -271,40 +284,284 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                     permit,
                 ));
             }
-            // (With on_error = "stop" the loop counts it when it stops.)
-            shared.metrics.errors.with_label_values(&[code]).inc();
-            tracing::warn!(
-                topic = %source.topic,
-                partition = source.partition,
-                offset = source.offset,
-                code,
-                error = %message,
-                dead_letter_topic = %dest.dead_letter,
-                "record sent to the dead-letter topic"
-            );
-            let headers = dead_letter_headers(&msg, code, &message);
-            let payload = match shared.dead_letter_payload {
-                DeadLetterPayload::Keep => msg.payload().map(<[u8]>::to_vec),
-                DeadLetterPayload::Drop => None,
-            };
-            (&dest.dead_letter, None, payload, headers, Some(code))
+            dead_letter(shared, &msg, &source, &dest, code, &message)
         }
     };
-    let out_partition = partition_count(shared, target).await;
-    let key: Option<&[u8]> = match &key {
-        Some(k) => Some(k.as_slice()),
-        None => msg.key(),
+    send(shared, msg, source, dest, out, permit).await
+}
+
+/// A record's key as it will be sent.
+enum Key {
+    /// The consumed record's key.
+    Original,
+    New(Vec<u8>),
+    /// None (a dead letter shrunk to fit).
+    Dropped,
+}
+
+/// A record's value as it will be sent.
+enum Payload {
+    None,
+    Original,
+    New(Vec<u8>),
+}
+
+/// What to produce for one consumed record: its output, or its dead letter.
+struct Out {
+    to_dead_letter: bool,
+    key: Key,
+    payload: Payload,
+    headers: OwnedHeaders,
+    /// The dead-letter code, for dead letters.
+    code: Option<&'static str>,
+}
+
+impl Out {
+    fn key<'a>(&'a self, msg: &'a OwnedMessage) -> Option<&'a [u8]> {
+        match &self.key {
+            Key::Original => msg.key(),
+            Key::New(k) => Some(k),
+            Key::Dropped => None,
+        }
+    }
+
+    fn payload<'a>(&'a self, msg: &'a OwnedMessage) -> Option<&'a [u8]> {
+        match &self.payload {
+            Payload::None => None,
+            Payload::Original => msg.payload(),
+            Payload::New(p) => Some(p),
+        }
+    }
+
+    /// Makes a dead letter smaller: first without its payload, then without the
+    /// original key and headers. False when there is nothing left to drop.
+    fn shrink(&mut self, limit: usize, size: usize) -> bool {
+        let note = |what: &str| {
+            match limit {
+            0 => format!("{what} left out: the brokers refused the dead letter ({size} bytes) as too large"),
+            _ => format!("{what} left out: the dead letter ({size} bytes) exceeds the dead-letter topic's limit of {limit} bytes"),
+        }
+        };
+        if !matches!(self.payload, Payload::None) {
+            self.payload = Payload::None;
+            self.headers = std::mem::replace(&mut self.headers, OwnedHeaders::new()).insert(
+                rdkafka::message::Header {
+                    key: headers::ERROR_PAYLOAD,
+                    value: Some(note("payload").as_bytes()),
+                },
+            );
+            return true;
+        }
+        if !matches!(self.key, Key::Dropped) {
+            // Keep only fieldcrypt's own error and source headers.
+            let mut h = OwnedHeaders::new();
+            for x in self
+                .headers
+                .iter()
+                .filter(|x| headers::is_reserved(x.key) && x.key != headers::DEK)
+            {
+                h = h.insert(rdkafka::message::Header {
+                    key: x.key,
+                    value: x.value,
+                });
+            }
+            self.headers = h.insert(rdkafka::message::Header {
+                key: headers::ERROR_HEADERS,
+                value: Some(note("key and original headers").as_bytes()),
+            });
+            self.key = Key::Dropped;
+            return true;
+        }
+        false
+    }
+}
+
+/// The dead letter for a record: the original key and (per config) payload, the
+/// original headers and the error headers. Logged and counted here.
+fn dead_letter(
+    shared: &Shared,
+    msg: &OwnedMessage,
+    source: &Source,
+    dest: &Destination,
+    code: &'static str,
+    message: &str,
+) -> Out {
+    shared.metrics.errors.with_label_values(&[code]).inc();
+    tracing::warn!(
+        topic = %source.topic,
+        partition = source.partition,
+        offset = source.offset,
+        code,
+        error = %message,
+        dead_letter_topic = %dest.dead_letter,
+        "record sent to the dead-letter topic"
+    );
+    Out {
+        to_dead_letter: true,
+        key: Key::Original,
+        payload: match shared.dead_letter_payload {
+            DeadLetterPayload::Keep if msg.payload().is_some() => Payload::Original,
+            _ => Payload::None,
+        },
+        headers: dead_letter_headers(msg, code, message),
+        code: Some(code),
+    }
+}
+
+/// Whether a produce or delivery error is about the record itself (too large,
+/// invalid), so the record becomes a dead letter, rather than about the brokers.
+fn record_error(e: &KafkaError) -> Option<&'static str> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge => Some("record_too_large"),
+        C::InvalidRecord | C::InvalidMessage | C::InvalidMessageSize => Some("invalid_record"),
+        C::InvalidTimestamp => Some("invalid_timestamp"),
+        _ => None,
+    }
+}
+
+/// Produces `out` (shrinking or dead-lettering it to fit the topic's size limit)
+/// and returns the future of its acknowledgement.
+async fn send(
+    shared: &Shared,
+    msg: OwnedMessage,
+    source: Source,
+    dest: Arc<Destination>,
+    mut out: Out,
+    permit: OwnedSemaphorePermit,
+) -> Result<Delivery, Done> {
+    let fail = |code: &'static str, m: String, permit| Done::Failed {
+        source: source.clone(),
+        code,
+        msg: m,
+        _permit: permit,
     };
-    let bytes = key.map_or(0, <[u8]>::len) + payload.as_ref().map_or(0, Vec::len);
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(target).headers(headers);
-    if let Some(k) = key {
+    let stale = |permit| Done::Stale { _permit: permit };
+    // Fit the record to its topic: an output too large becomes a dead letter, and
+    // a dead letter too large sheds its payload, then the original key and headers.
+    let (fut, bytes, topic) = loop {
+        let topic = if out.to_dead_letter {
+            &dest.dead_letter
+        } else {
+            &dest.target
+        };
+        let limit = shared.limits.for_topic(topic).await;
+        let size = super::limits::record_size(out.key(&msg), out.payload(&msg), &out.headers);
+        if size > limit {
+            if !out.to_dead_letter {
+                let m = format!(
+                    "the output record ({size} bytes) exceeds the limit of {limit} bytes for topic {topic} (its max.message.bytes, or the producer's message.max.bytes)"
+                );
+                out = dead_letter(shared, &msg, &source, &dest, "record_too_large", &m);
+                continue;
+            }
+            if out.shrink(limit, size) {
+                continue;
+            }
+            return Err(fail(
+                "record_too_large",
+                format!("even a dead letter without payload, key or original headers exceeds {limit} bytes for topic {topic}"),
+                permit,
+            ));
+        }
+        match produce(shared, &msg, &source, &dest, &out).await {
+            Ok(Some(f)) => break (f, size, topic.clone()),
+            Ok(None) => return Err(stale(permit)),
+            Err(e) => match record_error(&e) {
+                // librdkafka's own checks disagree with our estimate: same path.
+                Some(code) if !out.to_dead_letter => {
+                    let m = format!("cannot produce to {topic}: {e}");
+                    out = dead_letter(shared, &msg, &source, &dest, code, &m);
+                }
+                Some(_) if out.shrink(limit, size) => {}
+                _ => {
+                    return Err(fail(
+                        "produce_failed",
+                        format!("cannot produce to {topic}: {e}"),
+                        permit,
+                    ))
+                }
+            },
+        }
+    };
+    let timestamp = msg.timestamp().to_millis();
+    let eos = shared.eos;
+    let retry = (!eos).then(|| (msg, shared.dead_letter_payload, shared.metrics.clone()));
+    let producer = shared.producer.clone();
+    Ok(Box::pin(async move {
+        let code = out.code;
+        let delivered = fut.await;
+        let err = match delivered {
+            Ok(Ok(_)) => {
+                return Done::Delivered {
+                    source,
+                    dest,
+                    code,
+                    bytes,
+                    timestamp,
+                    _permit: permit,
+                }
+            }
+            Ok(Err((e, _))) => e,
+            Err(_) => KafkaError::Canceled,
+        };
+        // A record the brokers refused for what it is goes to the dead-letter
+        // topic (at-least-once; in a transaction the failure aborts it, so the
+        // pipeline stops and the record is read again).
+        if let (Some(c), Some((msg, payload_mode, metrics)), false) =
+            (record_error(&err), retry, out.to_dead_letter)
+        {
+            return late_dead_letter(
+                producer,
+                msg,
+                source,
+                dest,
+                c,
+                &err,
+                payload_mode,
+                metrics,
+                timestamp,
+                permit,
+            )
+            .await;
+        }
+        Done::Failed {
+            source,
+            code: "delivery_failed",
+            msg: format!("delivery to {topic} failed: {err}"),
+            _permit: permit,
+        }
+    }))
+}
+
+/// Hands a record to the producer, waiting while its queue is full. `None`: the
+/// record's partition is no longer ours.
+async fn produce(
+    shared: &Shared,
+    msg: &OwnedMessage,
+    source: &Source,
+    dest: &Destination,
+    out: &Out,
+) -> Result<Option<rdkafka::producer::DeliveryFuture>, KafkaError> {
+    let topic = if out.to_dead_letter {
+        &dest.dead_letter
+    } else {
+        &dest.target
+    };
+    let out_partition = if out.to_dead_letter {
+        None
+    } else {
+        partition_count(shared, topic).await
+    };
+    let mut rec: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).headers(out.headers.clone());
+    if let Some(k) = out.key(msg) {
         rec = rec.key(k);
     }
-    if let Some(p) = payload.as_deref() {
+    if let Some(p) = out.payload(msg) {
         rec = rec.payload(p);
     }
-    let timestamp = msg.timestamp().to_millis();
-    if let Some(ts) = timestamp {
+    if let Some(ts) = msg.timestamp().to_millis() {
         rec = rec.timestamp(ts);
     }
     // Keep the input partition when the target has enough partitions, so per-key
@@ -314,16 +571,21 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
             rec = rec.partition(source.partition);
         }
     }
-    let fut = loop {
+    loop {
         let sent = {
             let _g = gate_read(&shared.gate).await;
-            if !owned(shared) {
-                return Err(stale(permit));
+            let owned = shared
+                .tracker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .owns(&source.topic, source.partition, source.offset, source.epoch);
+            if !owned {
+                return Ok(None);
             }
             shared.producer.send_result(rec)
         };
         match sent {
-            Ok(f) => break f,
+            Ok(f) => return Ok(Some(f)),
             Err((e, r))
                 if matches!(
                     e.rdkafka_error_code(),
@@ -334,40 +596,90 @@ async fn process(shared: &Shared, job: Job) -> Result<Delivery, Done> {
                 rec = r;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((e, _)) => {
-                return Err(fail(
-                    "produce_failed",
-                    format!("cannot produce to {target}: {e}"),
-                    permit,
-                ))
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// The dead letter of a record the brokers refused after it was sent: produced
+/// from within its delivery (at-least-once only), shrunk if the refusal was its size.
+#[allow(clippy::too_many_arguments)]
+async fn late_dead_letter(
+    producer: FutureProducer,
+    msg: OwnedMessage,
+    source: Source,
+    dest: Arc<Destination>,
+    code: &'static str,
+    err: &KafkaError,
+    payload_mode: DeadLetterPayload,
+    metrics: Arc<Metrics>,
+    timestamp: Option<i64>,
+    permit: OwnedSemaphorePermit,
+) -> Done {
+    let message = format!("the brokers refused the output record: {err}");
+    metrics.errors.with_label_values(&[code]).inc();
+    tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset, code, error = %message, dead_letter_topic = %dest.dead_letter, "record sent to the dead-letter topic");
+    let mut out = Out {
+        to_dead_letter: true,
+        key: Key::Original,
+        payload: match payload_mode {
+            DeadLetterPayload::Keep if msg.payload().is_some() => Payload::Original,
+            _ => Payload::None,
+        },
+        headers: dead_letter_headers(&msg, code, &message),
+        code: Some(code),
+    };
+    loop {
+        let size = super::limits::record_size(out.key(&msg), out.payload(&msg), &out.headers);
+        let mut rec: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&dest.dead_letter).headers(out.headers.clone());
+        if let Some(k) = out.key(&msg) {
+            rec = rec.key(k);
+        }
+        if let Some(p) = out.payload(&msg) {
+            rec = rec.payload(p);
+        }
+        if let Some(ts) = timestamp {
+            rec = rec.timestamp(ts);
+        }
+        let r = match producer.send_result(rec) {
+            Ok(f) => match f.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err((e, _)) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                return Done::Delivered {
+                    source,
+                    dest,
+                    code: Some(code),
+                    bytes: size,
+                    timestamp,
+                    _permit: permit,
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) if record_error(&e).is_some() && out.shrink(0, size) => {}
+            Err(e) => {
+                return Done::Failed {
+                    source,
+                    code: "delivery_failed",
+                    msg: format!("the dead letter to {} failed: {e}", dest.dead_letter),
+                    _permit: permit,
+                }
             }
         }
-    };
-    let target = target.clone();
-    Ok(Box::pin(async move {
-        match fut.await {
-            Ok(Ok(_)) => Done::Delivered {
-                source,
-                dest,
-                code,
-                bytes,
-                timestamp,
-                _permit: permit,
-            },
-            Ok(Err((e, _))) => Done::Failed {
-                source,
-                code: "delivery_failed",
-                msg: format!("delivery to {target} failed: {e}"),
-                _permit: permit,
-            },
-            Err(_) => Done::Failed {
-                source,
-                code: "delivery_failed",
-                msg: format!("delivery to {target} failed: producer dropped"),
-                _permit: permit,
-            },
-        }
-    }))
+    }
 }
 
 impl Shared {

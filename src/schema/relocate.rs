@@ -38,7 +38,10 @@ pub fn definitions(json: &Json, ns: &str, out: &mut HashMap<String, Definition>)
     });
 }
 
-fn walk_defs(json: &Json, ns: &str, f: &mut dyn FnMut(&str, &Map<String, Json>, &str)) {
+/// Called with each definition's full name, JSON object and enclosing namespace.
+type DefFn<'a> = dyn FnMut(&str, &Map<String, Json>, &str) + 'a;
+
+fn walk_defs(json: &Json, ns: &str, f: &mut DefFn<'_>) {
     match json {
         Json::Array(branches) => branches.iter().for_each(|b| walk_defs(b, ns, f)),
         Json::Object(obj) => match obj.get("type") {
