@@ -288,6 +288,37 @@ impl SchemaRegistry {
             .map_err(|e: Arc<RegistryError>| (*e).clone())
     }
 
+    /// The versions registered under `subject` (none if the subject is unknown).
+    pub async fn subject_versions(&self, subject: &str) -> Result<Vec<i64>, RegistryError> {
+        let what = format!("versions of subject {subject}");
+        match self
+            .call(
+                "get_versions",
+                &what,
+                reqwest::Method::GET,
+                &format!("/subjects/{}/versions", encode_segment(subject)),
+                None,
+            )
+            .await
+        {
+            Ok(Json::Array(v)) => Ok(v.iter().filter_map(Json::as_i64).collect()),
+            Ok(_) => Err(RegistryError::Invalid {
+                what,
+                msg: "not a list of versions".into(),
+            }),
+            Err(RegistryError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A subject's version as one self-contained schema (references resolved).
+    pub async fn subject_schema(&self, subject: &str, version: i64) -> Result<Json, RegistryError> {
+        let body = self.version(subject, version).await?;
+        let what = format!("subject {subject} version {version}");
+        self.resolve_references(body.json.clone(), &body.references, &what)
+            .await
+    }
+
     /// The schema with its references' named types defined in it: each referenced
     /// subject/version is fetched once (cached), breadth first, to any depth.
     async fn resolve_references(

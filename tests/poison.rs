@@ -561,3 +561,113 @@ fn register(port: u16, subject: &str, schema: &str) -> u32 {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     v["id"].as_u64().unwrap() as u32
 }
+
+/// A producer cannot switch encryption off by registering a schema version
+/// without the markings: the subject's policy only grows. Records written with
+/// the downgraded version are dead letters (`policy_downgrade`) and their SSNs
+/// never reach the target; `allow_downgrade` lets a deliberate one through. A
+/// route's `require` holds for raw schemas at start-up.
+#[test]
+fn a_schema_version_without_the_markings_is_refused() {
+    let broker = Broker::start();
+    let registry = Registry::start();
+    let bs = broker.bootstrap();
+    create(
+        &bs,
+        &[
+            ("down", None),
+            ("secure.down", None),
+            ("dlq.down", None),
+            ("open.down", None),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["email"]);
+    cfg.kafka.group_id = "down".into();
+    cfg.schema_registry.url = Some(registry.url());
+    cfg.routes = vec![RouteConfig {
+        source: "down".into(),
+        target: "secure.${topic}".into(),
+        ..Default::default()
+    }];
+    let v1 = std::fs::read_to_string(repo().join("schemas/customer.avsc")).unwrap();
+    let v2 = v1.replace(
+        r#""ssn", "type": "string", "sensitive": true"#,
+        r#""ssn", "type": "string""#,
+    );
+    assert_ne!(v1, v2, "v2 drops the ssn marking");
+    let id1 = register(registry.port, "down-value", &v1);
+    let id2 = register(registry.port, "down-value", &v2);
+    let good = good_records(2);
+    let frame = |id: u32, d: &[u8]| [&[0u8][..], &id.to_be_bytes(), d].concat();
+    let ssn = |d: &[u8]| {
+        let mut c = fieldcrypt::avro::binary::Cursor::new(d);
+        c.read_long().unwrap();
+        c.read_str().unwrap();
+        c.read_str().unwrap();
+        c.read_str().unwrap().to_string()
+    };
+    produce(
+        &bs,
+        "down",
+        &[
+            case("v1", Some(frame(id1, &good[0]))),
+            case("v2", Some(frame(id2, &good[1]))),
+        ],
+    );
+    let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
+    let out = consume(&bs, "secure.down", 1, WAIT);
+    let dlq = consume(&bs, "dlq.down", 1, WAIT);
+    stop.send(()).unwrap();
+    let stats = run.join().unwrap().unwrap();
+    assert_eq!((stats.produced, stats.dead_lettered), (1, 1));
+    assert_eq!(label(&out[0]), "v1");
+    let d = dead_letters(&dlq);
+    assert_eq!(d[0].0, "v2");
+    assert_eq!(d[0].1, "policy_downgrade");
+    let msg = header(&dlq[0], headers::ERROR_MESSAGE).unwrap();
+    assert!(
+        msg.contains("Customer.ssn") && msg.contains("allow_downgrade"),
+        "{msg}"
+    );
+    let secret = ssn(&good[1]);
+    assert!(out.iter().all(|m| !m
+        .payload()
+        .unwrap()
+        .windows(secret.len())
+        .any(|w| w == secret.as_bytes())));
+
+    // A deliberate downgrade.
+    let mut open = cfg.clone();
+    open.kafka.group_id = "down-open".into();
+    open.metrics.listen = format!("127.0.0.1:{}", free_port());
+    open.routes[0].target = "open.${topic}".into();
+    open.routes[0].allow_downgrade = true;
+    let (stop, run) = start_pipeline(engine(&open), open);
+    let out = consume(&bs, "open.down", 2, WAIT);
+    stop.send(()).unwrap();
+    let stats = run.join().unwrap().unwrap();
+    assert_eq!((stats.produced, stats.dead_lettered, out.len()), (2, 0, 2));
+
+    // require, raw: the route's schema must encrypt the fields named.
+    let mut raw = cfg.clone();
+    raw.schema_registry.url = None;
+    let v2_file = dir.path().join("v2.avsc");
+    std::fs::write(&v2_file, &v2).unwrap();
+    raw.routes[0].value_schema = Some(v2_file);
+    raw.routes[0].require = vec!["com.example.crm.Customer.ssn".into()];
+    let e = match fieldcrypt::pipeline::record::Transformer::new(engine(&raw), &raw, None) {
+        Err(e) => e,
+        Ok(_) => panic!("a raw schema below the route's require was accepted"),
+    };
+    assert!(
+        e.contains("leaves in clear") && e.contains("Customer.ssn"),
+        "{e}"
+    );
+    raw.routes[0].require = vec!["com.example.crm.Customer.nope".into()];
+    let e = match fieldcrypt::pipeline::record::Transformer::new(engine(&raw), &raw, None) {
+        Err(e) => e,
+        Ok(_) => panic!("a typo in require was accepted"),
+    };
+    assert!(e.contains("not a field"), "{e}");
+}

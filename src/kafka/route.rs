@@ -45,6 +45,17 @@ pub struct RouteConfig {
     /// the record's topic (what an encrypting route writing to it uses).
     #[serde(default)]
     pub accept_scopes: Option<Vec<String>>,
+    /// Encrypting: fields that must be encrypted whatever a writer schema says —
+    /// `<record full name>.<field>` (e.g. `com.acme.Customer.ssn`) or `tag:NAME`
+    /// (every field carrying that `confluent:tags` tag). A schema that leaves one
+    /// in clear is refused (`policy_downgrade`); raw schemas are checked at start-up.
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// Encrypting with a registry: accept a writer schema that encrypts less than
+    /// earlier versions of its subject (a deliberate downgrade). Default false:
+    /// the encryption policy of a subject only grows.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// Which DEK scopes a decrypting route accepts in `fieldcrypt.dek` headers.

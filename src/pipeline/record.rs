@@ -23,6 +23,7 @@ use crate::kafka::wire;
 use crate::keys::{Dek, KmsError};
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
 use crate::schema::parse_schema_with;
+use crate::schema::plan::{EncryptPlan, Floor};
 use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, Decryptor, Encryptor, TransformErrorKind};
 
@@ -81,13 +82,18 @@ struct Framed {
     out_id: u32,
 }
 
-/// (schema id → target topic → codec), for keys or values of one route.
-type FramedCache = Mutex<HashMap<u32, HashMap<String, Arc<Framed>>>>;
+/// (schema id → target topic → codec, or why the schema is refused), for keys or
+/// values of one route.
+type FramedCache = Mutex<HashMap<u32, HashMap<String, Result<Arc<Framed>, Dead>>>>;
 
 struct RouteCodecs {
     /// DEK scope, bound into each DEK's encryption context: one per route, stable
     /// across instances and restarts.
     scope: String,
+    /// Fields that must be encrypted (`require`).
+    require: Vec<String>,
+    /// Accept writer schemas that encrypt less than earlier versions.
+    allow_downgrade: bool,
     /// Decrypting: the DEK scopes this route's records may name.
     accepts: AcceptScopes,
     raw_value: Option<Codec>,
@@ -127,6 +133,23 @@ pub struct Transformer {
 
 /// A record-level failure: dead-letter code and message.
 type Dead = (&'static str, String);
+
+/// Adds a route's `require` entries to a floor: field contexts as they are, and
+/// for `tag:NAME` every field of the schema that carries the tag.
+fn add_required(require: &[String], plan: &EncryptPlan, floor: &mut Floor) {
+    for r in require {
+        match r.strip_prefix("tag:") {
+            Some(tag) => {
+                for ctx in plan.tagged(tag) {
+                    floor.entry(ctx).or_insert(None);
+                }
+            }
+            None => {
+                floor.entry(r.clone()).or_insert(None);
+            }
+        }
+    }
+}
 
 impl Transformer {
     /// Builds each route's plans from its schema files; with a registry, plans are
@@ -174,8 +197,13 @@ impl Transformer {
                 };
                 (v, k)
             };
+            if let (PipelineMode::Encrypt, Some(Codec::Encrypt(enc))) = (mode, &raw_value) {
+                check_required(i, &r.require, enc.plan())?;
+            }
             routes.push(RouteCodecs {
                 scope: r.dek_scope(),
+                require: r.require.clone(),
+                allow_downgrade: r.allow_downgrade,
                 accepts: AcceptScopes::for_route(r),
                 raw_value,
                 key_format: r.key_format,
@@ -230,9 +258,11 @@ impl Transformer {
         };
         let (codec, datum, mut out) = match self
             .resolve(
+                rc,
                 rc.raw_value.as_ref(),
                 &rc.framed_values,
                 value,
+                msg.topic(),
                 target,
                 false,
             )
@@ -285,7 +315,15 @@ impl Transformer {
             return Ok(Ok(None));
         };
         let (codec, datum, mut out) = match self
-            .resolve(rc.raw_key.as_ref(), &rc.framed_keys, key, target, true)
+            .resolve(
+                rc,
+                rc.raw_key.as_ref(),
+                &rc.framed_keys,
+                key,
+                msg.topic(),
+                target,
+                true,
+            )
             .await?
         {
             Ok(r) => r,
@@ -305,11 +343,14 @@ impl Transformer {
     /// The codec for a key or value, its datum, and the output buffer started with
     /// the output schema's Confluent header: the route's raw codec, or the one for
     /// the registry schema named by the input's header.
+    #[allow(clippy::too_many_arguments)]
     async fn resolve<'a>(
         &self,
+        rc: &RouteCodecs,
         raw: Option<&Codec>,
         cache: &FramedCache,
         bytes: &'a [u8],
+        source: &str,
         target: &str,
         is_key: bool,
     ) -> Result<Result<(Codec, &'a [u8], Vec<u8>), Dead>, Fatal> {
@@ -328,7 +369,7 @@ impl Transformer {
                 return Ok(Err((code, format!("{part}: {e}"))));
             }
         };
-        let framed = match self.framed(cache, id, target, is_key).await? {
+        let framed = match self.framed(rc, cache, id, source, target, is_key).await? {
             Ok(f) => f,
             Err(d) => return Ok(Err(d)),
         };
@@ -443,8 +484,10 @@ impl Transformer {
     /// output schema registered) on first sight.
     async fn framed(
         &self,
+        rc: &RouteCodecs,
         cache: &FramedCache,
         id: u32,
+        source: &str,
         target: &str,
         is_key: bool,
     ) -> Result<Result<Arc<Framed>, Dead>, Fatal> {
@@ -454,7 +497,7 @@ impl Transformer {
             .get(&id)
             .and_then(|m| m.get(target))
         {
-            return Ok(Ok(f.clone()));
+            return Ok(f.clone());
         }
         let Some(reg) = &self.registry else {
             return Ok(Err(("no_registry", "no schema registry configured".into())));
@@ -476,6 +519,31 @@ impl Transformer {
             Ok(c) => c,
             Err(d) => return Ok(Err(d)),
         };
+        if let Codec::Encrypt(enc) = &codec {
+            let subject = self.strategy.subject(source, is_key, &schema.json);
+            let below = match self.below_floor(rc, reg, &subject, enc, is_key).await {
+                Ok(b) => b,
+                Err(e) => return registry_err(e),
+            };
+            if !below.is_empty() {
+                let d: Dead = (
+                    "policy_downgrade",
+                    format!(
+                        "{label} leaves in clear what the route requires or an earlier version of subject {subject} encrypts: {} (set the route's allow_downgrade = true if this is deliberate)",
+                        below.join(", ")
+                    ),
+                );
+                tracing::error!(schema_id = id, subject, fields = %below.join(", "), "writer schema refused: it would encrypt less than its subject's earlier versions (policy_downgrade); its records go to the dead-letter topic");
+                // Refused once per schema id: ids never change.
+                cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(id)
+                    .or_default()
+                    .insert(target.to_string(), Err(d.clone()));
+                return Ok(Err(d));
+            }
+        }
         let out_json: &Json = match &codec {
             Codec::Encrypt(e) => &e.plan().output_json,
             Codec::Decrypt(d) => &d.plan().original_json,
@@ -498,8 +566,71 @@ impl Transformer {
             .unwrap_or_else(|p| p.into_inner())
             .entry(id)
             .or_default()
-            .insert(target.to_string(), f.clone());
+            .insert(target.to_string(), Ok(f.clone()));
         Ok(Ok(f))
+    }
+
+    /// The fields the writer schema `enc` leaves in clear that the route's
+    /// `require` names or an earlier version of `subject` encrypts (its floor is
+    /// the union of what every registered version encrypts).
+    async fn below_floor(
+        &self,
+        rc: &RouteCodecs,
+        reg: &SchemaRegistry,
+        subject: &str,
+        enc: &Encryptor,
+        is_key: bool,
+    ) -> Result<Vec<String>, RegistryError> {
+        let plan = enc.plan();
+        let mut floor = Floor::new();
+        if !rc.allow_downgrade {
+            for v in reg.subject_versions(subject).await? {
+                let json = match reg.subject_schema(subject, v).await {
+                    Ok(j) => j,
+                    Err(RegistryError::NotFound { .. }) => continue, // deleted meanwhile
+                    Err(e) => return Err(e),
+                };
+                let label = format!("subject {subject} version {v}");
+                // A version we cannot plan (say, a conflicting marking) sets no floor.
+                if let Ok(p) = self.engine.encrypt_plan(&json, &label) {
+                    floor.extend(p.floor());
+                }
+            }
+        }
+        if !is_key {
+            add_required(&rc.require, plan, &mut floor);
+        }
+        Ok(plan.below(&floor))
+    }
+}
+
+/// A raw route's schema must encrypt what the route requires; a required field
+/// path the schema does not have is a typo, refused too.
+fn check_required(i: usize, require: &[String], plan: &EncryptPlan) -> Result<(), String> {
+    for r in require.iter().filter(|r| !r.starts_with("tag:")) {
+        let has = r
+            .rsplit_once('.')
+            .and_then(|(rec, f)| {
+                let id = plan.tree.names.get(rec)?;
+                plan.tree.record(*id)?.fields.iter().find(|x| x.name == f)
+            })
+            .is_some();
+        if !has {
+            return Err(format!(
+                "routes[{i}].require: {r} is not a field of the route's value_schema (write it as <record full name>.<field>)"
+            ));
+        }
+    }
+    let mut floor = Floor::new();
+    add_required(require, plan, &mut floor);
+    let below = plan.below(&floor);
+    if below.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "routes[{i}].require: the route's value_schema leaves in clear {}; mark them sensitive (or with a rule)",
+            below.join(", ")
+        ))
     }
 }
 

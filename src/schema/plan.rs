@@ -250,6 +250,72 @@ impl EncryptPlan {
         !self.dirty[self.tree.root]
     }
 
+    /// What this plan encrypts, as a floor later schemas must not go below.
+    pub fn floor(&self) -> Floor {
+        self.fields()
+            .map(|f| {
+                (
+                    f.context.clone(),
+                    f.index.as_ref().map(|i| i.domain.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// The fields of `floor` that this schema has but would leave in clear (or
+    /// without the blind index the floor has), each described for an error.
+    pub fn below(&self, floor: &Floor) -> Vec<String> {
+        let mut out = Vec::new();
+        for (ctx, index) in floor {
+            let Some((record, field)) = ctx.rsplit_once('.') else {
+                continue;
+            };
+            let Some(&rid) = self.tree.names.get(record) else {
+                continue;
+            };
+            let Some(r) = self.tree.record(rid) else {
+                continue;
+            };
+            let Some(i) = r.fields.iter().position(|f| f.name == field) else {
+                continue;
+            };
+            match &self.actions[rid][i] {
+                FieldAction::Encrypt(ef) => {
+                    if let (Some(d), None) = (index, &ef.index) {
+                        out.push(format!("{ctx} (its blind index in domain {d})"));
+                    }
+                }
+                _ => out.push(ctx.clone()),
+            }
+        }
+        out
+    }
+
+    /// Fields carrying `confluent:tags` tag `tag` (on the field or on its type),
+    /// by context.
+    pub fn tagged(&self, tag: &str) -> Vec<String> {
+        let has = |v: Option<&Json>| {
+            v.and_then(Json::as_array)
+                .is_some_and(|a| a.iter().any(|t| t.as_str() == Some(tag)))
+        };
+        let mut out = Vec::new();
+        for n in &self.tree.nodes {
+            if let Node::Record(r) = n {
+                for f in &r.fields {
+                    let on_type = f
+                        .json
+                        .get("type")
+                        .and_then(Json::as_object)
+                        .and_then(|t| t.get("confluent:tags"));
+                    if has(f.json.get("confluent:tags")) || has(on_type) {
+                        out.push(format!("{}.{}", r.fullname, f.name));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Deterministic key domains the plan uses.
     pub fn deterministic_domains(&self) -> HashSet<String> {
         self.fields().filter_map(|f| f.domain.clone()).collect()
@@ -316,6 +382,11 @@ impl EncryptPlan {
         out
     }
 }
+
+/// The fields some schema encrypts (by context `<record full name>.<field>`),
+/// with the blind-index domain each had: the floor a subject's later schemas
+/// must not go below.
+pub type Floor = std::collections::BTreeMap<String, Option<String>>;
 
 /// One encrypted field as the decrypt walker sees it.
 #[derive(Debug, Clone)]
