@@ -627,6 +627,29 @@ impl Config {
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;
         for (i, r) in self.routes.iter().enumerate() {
+            let decrypting = self.pipeline.mode == PipelineMode::Decrypt;
+            if r.accept_scopes.is_some() && !decrypting {
+                return Err(invalid(
+                    format!("routes[{i}].accept_scopes"),
+                    "only decrypting routes read DEK headers; remove it or set pipeline.mode = \"decrypt\"",
+                ));
+            }
+            if decrypting && (!r.require.is_empty() || r.allow_downgrade) {
+                return Err(invalid(
+                    format!("routes[{i}].require"),
+                    "require and allow_downgrade shape what is encrypted; a decrypting route has neither",
+                ));
+            }
+            if let Some(bad) = r
+                .require
+                .iter()
+                .find(|x| !x.starts_with("tag:") && !x.contains('.'))
+            {
+                return Err(invalid(
+                    format!("routes[{i}].require"),
+                    format!("\"{bad}\" is neither <record full name>.<field> nor tag:NAME"),
+                ));
+            }
             let registry = self.schema_registry.url.is_some();
             if !registry && r.value_schema.is_none() {
                 return Err(invalid(
