@@ -1,23 +1,27 @@
 //! The engine: config, KMS, unwrapped keyset and DEK caches put together once at
-//! start-up, and the per-schema encryptors and decryptors built from them. This is
-//! the one place the file mode (and later the Kafka pipeline) gets its crypto from.
+//! start-up, and the per-schema encryptors and decryptors built from them. It is
+//! the one entry point for encryption — file mode, the pipeline, the bench and the
+//! tests all call [`Engine::encrypt`] — so DEK selection, the retry when a DEK runs
+//! out of uses mid-record, and the encoded `fieldcrypt.dek` header live here once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+use crate::avro::binary::Cursor;
 use crate::config::{Config, KmsProvider};
+use crate::crypto::cipher::RandomizedKey;
 use crate::keys::aws::{self, AwsKms};
 use crate::keys::keyset::KeysetError;
 use crate::keys::{
-    DekCache, DekManager, Instrumented, KeyMaterial, KeyRing, Keyset, Kms, KmsError, LocalKms,
-    Resilient, SystemClock,
+    Dek, DekCache, DekManager, DekSettings, Instrumented, KeyMaterial, KeyRing, Keyset, Kms,
+    KmsError, LocalKms, Resilient, SystemClock, WrappedDek,
 };
 use crate::observe::Metrics;
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
 use crate::schema::SchemaError;
-use crate::transform::{Decryptor, Encryptor};
+use crate::transform::{Counts, Decryptor, Encryptor, TransformError, TransformErrorKind};
 
 /// Start-up and per-schema failures.
 #[derive(Debug, Error)]
@@ -33,18 +37,51 @@ pub enum EngineError {
 /// Keys and settings shared by every schema.
 #[derive(Debug)]
 pub struct Engine {
-    pub config: Config,
-    pub kms: Arc<dyn Kms>,
-    pub keys: Arc<KeyMaterial>,
+    config: Config,
+    kms: Arc<dyn Kms>,
+    keys: Arc<KeyMaterial>,
     /// Encrypt-side DEKs.
-    pub deks: DekManager,
+    deks: DekManager,
     /// Decrypt-side DEKs.
-    pub dek_cache: DekCache,
+    dek_cache: DekCache,
     /// Every metric of this process (KMS calls and DEK caches are counted here).
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Plans are built once per schema (keyed by its JSON text).
     encryptors: PlanCache<Encryptor>,
     decryptors: PlanCache<Decryptor>,
+}
+
+/// One datum encrypted: what was done, and the DEK its randomized fields used
+/// (whose wrapped form must travel with the data), if any.
+#[derive(Debug)]
+pub struct Encrypted {
+    pub counts: Counts,
+    pub dek: Option<Arc<Dek>>,
+}
+
+/// Why a datum was not encrypted.
+#[derive(Debug, Error)]
+pub enum EncryptFailure {
+    /// The KMS failed: nothing is wrong with the record.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// The record does not match its schema, or cannot be encrypted.
+    #[error(transparent)]
+    Record(TransformError),
+    /// The record has more randomized fields than one DEK may encrypt.
+    #[error("the record needs more randomized encryptions than dek.max_uses ({max_uses}) allows for one data key; raise dek.max_uses")]
+    TooManyFields { max_uses: u64 },
+}
+
+impl EncryptFailure {
+    /// The dead-letter code of a record-level failure (`None`: infrastructure).
+    pub fn record_code(&self) -> Option<&'static str> {
+        match self {
+            EncryptFailure::Kms(_) => None,
+            EncryptFailure::Record(e) => Some(e.code()),
+            EncryptFailure::TooManyFields { .. } => Some("dek_exhausted"),
+        }
+    }
 }
 
 /// Most schemas whose plans are kept; past that the cache starts over (schemas are
@@ -173,6 +210,100 @@ impl Engine {
         })
     }
 
+    /// The configuration the engine was started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The KMS (a key ring behind the instrumented and resilient layers).
+    pub fn kms(&self) -> &Arc<dyn Kms> {
+        &self.kms
+    }
+
+    /// DEK lifetime settings.
+    pub fn dek_settings(&self) -> &DekSettings {
+        self.deks.settings()
+    }
+
+    /// Encrypts one datum for DEK scope `scope` into `out`: the scope's current DEK
+    /// (fetched from the KMS when there is none, or when it retired), again with a
+    /// fresh one if it runs out of uses mid-record. On error `out` is unchanged.
+    pub async fn encrypt(
+        &self,
+        enc: &Encryptor,
+        scope: &str,
+        datum: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Encrypted, EncryptFailure> {
+        self.with_dek(enc, scope, |dek| enc.encrypt(datum, dek, out))
+            .await
+    }
+
+    /// As [`encrypt`](Self::encrypt) for the datum at `cur` (records back to back,
+    /// as in container-file blocks); advances `cur` past it.
+    pub async fn encrypt_next(
+        &self,
+        enc: &Encryptor,
+        scope: &str,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Encrypted, EncryptFailure> {
+        self.with_dek(enc, scope, |dek| enc.encrypt_next(cur, dek, out))
+            .await
+    }
+
+    /// Runs `f` with the scope's current DEK (none when the schema needs none),
+    /// retrying with a fresh DEK when the current one runs out mid-record; a record
+    /// that even a fresh DEK cannot take is refused rather than looped on.
+    async fn with_dek(
+        &self,
+        enc: &Encryptor,
+        scope: &str,
+        mut f: impl FnMut(Option<&Dek>) -> Result<Counts, TransformError>,
+    ) -> Result<Encrypted, EncryptFailure> {
+        if !enc.needs_dek() {
+            let counts = f(None).map_err(EncryptFailure::Record)?;
+            return Ok(Encrypted { counts, dek: None });
+        }
+        loop {
+            let dek = self.deks.current(scope).await?;
+            let fresh = dek.uses() == 0;
+            match f(Some(&dek)) {
+                Ok(counts) => {
+                    let dek = (counts.randomized > 0).then_some(dek);
+                    return Ok(Encrypted { counts, dek });
+                }
+                Err(e) if e.kind == TransformErrorKind::DekExhausted => {
+                    if fresh {
+                        return Err(EncryptFailure::TooManyFields {
+                            max_uses: self.deks.settings().max_uses,
+                        });
+                    }
+                }
+                Err(e) => return Err(EncryptFailure::Record(e)),
+            }
+        }
+    }
+
+    /// The `fieldcrypt.dek` header value for a DEK, encoded once per DEK.
+    pub fn dek_header(
+        &self,
+        dek: &Dek,
+    ) -> Result<Arc<[u8]>, crate::kafka::headers::DekHeaderError> {
+        dek.encoded(crate::kafka::headers::encode_dek)
+    }
+
+    /// The decrypt-side key of a wrapped DEK: unwrapped through the KMS once, then
+    /// cached, bound to its scope, KEK and blob.
+    pub async fn unwrap_dek(&self, w: &WrappedDek) -> Result<Arc<RandomizedKey>, KmsError> {
+        self.dek_cache.get(w).await
+    }
+
     /// The encrypt plan for a writer schema (`label` names it in errors).
     pub fn encrypt_plan(
         &self,
@@ -208,5 +339,86 @@ impl Engine {
             )?);
             Ok(Decryptor::new(plan, self.keys.clone()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn engine(max_uses: u64) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.dek.max_uses = max_uses;
+        cfg.keyset.file = dir.path().join("keyset.json");
+        Keyset::default().save(&cfg.keyset.file).unwrap();
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_bytes(&[9; 32]).unwrap());
+        (Engine::with_kms(cfg, kms).await.unwrap(), dir)
+    }
+
+    fn schema(randomized: usize) -> serde_json::Value {
+        let fields: Vec<_> = (0..randomized)
+            .map(|i| json!({"name": format!("f{i}"), "type": "string", "sensitive": true}))
+            .collect();
+        json!({"type": "record", "name": "R", "fields": fields})
+    }
+
+    fn datum(fields: usize) -> Vec<u8> {
+        let mut d = Vec::new();
+        for _ in 0..fields {
+            crate::avro::binary::write_bytes(&mut d, b"value");
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn a_dek_that_runs_out_mid_record_is_replaced_and_the_record_redone() {
+        let (e, _dir) = engine(3).await;
+        let enc = e.encryptor(&schema(2), "r").unwrap();
+        let mut out = Vec::new();
+        let a = e.encrypt(&enc, "s", &datum(2), &mut out).await.unwrap();
+        let first = out.clone();
+        out.clear();
+        // One use left: the record needs two, so it is redone with a fresh DEK.
+        let b = e.encrypt(&enc, "s", &datum(2), &mut out).await.unwrap();
+        let (a, b) = (a.dek.unwrap(), b.dek.unwrap());
+        assert_ne!(a.id(), b.id(), "a new DEK");
+        assert_eq!(b.uses(), 2, "the record was redone whole with it");
+        assert_eq!(
+            out.len(),
+            first.len(),
+            "one copy of the output, not a partial one"
+        );
+        let h = e.dek_header(&b).unwrap();
+        assert!(
+            Arc::ptr_eq(&h, &e.dek_header(&b).unwrap()),
+            "encoded once per DEK"
+        );
+        // And it decrypts.
+        let dec = e.decryptor(&enc.plan().output_json, "o").unwrap();
+        let mut deks = crate::transform::decrypt::DekSet::new();
+        deks.insert(*b.id(), e.unwrap_dek(b.wrapped()).await.unwrap());
+        let mut back = Vec::new();
+        dec.decrypt(&out, &deks, &mut back).unwrap();
+        assert_eq!(back, datum(2));
+    }
+
+    #[tokio::test]
+    async fn a_record_no_dek_can_take_is_refused_not_looped_on() {
+        let (e, _dir) = engine(3).await;
+        let enc = e.encryptor(&schema(4), "r").unwrap();
+        let mut out = Vec::new();
+        let err = e.encrypt(&enc, "s", &datum(4), &mut out).await.unwrap_err();
+        assert!(
+            matches!(err, EncryptFailure::TooManyFields { max_uses: 3 }),
+            "{err}"
+        );
+        assert_eq!(err.record_code(), Some("dek_exhausted"));
+        assert!(out.is_empty());
+        // A schema with nothing randomized needs no DEK at all.
+        let none = e.encryptor(&json!({"type": "string"}), "s").unwrap();
+        let d = e.encrypt(&none, "s", b"\x02a", &mut out).await.unwrap();
+        assert!(d.dek.is_none());
     }
 }

@@ -154,7 +154,7 @@ fn decrypt(
         .filter(|h| h.key == headers::DEK)
     {
         let w = headers::decode_dek(h.value.unwrap()).unwrap();
-        let k = rt.block_on(engine.dek_cache.get(&w)).unwrap();
+        let k = rt.block_on(engine.unwrap_dek(&w)).unwrap();
         deks.insert(w.id, k);
     }
     let mut back = Vec::new();
@@ -400,7 +400,7 @@ fn exactly_once_end_to_end() {
     for m in out.iter().take(50) {
         assert_eq!(decrypt(&engine, &dec, m), originals[seq(m)]);
     }
-    let m = engine.metrics.render();
+    let m = engine.metrics().render();
     assert!(
         metric(
             &m,

@@ -50,7 +50,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         ..Default::default()
     }];
     let f = common::Fixture::new(cfg.clone(), &["default"], &["email"]);
-    cfg.keyset = f.engine.config.keyset.clone();
+    cfg.keyset = f.engine.config().keyset.clone();
 
     // 600 good records over 3 partitions (keyed), 4 garbage values, 2 tombstones.
     let json: serde_json::Value =
@@ -108,7 +108,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
     let engine = Arc::new(
         f.rt.block_on(fieldcrypt::engine::Engine::with_kms(
             cfg.clone(),
-            f.engine.kms.clone(),
+            f.engine.kms().clone(),
         ))
         .unwrap(),
     );
@@ -145,7 +145,7 @@ fn encrypts_routes_dead_letters_and_commits_on_a_mock_cluster() {
         let dek_headers: Vec<_> = hs.iter().filter(|h| h.key == headers::DEK).collect();
         assert_eq!(dek_headers.len(), 1);
         let w = headers::decode_dek(dek_headers[0].value.unwrap()).unwrap();
-        let k = f.rt.block_on(engine.dek_cache.get(&w)).unwrap();
+        let k = f.rt.block_on(engine.unwrap_dek(&w)).unwrap();
         let deks = [(w.id, k)].into_iter().collect();
         let mut back = Vec::new();
         dec.decrypt(value, &deks, &mut back).unwrap();

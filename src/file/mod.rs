@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,12 +25,12 @@ use thiserror::Error;
 use crate::avro::binary::Cursor;
 use crate::avro::container::{write_header, BlockWriter, ContainerError, ContainerReader};
 use crate::crypto::format::KeyId;
-use crate::engine::{Engine, EngineError};
-use crate::keys::{Dek, KmsError, WrappedDek, WrappedKey};
+use crate::engine::{EncryptFailure, Engine, EngineError};
+use crate::keys::{KmsError, WrappedDek, WrappedKey};
 use crate::schema::parse_schema_json;
 use crate::schema::plan::is_encrypted_schema;
 use crate::transform::decrypt::DekSet;
-use crate::transform::{Counts, TransformError, TransformErrorKind};
+use crate::transform::{Counts, TransformError};
 
 pub mod staged;
 
@@ -249,7 +249,6 @@ pub async fn encrypt_file(
             path: input.to_path_buf(),
             source: Box::new(source),
         })?;
-    let needs_dek = enc.needs_dek();
 
     let dir = out_dir(output);
     let body = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
@@ -263,7 +262,6 @@ pub async fn encrypt_file(
 
     let mut used: HashMap<KeyId, WrappedDek> = HashMap::new();
     let mut report = FileReport::default();
-    let mut dek: Option<Arc<Dek>> = None;
     let kms_err = |e: KmsError| FileError::Engine {
         path: input.to_path_buf(),
         source: Box::new(e.into()),
@@ -274,50 +272,30 @@ pub async fn encrypt_file(
         source,
     })? {
         check_interrupted(output)?;
-        if needs_dek {
-            // Once per block: picks up TTL retirement without a KMS round trip per record.
-            let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
-            used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
-            dek = Some(d);
-        }
         let min = enc.plan().tree.min_size(enc.plan().tree.root);
         block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
         let mut out = Vec::with_capacity(block.data.len() + block.data.len() / 2 + 64);
         let mut cur = Cursor::new(&block.data);
         for _ in 0..block.count {
-            loop {
-                let fresh = dek.as_ref().is_some_and(|d| d.uses() == 0);
-                match enc.encrypt_next(&mut cur, dek.as_deref(), &mut out) {
-                    Ok(c) => {
-                        report.fields += c;
-                        break;
-                    }
-                    Err(e) if e.kind == TransformErrorKind::DekExhausted && needs_dek => {
-                        if fresh {
-                            // Even a fresh DEK cannot take this record: retrying would loop.
-                            return Err(FileError::Invalid {
-                                path: input.to_path_buf(),
-                                msg: format!(
-                                    "record {} needs more randomized encryptions than dek.max_uses ({}) \
-                                     allows for one data key; raise dek.max_uses",
-                                    report.records,
-                                    engine.deks.settings().max_uses
-                                ),
-                            });
-                        }
-                        let d = engine.deks.current(FILE_SCOPE).await.map_err(kms_err)?;
-                        used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
-                        dek = Some(d);
-                    }
-                    Err(source) => {
-                        return Err(FileError::Record {
-                            path: input.to_path_buf(),
-                            index: report.records,
-                            block: block_index,
-                            source,
-                        })
-                    }
-                }
+            let done = engine
+                .encrypt_next(&enc, FILE_SCOPE, &mut cur, &mut out)
+                .await
+                .map_err(|e| match e {
+                    EncryptFailure::Kms(e) => kms_err(e),
+                    EncryptFailure::Record(source) => FileError::Record {
+                        path: input.to_path_buf(),
+                        index: report.records,
+                        block: block_index,
+                        source,
+                    },
+                    e @ EncryptFailure::TooManyFields { .. } => FileError::Invalid {
+                        path: input.to_path_buf(),
+                        msg: format!("record {}: {e}", report.records),
+                    },
+                })?;
+            report.fields += done.counts;
+            if let Some(d) = done.dek {
+                used.entry(*d.id()).or_insert_with(|| d.wrapped().clone());
             }
             report.records += 1;
         }
@@ -474,8 +452,7 @@ pub async fn decrypt_file(
             },
         };
         let key = engine
-            .dek_cache
-            .get(&w)
+            .unwrap_dek(&w)
             .await
             .map_err(|source| FileError::Engine {
                 path: input.to_path_buf(),

@@ -80,9 +80,24 @@ pub struct Dek {
     created: Duration,
     max_uses: u64,
     uses: AtomicU64,
+    /// The wrapped DEK as it travels with the data (a record header), encoded once.
+    encoded: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 impl Dek {
+    /// The wrapped DEK encoded by `encode`, computed on first use and kept with the
+    /// DEK (so a busy scope encodes its header once, not once per record).
+    pub fn encoded<E>(
+        &self,
+        encode: impl FnOnce(&WrappedDek) -> Result<Vec<u8>, E>,
+    ) -> Result<Arc<[u8]>, E> {
+        if let Some(v) = self.encoded.get() {
+            return Ok(v.clone());
+        }
+        let v: Arc<[u8]> = encode(&self.wrapped)?.into();
+        Ok(self.encoded.get_or_init(|| v).clone())
+    }
+
     pub fn id(&self) -> &KeyId {
         self.key.id()
     }
@@ -199,6 +214,7 @@ impl DekManager {
             created: self.clock.now(),
             max_uses: self.settings.max_uses,
             uses: AtomicU64::new(0),
+            encoded: std::sync::OnceLock::new(),
         }))
     }
 }

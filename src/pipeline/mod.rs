@@ -300,7 +300,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, PipelineError> {
     let setup = |e: String| PipelineError::Setup(e);
-    let metrics = engine.metrics.clone();
+    let metrics = engine.metrics().clone();
     metrics.set_max_topics(config.metrics.max_topics);
     let registry = match &config.schema_registry.url {
         Some(_) => Some(Arc::new(

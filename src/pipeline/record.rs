@@ -15,17 +15,16 @@ use serde_json::Value as Json;
 use thiserror::Error;
 
 use crate::config::{Config, PipelineMode};
-use crate::crypto::format::KeyId;
-use crate::engine::Engine;
+use crate::engine::{EncryptFailure, Engine};
 use crate::kafka::headers;
 use crate::kafka::route::{AcceptScopes, KeyFormat};
 use crate::kafka::wire;
-use crate::keys::{Dek, KmsError};
+use crate::keys::KmsError;
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
 use crate::schema::parse_schema_with;
 use crate::schema::plan::{EncryptPlan, Floor};
 use crate::transform::decrypt::DekSet;
-use crate::transform::{Counts, Decryptor, Encryptor, TransformErrorKind};
+use crate::transform::{Counts, Decryptor, Encryptor};
 
 /// What to send for one input record.
 pub enum Outcome {
@@ -101,24 +100,6 @@ struct RouteCodecs {
     raw_key: Option<Codec>,
     framed_values: FramedCache,
     framed_keys: FramedCache,
-    /// The current DEK's encoded `fieldcrypt.dek` header, built once per DEK.
-    dek_header: Mutex<Option<(KeyId, Arc<[u8]>)>>,
-}
-
-impl RouteCodecs {
-    fn dek_header(&self, dek: &Dek) -> Result<Arc<[u8]>, KmsError> {
-        let mut cached = self.dek_header.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, v)) = cached.as_ref() {
-            if id == dek.id() {
-                return Ok(v.clone());
-            }
-        }
-        let v: Arc<[u8]> = headers::encode_dek(dek.wrapped())
-            .map_err(|e| KmsError::Config(e.to_string()))?
-            .into();
-        *cached = Some((*dek.id(), v.clone()));
-        Ok(v)
-    }
 }
 
 /// Per-route transforms, built at start-up (raw) or per schema id (registry).
@@ -210,7 +191,6 @@ impl Transformer {
                 raw_key,
                 framed_values: Mutex::default(),
                 framed_keys: Mutex::default(),
-                dek_header: Mutex::default(),
             });
         }
         Ok(Transformer {
@@ -385,30 +365,25 @@ impl Transformer {
         out: &mut Vec<u8>,
         headers: &mut OwnedHeaders,
     ) -> Result<Result<Counts, Dead>, Fatal> {
-        if !enc.needs_dek() {
-            return Ok(enc
-                .encrypt(datum, None, out)
-                .map_err(|e| (e.code(), format!("value: {e}"))));
-        }
-        loop {
-            let dek = self.engine.deks.current(&rc.scope).await?;
-            let fresh = dek.uses() == 0;
-            match enc.encrypt(datum, Some(&dek), out) {
-                Ok(c) => {
-                    if c.randomized > 0 {
-                        let v = rc.dek_header(&dek)?;
-                        *headers = std::mem::replace(headers, OwnedHeaders::new()).insert(Header {
-                            key: headers::DEK,
-                            value: Some(&*v),
-                        });
-                    }
-                    return Ok(Ok(c));
-                }
-                // The DEK hit its usage limit mid-record: redo the record with a new one.
-                Err(e) if e.kind == TransformErrorKind::DekExhausted && !fresh => continue,
-                Err(e) => return Ok(Err((e.code(), format!("value: {e}")))),
+        let done = match self.engine.encrypt(enc, &rc.scope, datum, out).await {
+            Ok(d) => d,
+            Err(EncryptFailure::Kms(e)) => return Err(e.into()),
+            Err(e) => {
+                let code = e.record_code().unwrap_or("record");
+                return Ok(Err((code, format!("value: {e}"))));
             }
+        };
+        if let Some(dek) = &done.dek {
+            let v = self
+                .engine
+                .dek_header(dek)
+                .map_err(|e| KmsError::Config(e.to_string()))?;
+            *headers = std::mem::replace(headers, OwnedHeaders::new()).insert(Header {
+                key: headers::DEK,
+                value: Some(&*v),
+            });
         }
+        Ok(Ok(done.counts))
     }
 
     /// The DEKs named by the record's `fieldcrypt.dek` headers, unwrapped. A header
@@ -441,7 +416,7 @@ impl Transformer {
                     ),
                 )));
             }
-            match self.engine.dek_cache.get(&w).await {
+            match self.engine.unwrap_dek(&w).await {
                 Ok(k) => {
                     deks.insert(w.id, k);
                 }
@@ -475,7 +450,10 @@ impl Transformer {
             out = out.insert(Header { key: k, value: *v });
         }
         if dropped > 0 {
-            self.engine.metrics.reserved_headers_dropped.inc_by(dropped);
+            self.engine
+                .metrics()
+                .reserved_headers_dropped
+                .inc_by(dropped);
         }
         out
     }

@@ -8,11 +8,12 @@ pub mod kms;
 use std::sync::Arc;
 
 use fieldcrypt::config::Config;
+use fieldcrypt::engine::EncryptFailure;
 use fieldcrypt::engine::Engine;
 use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
 use fieldcrypt::transform::decrypt::DekSet;
-use fieldcrypt::transform::{Encryptor, TransformErrorKind};
+use fieldcrypt::transform::Encryptor;
 use rand::RngCore;
 
 /// Writes a keyset with a deterministic and a blind-index key per named domain.
@@ -56,8 +57,8 @@ impl Fixture {
         Fixture { engine, rt, dir }
     }
 
-    /// Encrypts one datum, rotating the DEK if it runs out; returns the output and
-    /// the DEKs needed to decrypt it.
+    /// Encrypts one datum through the engine (which rotates the DEK if it runs
+    /// out); returns the output and the DEKs needed to decrypt it.
     pub fn encrypt(
         &self,
         enc: &Encryptor,
@@ -65,19 +66,19 @@ impl Fixture {
     ) -> Result<(Vec<u8>, DekSet), fieldcrypt::transform::TransformError> {
         self.rt.block_on(async {
             let mut deks = DekSet::new();
-            loop {
-                let dek = self.engine.deks.current("test").await.unwrap();
-                let fresh = dek.uses() == 0;
-                deks.insert(
-                    *dek.id(),
-                    self.engine.dek_cache.get(dek.wrapped()).await.unwrap(),
-                );
-                let mut out = Vec::new();
-                match enc.encrypt(datum, Some(&dek), &mut out) {
-                    Ok(_) => return Ok((out, deks)),
-                    Err(e) if e.kind == TransformErrorKind::DekExhausted && !fresh => continue,
-                    Err(e) => return Err(e),
+            let mut out = Vec::new();
+            match self.engine.encrypt(enc, "test", datum, &mut out).await {
+                Ok(done) => {
+                    if let Some(dek) = done.dek {
+                        deks.insert(
+                            *dek.id(),
+                            self.engine.unwrap_dek(dek.wrapped()).await.unwrap(),
+                        );
+                    }
+                    Ok((out, deks))
                 }
+                Err(EncryptFailure::Record(e)) => Err(e),
+                Err(e) => panic!("encrypting failed: {e}"),
             }
         })
     }
