@@ -268,9 +268,10 @@ run "$FC" plan --config keys.toml "$SCHEMA_PASS" | tee plan-passthrough.txt
 grep -q "no sensitive fields" plan-passthrough.txt \
   || die "the pass-through plan still encrypts fields (see bench-out/plan-passthrough.txt)"
 
-MODES=(encrypt passthrough)
-declare -A SCHEMA_OF=([encrypt]="$SCHEMA_ENC" [passthrough]="$SCHEMA_PASS")
-declare -A TAG_OF=([encrypt]=enc [passthrough]=pass)
+MODES=(${BENCH_MODES:-floor passthrough encrypt})
+declare -A SCHEMA_OF=([encrypt]="$SCHEMA_ENC" [passthrough]="$SCHEMA_PASS" [floor]="$SCHEMA_PASS")
+declare -A TAG_OF=([encrypt]=enc [passthrough]=pass [floor]=floor)
+declare -A CMD_OF=([encrypt]=run [passthrough]=run [floor]=forward)
 
 echo "== 3/5 topics and $RECORDS source records"
 targets=()
@@ -327,8 +328,8 @@ value_schema = "${SCHEMA_OF[$mode]}"
 EOF
 
   echo "-- $mode, round $round: $SOURCE -> $target (config bench-out/run-$name.toml, log bench-out/fieldcrypt-$name.log)"
-  note_cmd "$FC" run --config "$cfg"
-  "$FC" run --config "$cfg" >"$FC_LOG" 2>&1 &
+  note_cmd "$FC" "${CMD_OF[$mode]}" --config "$cfg"
+  "$FC" "${CMD_OF[$mode]}" --config "$cfg" >"$FC_LOG" 2>&1 &
   FC_PID=$!
 
   local deadline=$((SECONDS + RUN_TIMEOUT))
@@ -443,11 +444,14 @@ awk -F'\t' '
   }
   END {
     printf "%-12s %16s %20s\n", "mode", "best records/s", "median CPU s/M rec"
-    for (i = 1; i <= 2; i++) {
-      m = (i == 1) ? "encrypt" : "passthrough"
+    split("floor passthrough encrypt", ms, " ")
+    for (i = 1; i <= 3; i++) {
+      m = ms[i]
+      if (!(m in best)) continue
       med[m] = median(m)
       printf "%-12s %16.0f %20.2f\n", m, best[m], med[m]
     }
+    if (med["floor"] > 0) printf "\npassthrough / floor: CPU s per million records %.3f\n", med["passthrough"] / med["floor"]
     printf "\nencrypt / passthrough: records/s %.3f, CPU s per million records %.3f\n",
       best["encrypt"] / best["passthrough"], (med["passthrough"] > 0 ? med["encrypt"] / med["passthrough"] : 0)
   }' "$RESULTS"

@@ -32,6 +32,7 @@
 //! - `cli` (binary only): the `fieldcrypt` command line.
 
 pub mod avro;
+pub mod backoff;
 pub mod bench;
 pub mod config;
 pub mod crypto;

@@ -427,7 +427,8 @@ impl SchemaRegistry {
         path: &str,
         body: Option<&Json>,
     ) -> Result<Json, RegistryError> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
             let r = self.call_once(what, method.clone(), path, body).await;
@@ -445,10 +446,7 @@ impl SchemaRegistry {
                 Err(RegistryError::Unavailable { ref msg, .. }) if attempt < self.retries => {
                     attempt += 1;
                     tracing::warn!(what, error = %msg, attempt, "schema registry call failed; retrying");
-                    // Full jitter keeps many instances from retrying in step.
-                    let jitter = rand::random::<f64>();
-                    tokio::time::sleep(delay.mul_f64(0.5 + jitter / 2.0)).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 r => return r,
             }

@@ -82,6 +82,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The benchmark floor: forward the routes' records unchanged (consume, produce
+    /// the same bytes, store offsets after delivery), serving the same /metrics.
+    #[command(hide = true)]
+    Forward {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Produce synthetic records to a route's source topic at a target rate (plain
     /// events, or Debezium-style change events for envelope schemas), and with
     /// --verify read the route's target topic at the same time and report missing,
@@ -264,6 +271,7 @@ pub fn main() -> ExitCode {
     let rt = if matches!(
         cli.command,
         Command::Run { .. }
+            | Command::Forward { .. }
             | Command::Loadgen { .. }
             | Command::Check { .. }
             | Command::EncryptFile { .. }
@@ -436,6 +444,16 @@ async fn run(cmd: Command) -> Result<()> {
             eprintln!(
                 "stopped: {} records consumed, {} produced, {} dead-lettered",
                 stats.consumed, stats.produced, stats.dead_lettered
+            );
+            Ok(())
+        }
+        Command::Forward { config } => {
+            let cfg = load_config(config.as_deref())?;
+            let metrics = Arc::new(fieldcrypt::observe::Metrics::new());
+            let stats = fieldcrypt::pipeline::floor::run(&cfg, metrics, shutdown_signal()).await?;
+            eprintln!(
+                "stopped: {} records consumed, {} forwarded",
+                stats.consumed, stats.produced
             );
             Ok(())
         }

@@ -52,7 +52,8 @@ impl Resilient {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, KmsError>>,
     {
-        let mut backoff = self.policy.base_backoff;
+        let mut backoff =
+            crate::backoff::Backoff::new(self.policy.base_backoff, self.policy.max_backoff);
         let mut attempt = 0;
         loop {
             let r = match tokio::time::timeout(self.policy.timeout, f()).await {
@@ -66,9 +67,7 @@ impl Resilient {
                 Err(e) if e.is_retriable() && attempt < self.policy.retries => {
                     attempt += 1;
                     tracing::warn!(operation = op, error = %e, attempt, "KMS call failed; retrying");
-                    // Full jitter: many instances recovering together do not retry in step.
-                    tokio::time::sleep(backoff.mul_f64(rand::random::<f64>())).await;
-                    backoff = (backoff * 2).min(self.policy.max_backoff);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 r => return r,
             }

@@ -208,6 +208,14 @@ impl Transformer {
         self.mode
     }
 
+    /// The `operation` label of the field counters: `encrypt` or `decrypt`.
+    pub fn operation(&self) -> &'static str {
+        match self.mode {
+            PipelineMode::Encrypt => "encrypt",
+            PipelineMode::Decrypt => "decrypt",
+        }
+    }
+
     /// Transforms one record of route `route` bound for `target`. `Err` means an
     /// infrastructure failure (KMS, registry): nothing about this record is wrong.
     pub async fn transform<M: Message>(
