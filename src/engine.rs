@@ -75,11 +75,11 @@ pub enum EncryptFailure {
 
 impl EncryptFailure {
     /// The dead-letter code of a record-level failure (`None`: infrastructure).
-    pub fn record_code(&self) -> Option<&'static str> {
+    pub fn record_code(&self) -> Option<crate::codes::Code> {
         match self {
             EncryptFailure::Kms(_) => None,
             EncryptFailure::Record(e) => Some(e.code()),
-            EncryptFailure::TooManyFields { .. } => Some("dek_exhausted"),
+            EncryptFailure::TooManyFields { .. } => Some(crate::codes::Code::DekExhausted),
         }
     }
 }
@@ -414,7 +414,7 @@ mod tests {
             matches!(err, EncryptFailure::TooManyFields { max_uses: 3 }),
             "{err}"
         );
-        assert_eq!(err.record_code(), Some("dek_exhausted"));
+        assert_eq!(err.record_code(), Some(crate::codes::Code::DekExhausted));
         assert!(out.is_empty());
         // A schema with nothing randomized needs no DEK at all.
         let none = e.encryptor(&json!({"type": "string"}), "s").unwrap();

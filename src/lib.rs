@@ -34,6 +34,7 @@
 pub mod avro;
 pub mod backoff;
 pub mod bench;
+pub mod codes;
 pub mod config;
 pub mod crypto;
 pub mod engine;

@@ -60,14 +60,15 @@ impl RegistryError {
     }
 
     /// The error code for metrics and dead-letter headers.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::codes::Code {
+        use crate::codes::Code;
         match self {
-            RegistryError::NotFound { .. } => "unknown_schema_id",
-            RegistryError::Rejected { .. } => "schema_rejected",
-            RegistryError::Unauthorized { .. } => "registry_unauthorized",
-            RegistryError::Unavailable { .. } => "registry_unavailable",
-            RegistryError::Invalid { .. } => "registry_invalid_answer",
-            RegistryError::Config(_) => "registry_config",
+            RegistryError::NotFound { .. } => Code::UnknownSchemaId,
+            RegistryError::Rejected { .. } => Code::SchemaRejected,
+            RegistryError::Unauthorized { .. } => Code::RegistryUnauthorized,
+            RegistryError::Unavailable { .. } => Code::RegistryUnavailable,
+            RegistryError::Invalid { .. } => Code::RegistryInvalidAnswer,
+            RegistryError::Config(_) => Code::RegistryConfig,
         }
     }
 }

@@ -47,7 +47,7 @@ fn registers_fetches_and_fails_clearly() {
         assert!(matches!(e, RegistryError::Rejected { .. }), "{e}");
         assert!(e.to_string().contains("auto_register"), "{e}");
         let e = ok.schema_by_id(9999).await.unwrap_err();
-        assert!(matches!(e, RegistryError::NotFound { .. }) && e.code() == "unknown_schema_id");
+        assert!(matches!(e, RegistryError::NotFound { .. }) && e.code().as_str() == "unknown_schema_id");
 
         let wrong = client(reg.url(), Some("fc"), Some("not-it"), 0);
         let e = wrong.schema_by_id(id).await.unwrap_err();

@@ -1,6 +1,8 @@
-//! Observability: the Prometheus metrics ([`metrics`]) and the HTTP listener that
-//! serves them with the liveness and readiness probes ([`server`]).
+//! Observability: the Prometheus metrics ([`metrics`]), the named events that log
+//! and count together ([`events`]), and the HTTP listener that serves the metrics
+//! with the liveness and readiness probes ([`server`]).
 
+pub mod events;
 pub mod metrics;
 pub mod server;
 

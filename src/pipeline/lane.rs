@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -34,17 +35,34 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{OffsetTracker, Settled};
-use super::produce::{record_error, take_acks, Ack, Out, Payload, SendError, Sender};
+use super::produce::{record_error, take_acks, Ack, Key, Out, Payload, SendError, Sender};
 use super::rebalance::{self, Event, LaneContext};
 use super::record::{Fatal, Outcome, Transformer};
 use super::{PipelineError, RunStats};
 use crate::backoff::Backoff;
+use crate::codes::Code;
 use crate::config::{Delivery, OnError, PipelineConfig};
 use crate::kafka::route::{Destination, Router};
+use crate::observe::events::{self, At};
 use crate::observe::Metrics;
 
 /// How often delivery reports are collected while records are in flight.
 const ACK_POLL: Duration = Duration::from_millis(2);
+/// One record in this many has its transform timed.
+const TIMING_SAMPLE: u64 = 64;
+/// Most records taken in one go before the lane looks at anything else.
+const BATCH: usize = 256;
+/// How often topics' size limits and partition counts are looked up again.
+const TOPIC_REFRESH: Duration = Duration::from_secs(60);
+
+/// A record's position, for events.
+fn at<M: Message>(m: &M) -> At<'_> {
+    At {
+        topic: m.topic(),
+        partition: m.partition(),
+        offset: m.offset(),
+    }
+}
 
 /// One record handed to the producer and not yet acknowledged.
 struct InFlight {
@@ -54,7 +72,7 @@ struct InFlight {
     epoch: u64,
     dest: Arc<Destination>,
     /// Dead-letter code, for dead letters.
-    code: Option<&'static str>,
+    code: Option<Code>,
     bytes: usize,
     timestamp: Option<i64>,
 }
@@ -108,7 +126,7 @@ struct Stall {
 /// is read again from it.
 struct LateDeadLetter {
     offset: i64,
-    code: &'static str,
+    code: Code,
     message: String,
 }
 
@@ -133,9 +151,15 @@ pub struct LaneState {
     pub(super) tracker: OffsetTracker,
     inflight: Slab,
     acks: Vec<Ack>,
-    destinations: HashMap<String, Arc<Destination>>,
-    topics: HashMap<Arc<str>, (Arc<str>, TopicCounters)>,
-    produced: HashMap<String, TopicCounters>,
+    /// The transform's output, reused record after record.
+    value: Vec<u8>,
+    /// Records taken, for sampling the transform's duration.
+    taken: u64,
+    /// Fields transformed since the counters were last updated (per batch).
+    fields: crate::transform::Counts,
+    destinations: foldhash::HashMap<String, Arc<Destination>>,
+    topics: foldhash::HashMap<Arc<str>, (Arc<str>, TopicCounters)>,
+    produced: foldhash::HashMap<String, TopicCounters>,
     late: HashMap<(Arc<str>, i32), LateDeadLetter>,
     stall: Option<Stall>,
     assigned: usize,
@@ -175,9 +199,12 @@ impl LaneState {
             tracker: OffsetTracker::default(),
             inflight: Slab::default(),
             acks: Vec::new(),
-            destinations: HashMap::new(),
-            topics: HashMap::new(),
-            produced: HashMap::new(),
+            value: Vec::with_capacity(4096),
+            taken: 0,
+            fields: Default::default(),
+            destinations: Default::default(),
+            topics: Default::default(),
+            produced: Default::default(),
             late: HashMap::new(),
             stall: None,
             assigned: 0,
@@ -200,7 +227,12 @@ impl Lane {
         acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut txn_timer = tokio::time::interval(s.txn_interval);
         txn_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(TOPIC_REFRESH);
+        refresh.reset();
         let mut committing = false;
+        // One stream for the lane's life: a new one per record would register and
+        // drop a waker each time.
+        let mut stream = consumer.stream();
         let result: Result<(), PipelineError> = async {
             loop {
                 s.settle(&consumer)?;
@@ -217,23 +249,37 @@ impl Lane {
                     Some(ev) = events.recv() => s.rebalance(&consumer, ev).await?,
                     _ = acks.tick(), if s.inflight.len > 0 => {}
                     _ = txn_timer.tick(), if s.eos && !committing => committing = true,
+                    _ = refresh.tick() => s.sender.refresh(),
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if stalled => {
                         s.retry_stalled(&consumer).await?;
                     }
                     // While stalled the consumer is still polled (group membership,
                     // rebalances); a record that arrives goes back to be read later.
-                    m = consumer.recv(), if stalled || taking => match m {
-                        Ok(m) if stalled => put_back(&consumer, &m)?,
-                        Ok(m) => s.take(&consumer, &m).await?,
-                        Err(e) => {
-                            s.metrics.errors.with_label_values(&["kafka_consume"]).inc();
-                            tracing::warn!(lane = s.id, error = %e, "consume error");
+                    m = stream.next(), if stalled || taking => match m {
+                        Some(Ok(m)) if stalled => put_back(&consumer, &m)?,
+                        Some(Ok(m)) => {
+                            s.take(&consumer, &m).await?;
+                            // Take what is already fetched without going back
+                            // through select: its cost is per wake-up, not per record.
+                            for _ in 1..BATCH {
+                                if s.stall.is_some() || s.inflight.len >= s.max_in_flight {
+                                    break;
+                                }
+                                match stream.next().now_or_never() {
+                                    Some(Some(Ok(m))) => s.take(&consumer, &m).await?,
+                                    Some(Some(Err(e))) => events::consume_error(&s.metrics, &e),
+                                    _ => break,
+                                }
+                            }
                         }
+                        Some(Err(e)) => events::consume_error(&s.metrics, &e),
+                        None => return Ok(()),
                     },
                 }
             }
         }
         .await;
+        drop(stream);
         let drained = s.drain(&consumer, result.is_ok()).await;
         s.metrics.add_assigned(-(s.assigned as i64));
         s.metrics.in_flight.sub(s.inflight.len as i64);
@@ -353,14 +399,21 @@ impl LaneState {
         let out = match late {
             Some(l) => self.dead_letter(msg, &dest, l.code, &l.message)?,
             None => {
-                let started = Instant::now();
+                // The transform's duration is sampled: two clock reads per record
+                // cost more than the histogram is worth.
+                self.taken += 1;
+                let started = (self.taken % TIMING_SAMPLE == 0).then(Instant::now);
+                let mut value = std::mem::take(&mut self.value);
                 let outcome = self
                     .transformer
-                    .transform(msg, dest.route, &dest.target)
+                    .transform(msg, dest.route, &dest.target, &mut value)
                     .await;
-                self.metrics
-                    .transform_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                self.value = value;
+                if let Some(t) = started {
+                    self.metrics
+                        .transform_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
                 match outcome {
                     Ok(Outcome::Produce {
                         key,
@@ -368,14 +421,16 @@ impl LaneState {
                         headers,
                         counts,
                     }) => {
-                        self.metrics
-                            .count_fields(self.transformer.operation(), &counts);
+                        self.fields += counts;
                         Out {
                             to_dead_letter: false,
-                            key: key
-                                .map_or(super::produce::Key::Original, super::produce::Key::New),
-                            payload: payload.map_or(Payload::None, Payload::New),
-                            headers: Some(headers),
+                            key: key.map_or(Key::Original, Key::New),
+                            payload: if payload {
+                                Payload::Buffer
+                            } else {
+                                Payload::None
+                            },
+                            headers,
                             code: None,
                         }
                     }
@@ -405,7 +460,7 @@ impl LaneState {
         &self,
         msg: &M,
         dest: &Destination,
-        code: &'static str,
+        code: Code,
         message: &str,
     ) -> Result<Out, PipelineError> {
         if self.on_error == OnError::Stop {
@@ -417,16 +472,7 @@ impl LaneState {
                 msg: format!("{message} (pipeline.on_error = \"stop\")"),
             });
         }
-        self.metrics.errors.with_label_values(&[code]).inc();
-        tracing::warn!(
-            topic = %msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            code,
-            error = %message,
-            dead_letter_topic = %dest.dead_letter,
-            "record sent to the dead-letter topic"
-        );
+        events::dead_lettered(&self.metrics, at(msg), code, message, &dest.dead_letter);
         Ok(Out::dead_letter(
             msg,
             code,
@@ -453,7 +499,10 @@ impl LaneState {
             bytes: 0,
             timestamp: msg.timestamp().to_millis(),
         });
-        match self.sender.send(msg, &dest, out, token).await {
+        let value = std::mem::take(&mut self.value);
+        let sent = self.sender.send(msg, &value, &dest, out, token).await;
+        self.value = value;
+        match sent {
             Ok(sent) => {
                 if let Some(f) = self.inflight.get_mut(token) {
                     f.bytes = sent.bytes;
@@ -461,8 +510,7 @@ impl LaneState {
                 }
                 if let (Some(code), Some(m)) = (sent.code, &sent.message) {
                     // The output did not fit and went to the dead-letter topic.
-                    self.metrics.errors.with_label_values(&[code]).inc();
-                    tracing::warn!(topic = %msg.topic(), partition = msg.partition(), offset = msg.offset(), code, error = %m, dead_letter_topic = %dest.dead_letter, "record sent to the dead-letter topic");
+                    events::dead_lettered(&self.metrics, at(msg), code, m, &dest.dead_letter);
                 }
                 Ok(())
             }
@@ -470,7 +518,7 @@ impl LaneState {
                 self.inflight.remove(token);
                 let (code, m) = match e {
                     SendError::Record { code, msg } => (code, msg),
-                    SendError::Kafka(e) => ("produce_failed", e.to_string()),
+                    SendError::Kafka(e) => (Code::ProduceFailed, e.to_string()),
                 };
                 Err(PipelineError::Record {
                     topic: msg.topic().to_string(),
@@ -488,6 +536,10 @@ impl LaneState {
     /// (exactly-once); a record the brokers refused for what it is is read again
     /// and dead-lettered (at-least-once).
     fn settle(&mut self, consumer: &StreamConsumer<LaneContext>) -> Result<(), PipelineError> {
+        if self.fields != Default::default() {
+            let c = std::mem::take(&mut self.fields);
+            self.metrics.count_fields(self.transformer.operation(), &c);
+        }
         if self.inflight.len == 0 {
             return Ok(());
         }
@@ -532,7 +584,7 @@ impl LaneState {
                     self.stats.dead_lettered += 1;
                     self.metrics
                         .dead_letters
-                        .with_label_values(&[self.metrics.topic_label(&f.topic), code])
+                        .with_label_values(&[self.metrics.topic_label(&f.topic), code.as_str()])
                         .inc();
                 }
             }
@@ -571,7 +623,7 @@ impl LaneState {
                 topic: f.topic.to_string(),
                 partition: f.partition,
                 offset: f.offset,
-                code: "delivery_failed",
+                code: Code::DeliveryFailed,
                 msg: format!(
                     "delivery to {} failed: {e}",
                     if f.code.is_some() {
@@ -612,17 +664,7 @@ impl LaneState {
     ) -> Result<(), PipelineError> {
         let assignment = consumer.assignment()?;
         consumer.pause(&assignment)?;
-        self.metrics.set_paused(true);
-        self.metrics.errors.with_label_values(&[e.code()]).inc();
-        tracing::warn!(
-            lane = self.id,
-            topic = %msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            code = e.code(),
-            error = %e,
-            "outage: holding the record and pausing consumption until the service answers"
-        );
+        events::outage(&self.metrics, at(msg), e.code(), e, true);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
         let wait = backoff.next_delay();
         self.stall = Some(Stall {
@@ -656,7 +698,7 @@ impl LaneState {
         let topic = self.topic(st.msg.topic()).0;
         match self.process(topic, &st.msg, st.epoch).await? {
             Some(e) => {
-                self.metrics.errors.with_label_values(&[e.code()]).inc();
+                events::outage(&self.metrics, at(&st.msg), e.code(), &e, false);
                 st.retry_at = tokio::time::Instant::now() + st.backoff.next_delay();
                 self.stall = Some(st);
                 Ok(())
@@ -672,12 +714,7 @@ impl LaneState {
     ) -> Result<(), PipelineError> {
         let assignment = consumer.assignment()?;
         consumer.resume(&assignment)?;
-        self.metrics.set_paused(false);
-        tracing::info!(
-            lane = self.id,
-            waited_ms = since.elapsed().as_millis() as u64,
-            "consumption resumed"
-        );
+        events::resumed(&self.metrics, since.elapsed().as_millis() as u64);
         Ok(())
     }
 

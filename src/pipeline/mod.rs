@@ -67,7 +67,7 @@ pub enum PipelineError {
         topic: String,
         partition: i32,
         offset: i64,
-        code: &'static str,
+        code: crate::codes::Code,
         msg: String,
     },
     #[error("exactly-once transaction failed: {0}")]
@@ -249,18 +249,22 @@ pub async fn run(
     );
     match failure {
         Some(e) => {
-            metrics.errors.with_label_values(&[error_code(&e)]).inc();
+            metrics
+                .errors
+                .with_label_values(&[error_code(&e).as_str()])
+                .inc();
             Err(e)
         }
         None => Ok(stats),
     }
 }
 
-fn error_code(e: &PipelineError) -> &'static str {
+fn error_code(e: &PipelineError) -> crate::codes::Code {
+    use crate::codes::Code;
     match e {
-        PipelineError::Kafka(_) => "kafka",
-        PipelineError::Setup(_) => "setup",
-        PipelineError::Record { code, .. } => code,
-        PipelineError::Transaction(_) => "transaction",
+        PipelineError::Kafka(_) => Code::Kafka,
+        PipelineError::Setup(_) => Code::Setup,
+        PipelineError::Record { code, .. } => *code,
+        PipelineError::Transaction(_) => Code::Transaction,
     }
 }

@@ -4,13 +4,15 @@
 //! knows which records this instance still owns (a revoked or rewound partition's
 //! records are not), and, for exactly-once, what the last transaction committed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::VecDeque;
+
+type Map<K, V> = foldhash::HashMap<K, V>;
 
 /// Per-partition in-flight offsets.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     /// topic → partition → state (nested so lookups by `&str` need no allocation).
-    parts: HashMap<String, HashMap<i32, Partition>>,
+    parts: Map<String, Map<i32, Partition>>,
     /// Source of partition epochs: a partition taken again after a revoke or
     /// rewind gets a new epoch, so records of its earlier life are told apart.
     epochs: u64,
@@ -18,7 +20,11 @@ pub struct OffsetTracker {
 
 #[derive(Debug, Default)]
 struct Partition {
-    pending: BTreeSet<i64>,
+    /// Offsets taken and not yet released, in order (a partition is read in
+    /// offset order), each with whether it is done; done ones leave from the front.
+    pending: VecDeque<(i64, bool)>,
+    /// Entries of `pending` not done.
+    open: usize,
     max_seen: i64,
     stored: i64,
     /// Last offset committed (exactly-once: by a transaction).
@@ -42,7 +48,7 @@ impl OffsetTracker {
         // Nothing below the first record we took is ours to store.
         let epochs = &mut self.epochs;
         if !self.parts.contains_key(topic) {
-            self.parts.insert(topic.to_string(), HashMap::new());
+            self.parts.insert(topic.to_string(), Map::default());
         }
         let p = self
             .parts
@@ -52,14 +58,28 @@ impl OffsetTracker {
             .or_insert_with(|| {
                 *epochs += 1;
                 Partition {
-                    pending: BTreeSet::new(),
+                    pending: VecDeque::new(),
+                    open: 0,
                     max_seen: offset - 1,
                     stored: offset - 1,
                     committed: offset - 1,
                     epoch: *epochs,
                 }
             });
-        p.pending.insert(offset);
+        match p.pending.back() {
+            Some((last, _)) if *last >= offset => {
+                // Out of order (never in one epoch of a partition read in order):
+                // keep the queue sorted anyway.
+                if let Err(i) = p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+                    p.pending.insert(i, (offset, false));
+                    p.open += 1;
+                }
+            }
+            _ => {
+                p.pending.push_back((offset, false));
+                p.open += 1;
+            }
+        }
         p.max_seen = p.max_seen.max(offset);
         p.epoch
     }
@@ -74,11 +94,21 @@ impl OffsetTracker {
         else {
             return Settled::Stale;
         };
-        if p.epoch != epoch || !p.pending.remove(&offset) {
+        if p.epoch != epoch {
             return Settled::Stale;
         }
-        let safe = match p.pending.first() {
-            Some(min) => min - 1,
+        match p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            Ok(i) if !p.pending[i].1 => {
+                p.pending[i].1 = true;
+                p.open -= 1;
+            }
+            _ => return Settled::Stale,
+        }
+        while p.pending.front().is_some_and(|(_, done)| *done) {
+            p.pending.pop_front();
+        }
+        let safe = match p.pending.front() {
+            Some((min, _)) => min - 1,
             None => p.max_seen,
         };
         if safe > p.stored {
@@ -94,7 +124,13 @@ impl OffsetTracker {
         self.parts
             .get(topic)
             .and_then(|t| t.get(&partition))
-            .is_some_and(|p| p.epoch == epoch && p.pending.contains(&offset))
+            .is_some_and(|p| {
+                p.epoch == epoch
+                    && matches!(
+                        p.pending.binary_search_by_key(&offset, |(o, _)| *o),
+                        Ok(i) if !p.pending[i].1
+                    )
+            })
     }
 
     /// Exactly-once: the next offset to consume per partition that advanced since
@@ -110,7 +146,7 @@ impl OffsetTracker {
 
     /// The transaction holding [`uncommitted`](Self::uncommitted) committed.
     pub fn mark_committed(&mut self) {
-        for p in self.parts.values_mut().flat_map(HashMap::values_mut) {
+        for p in self.parts.values_mut().flat_map(|t| t.values_mut()) {
             p.committed = p.stored;
         }
     }
@@ -125,6 +161,7 @@ impl OffsetTracker {
                 self.epochs += 1;
                 p.epoch = self.epochs;
                 p.pending.clear();
+                p.open = 0;
                 p.stored = p.committed;
                 p.max_seen = p.committed;
                 out.push((t.clone(), *n, p.committed + 1));
@@ -137,8 +174,8 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.parts
             .values()
-            .flat_map(HashMap::values)
-            .map(|p| p.pending.len())
+            .flat_map(|t| t.values())
+            .map(|p| p.open)
             .sum()
     }
 

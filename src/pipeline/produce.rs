@@ -16,8 +16,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
-use super::limits::{record_size, Limits};
+use super::limits::Limits;
 use super::record::dead_letter_headers;
+use crate::codes::Code;
 use crate::config::DeadLetterPayload;
 use crate::kafka::headers;
 use crate::kafka::route::Destination;
@@ -76,7 +77,8 @@ pub enum Key {
 pub enum Payload {
     None,
     Original,
-    New(Vec<u8>),
+    /// The lane's value buffer (the transform's output).
+    Buffer,
 }
 
 /// What to produce for one consumed record: its output, or its dead letter.
@@ -86,7 +88,7 @@ pub struct Out {
     pub payload: Payload,
     pub headers: Option<OwnedHeaders>,
     /// The dead-letter code, for dead letters.
-    pub code: Option<&'static str>,
+    pub code: Option<Code>,
 }
 
 impl Out {
@@ -98,26 +100,31 @@ impl Out {
         }
     }
 
-    fn payload<'a, M: Message>(&'a self, msg: &'a M) -> Option<&'a [u8]> {
+    fn payload<'a, M: Message>(&self, msg: &'a M, buf: &'a [u8]) -> Option<&'a [u8]> {
         match &self.payload {
             Payload::None => None,
             Payload::Original => msg.payload(),
-            Payload::New(p) => Some(p),
+            Payload::Buffer => Some(buf),
         }
     }
 
-    fn size<M: Message>(&self, msg: &M) -> usize {
-        match &self.headers {
-            Some(h) => record_size(self.key(msg), self.payload(msg), h),
-            None => record_size(self.key(msg), self.payload(msg), &OwnedHeaders::new()),
-        }
+    fn size<M: Message>(&self, msg: &M, buf: &[u8]) -> usize {
+        let hdrs = self.headers.as_ref().map_or(0, |h| {
+            h.iter()
+                .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 10)
+                .sum()
+        });
+        self.key(msg).map_or(0, <[u8]>::len)
+            + self.payload(msg, buf).map_or(0, <[u8]>::len)
+            + hdrs
+            + super::limits::RECORD_OVERHEAD
     }
 
     /// The dead letter of `msg`: its key and (per config) payload, its headers and
     /// the error headers.
     pub fn dead_letter<M: Message>(
         msg: &M,
-        code: &'static str,
+        code: Code,
         message: &str,
         payload: DeadLetterPayload,
     ) -> Out {
@@ -177,12 +184,12 @@ impl Out {
 
 /// Whether a produce or delivery error is about the record itself (too large,
 /// invalid), so the record becomes a dead letter, rather than about the brokers.
-pub fn record_error(e: &KafkaError) -> Option<&'static str> {
+pub fn record_error(e: &KafkaError) -> Option<Code> {
     use RDKafkaErrorCode as C;
     match e.rdkafka_error_code()? {
-        C::MessageSizeTooLarge | C::MessageBatchTooLarge => Some("record_too_large"),
-        C::InvalidRecord | C::InvalidMessage | C::InvalidMessageSize => Some("invalid_record"),
-        C::InvalidTimestamp => Some("invalid_timestamp"),
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge => Some(Code::RecordTooLarge),
+        C::InvalidRecord | C::InvalidMessage | C::InvalidMessageSize => Some(Code::InvalidRecord),
+        C::InvalidTimestamp => Some(Code::InvalidTimestamp),
         _ => None,
     }
 }
@@ -197,12 +204,15 @@ pub struct Sender {
     pub limits: Limits,
     pub dead_letter_payload: DeadLetterPayload,
     partitions: HashMap<String, (Option<i32>, Instant)>,
+    /// Per topic: its size limit and partition count, as last looked up (cleared
+    /// by [`refresh`](Sender::refresh), so the hot path reads no clock).
+    topics: foldhash::HashMap<String, (usize, Option<i32>)>,
 }
 
 /// Why a record could not be handed to the producer.
 pub enum SendError {
     /// A record-level failure the record could not even be dead-lettered with.
-    Record { code: &'static str, msg: String },
+    Record { code: Code, msg: String },
     /// The producer failed (not the record's fault).
     Kafka(KafkaError),
 }
@@ -211,7 +221,7 @@ pub enum SendError {
 /// went to the dead-letter topic (possibly because it did not fit).
 pub struct Sent {
     pub bytes: usize,
-    pub code: Option<&'static str>,
+    pub code: Option<Code>,
     pub message: Option<String>,
 }
 
@@ -226,7 +236,27 @@ impl Sender {
             limits,
             dead_letter_payload,
             partitions: HashMap::new(),
+            topics: Default::default(),
         }
+    }
+
+    /// Forgets what was looked up about topics, so limits and partition counts
+    /// are read again (the lane calls this every minute).
+    pub fn refresh(&mut self) {
+        self.topics.clear();
+    }
+
+    /// A topic's size limit and partition count.
+    async fn topic(&mut self, topic: &str) -> (usize, Option<i32>) {
+        if let Some(t) = self.topics.get(topic) {
+            return *t;
+        }
+        let t = (
+            self.limits.for_topic(topic).await,
+            self.partition_count(topic).await,
+        );
+        self.topics.insert(topic.to_string(), t);
+        t
     }
 
     /// Produces `out` for `msg` (fitting it to its topic, dead-lettering an output
@@ -234,6 +264,7 @@ impl Sender {
     pub async fn send<M: Message>(
         &mut self,
         msg: &M,
+        buf: &[u8],
         dest: &Destination,
         mut out: Out,
         token: usize,
@@ -245,14 +276,14 @@ impl Sender {
             } else {
                 &dest.target
             };
-            let limit = self.limits.for_topic(topic).await;
-            let size = out.size(msg);
+            let (limit, partitions) = self.topic(topic).await;
+            let size = out.size(msg, buf);
             if size > limit {
                 if !out.to_dead_letter {
                     let m = format!(
                         "the output record ({size} bytes) exceeds the limit of {limit} bytes for topic {topic} (its max.message.bytes, or the producer's message.max.bytes)"
                     );
-                    out = Out::dead_letter(msg, "record_too_large", &m, self.dead_letter_payload);
+                    out = Out::dead_letter(msg, Code::RecordTooLarge, &m, self.dead_letter_payload);
                     message = Some(m);
                     continue;
                 }
@@ -260,19 +291,23 @@ impl Sender {
                     continue;
                 }
                 return Err(SendError::Record {
-                    code: "record_too_large",
+                    code: Code::RecordTooLarge,
                     msg: format!("even a dead letter without payload, key or original headers exceeds {limit} bytes for topic {topic}"),
                 });
             }
+            // Keep the input partition when the target has enough partitions, so
+            // per-key order holds end to end; otherwise the partitioner hashes the key.
             let partition = if out.to_dead_letter {
                 None
             } else {
-                self.partition_count(topic)
-                    .await
+                partitions
                     .filter(|n| msg.partition() < *n)
                     .map(|_| msg.partition())
             };
-            match self.produce(msg, topic, &mut out, partition, token).await {
+            match self
+                .produce(msg, buf, topic, &mut out, partition, token)
+                .await
+            {
                 Ok(()) => {
                     return Ok(Sent {
                         bytes: size,
@@ -305,6 +340,7 @@ impl Sender {
     async fn produce<M: Message>(
         &self,
         msg: &M,
+        buf: &[u8],
         topic: &str,
         out: &mut Out,
         partition: Option<i32>,
@@ -317,7 +353,7 @@ impl Sender {
             if let Some(k) = out.key(msg) {
                 rec = rec.key(k);
             }
-            if let Some(p) = out.payload(msg) {
+            if let Some(p) = out.payload(msg, buf) {
                 rec = rec.payload(p);
             }
             if let Some(ts) = msg.timestamp().to_millis() {

@@ -1,11 +1,14 @@
-//! One Kafka record through the transform: its value (and, for `key_format =
-//! "avro"` routes, its key) encrypted or decrypted by the schema's plan, DEK headers
-//! added (or read and removed), everything else — other headers, timestamp,
-//! tombstones — preserved. Values are raw Avro with the route's schema file, or
-//! Confluent-framed with writer schemas from the Schema Registry and the output
-//! schema registered under the target subject once per schema id. A record that
-//! cannot be transformed becomes a dead letter; it is never produced to the target
-//! with a sensitive field in plaintext.
+//! The transform step: one consumed Kafka record in, one [`Outcome`] out. Its value
+//! (and, for `key_format = "avro"` routes, its key) is encrypted or decrypted by the
+//! schema's plan, DEK headers are added (or read and removed), and everything else
+//! — other headers, timestamp, tombstones — is kept. Values are raw Avro with the
+//! route's schema file, or Confluent-framed with writer schemas from the Schema
+//! Registry and the output schema registered under the target subject once per
+//! schema id. A record that cannot be transformed is an [`Outcome::DeadLetter`];
+//! it is never produced to the target with a sensitive field in plaintext. A
+//! failure of the KMS or registry is a [`Fatal`], kept apart: nothing is wrong with
+//! the record. No broker is involved, so unit tests call it with an
+//! [`OwnedMessage`](rdkafka::message::OwnedMessage).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +17,10 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use serde_json::Value as Json;
 use thiserror::Error;
 
+use crate::codes::Code;
 use crate::config::{Config, PipelineMode};
 use crate::engine::{EncryptFailure, Engine};
-use crate::kafka::headers;
+use crate::kafka::headers::{self, HeaderRef};
 use crate::kafka::route::{AcceptScopes, KeyFormat};
 use crate::kafka::wire;
 use crate::keys::KmsError;
@@ -27,21 +31,24 @@ use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, Decryptor, Encryptor};
 
 /// What to send for one input record.
+#[derive(Debug)]
 pub enum Outcome {
     /// To the route's target topic.
     Produce {
         /// The new key; `None` keeps the input key as it is.
         key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-        headers: OwnedHeaders,
+        /// The value is the caller's buffer (`false`: a tombstone stays one).
+        payload: bool,
+        /// The headers to send (`None`: no headers at all).
+        headers: Option<OwnedHeaders>,
         counts: Counts,
     },
     /// To the route's dead-letter topic, with this error.
-    DeadLetter { code: &'static str, message: String },
+    DeadLetter { code: Code, message: String },
 }
 
-/// A failure that is not the record's fault: the pipeline stops (fail closed)
-/// without storing the record's offset, so it is read again after a restart.
+/// A failure that is not the record's fault: the record is held through an
+/// outage, or the pipeline stops (fail closed) without storing its offset.
 #[derive(Debug, Error)]
 pub enum Fatal {
     #[error(transparent)]
@@ -60,13 +67,49 @@ impl Fatal {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Fatal::Kms(e) if e.is_retriable() => "kms_unavailable",
-            Fatal::Kms(_) => "kms_refused",
+            Fatal::Kms(e) if e.is_retriable() => Code::KmsUnavailable,
+            Fatal::Kms(_) => Code::KmsRefused,
             Fatal::Registry(e) => e.code(),
         }
     }
+}
+
+/// Why a step of the transform stopped: the record's fault (a dead letter) or
+/// the infrastructure's.
+enum Failure {
+    Record(Code, String),
+    Infra(Fatal),
+}
+
+impl From<Fatal> for Failure {
+    fn from(f: Fatal) -> Self {
+        Failure::Infra(f)
+    }
+}
+
+impl From<KmsError> for Failure {
+    fn from(e: KmsError) -> Self {
+        Failure::Infra(Fatal::Kms(e))
+    }
+}
+
+impl From<RegistryError> for Failure {
+    /// The registry's own answers are about the record; its outages are not.
+    fn from(e: RegistryError) -> Self {
+        if e.is_infrastructure() {
+            Failure::Infra(Fatal::Registry(e))
+        } else {
+            Failure::Record(e.code(), e.to_string())
+        }
+    }
+}
+
+type Step<T> = Result<T, Failure>;
+
+fn record<T>(code: Code, msg: impl Into<String>) -> Step<T> {
+    Err(Failure::Record(code, msg.into()))
 }
 
 #[derive(Clone)]
@@ -81,9 +124,12 @@ struct Framed {
     out_id: u32,
 }
 
+/// A schema id refused for good (ids never change): code and message.
+type Refused = (Code, String);
+
 /// (schema id → target topic → codec, or why the schema is refused), for keys or
 /// values of one route.
-type FramedCache = Mutex<HashMap<u32, HashMap<String, Result<Arc<Framed>, Dead>>>>;
+type FramedCache = Mutex<HashMap<u32, HashMap<String, Result<Arc<Framed>, Refused>>>>;
 
 struct RouteCodecs {
     /// DEK scope, bound into each DEK's encryption context: one per route, stable
@@ -111,9 +157,6 @@ pub struct Transformer {
     strategy: SubjectStrategy,
     routes: Vec<RouteCodecs>,
 }
-
-/// A record-level failure: dead-letter code and message.
-type Dead = (&'static str, String);
 
 /// Adds a route's `require` entries to a floor: field contexts as they are, and
 /// for `tag:NAME` every field of the schema that carries the tag.
@@ -216,35 +259,50 @@ impl Transformer {
         }
     }
 
-    /// Transforms one record of route `route` bound for `target`. `Err` means an
+    /// Transforms one record of route `route` bound for `target`, its value into
+    /// `value` (cleared first; reused across records). `Err` means an
     /// infrastructure failure (KMS, registry): nothing about this record is wrong.
     pub async fn transform<M: Message>(
         &self,
         msg: &M,
         route: usize,
         target: &str,
+        value: &mut Vec<u8>,
     ) -> Result<Outcome, Fatal> {
+        value.clear();
+        match self.step(msg, route, target, value).await {
+            Ok(o) => Ok(o),
+            Err(Failure::Record(code, message)) => Ok(Outcome::DeadLetter { code, message }),
+            Err(Failure::Infra(f)) => Err(f),
+        }
+    }
+
+    async fn step<M: Message>(
+        &self,
+        msg: &M,
+        route: usize,
+        target: &str,
+        out: &mut Vec<u8>,
+    ) -> Step<Outcome> {
         let Some(rc) = self.routes.get(route) else {
-            return Ok(dead(("no_route", "no transform for this route".into())));
+            return record(Code::NoRoute, "no transform for this route");
         };
         let hdrs = match headers::read(msg.headers()) {
             Ok(h) => h,
-            Err(e) => return Ok(dead(("bad_header", e.to_string()))),
+            Err(e) => return record(Code::BadHeader, e.to_string()),
         };
-        let key = match self.transform_key(msg, rc, target).await? {
-            Ok(k) => k,
-            Err(d) => return Ok(dead(d)),
-        };
+        let key = self.transform_key(msg, rc, target).await?;
+        let mut headers = self.copy_headers(&hdrs);
         let Some(value) = msg.payload() else {
             // Tombstones stay tombstones: deletes must reach compacted topics.
             return Ok(Outcome::Produce {
                 key,
-                payload: None,
-                headers: self.copy_headers(&hdrs),
+                payload: false,
+                headers,
                 counts: Counts::default(),
             });
         };
-        let (codec, datum, mut out) = match self
+        let (codec, datum) = self
             .resolve(
                 rc,
                 rc.raw_value.as_ref(),
@@ -253,56 +311,43 @@ impl Transformer {
                 msg.topic(),
                 target,
                 false,
+                out,
             )
-            .await?
-        {
-            Ok(r) => r,
-            Err(d) => return Ok(dead(d)),
-        };
-        let mut headers = self.copy_headers(&hdrs);
+            .await?;
         let counts = match &codec {
             Codec::Encrypt(enc) => {
-                match self
-                    .encrypt_value(enc, rc, datum, &mut out, &mut headers)
+                self.encrypt_value(enc, rc, datum, out, &mut headers)
                     .await?
-                {
-                    Ok(c) => c,
-                    Err(d) => return Ok(dead(d)),
-                }
             }
             Codec::Decrypt(dec) => {
-                let deks = match self.dek_set(&hdrs, rc, msg.topic()).await? {
-                    Ok(d) => d,
-                    Err(d) => return Ok(dead(d)),
-                };
-                match dec.decrypt(datum, &deks, &mut out) {
-                    Ok(c) => c,
-                    Err(e) => return Ok(dead((e.code(), format!("value: {e}")))),
-                }
+                let deks = self.dek_set(&hdrs, rc, msg.topic()).await?;
+                dec.decrypt(datum, &deks, out)
+                    .or_else(|e| record(e.code(), format!("value: {e}")))?
             }
         };
         Ok(Outcome::Produce {
             key,
-            payload: Some(out),
+            payload: true,
             headers,
             counts,
         })
     }
 
-    /// The output key: `Ok(None)` keeps the input key.
+    /// The output key: `None` keeps the input key.
     async fn transform_key<M: Message>(
         &self,
         msg: &M,
         rc: &RouteCodecs,
         target: &str,
-    ) -> Result<Result<Option<Vec<u8>>, Dead>, Fatal> {
+    ) -> Step<Option<Vec<u8>>> {
         if rc.key_format == KeyFormat::Passthrough {
-            return Ok(Ok(None));
+            return Ok(None);
         }
         let Some(key) = msg.key() else {
-            return Ok(Ok(None));
+            return Ok(None);
         };
-        let (codec, datum, mut out) = match self
+        let mut out = Vec::with_capacity(key.len() + 64);
+        let (codec, datum) = self
             .resolve(
                 rc,
                 rc.raw_key.as_ref(),
@@ -311,26 +356,23 @@ impl Transformer {
                 msg.topic(),
                 target,
                 true,
+                &mut out,
             )
-            .await?
-        {
-            Ok(r) => r,
-            Err(d) => return Ok(Err(d)),
-        };
+            .await?;
         // Key plans never need a DEK (checked when the codec was built).
         let r = match codec {
             Codec::Encrypt(enc) => enc.encrypt(datum, None, &mut out),
             Codec::Decrypt(dec) => dec.decrypt(datum, &DekSet::new(), &mut out),
         };
-        Ok(match r {
+        match r {
             Ok(_) => Ok(Some(out)),
-            Err(e) => Err((e.code(), format!("key: {e}"))),
-        })
+            Err(e) => record(e.code(), format!("key: {e}")),
+        }
     }
 
-    /// The codec for a key or value, its datum, and the output buffer started with
-    /// the output schema's Confluent header: the route's raw codec, or the one for
-    /// the registry schema named by the input's header.
+    /// The codec for a key or value and its datum; `out` gets the output schema's
+    /// Confluent header. The route's raw codec, or the one for the registry schema
+    /// named by the input's header.
     #[allow(clippy::too_many_arguments)]
     async fn resolve<'a>(
         &self,
@@ -341,28 +383,25 @@ impl Transformer {
         source: &str,
         target: &str,
         is_key: bool,
-    ) -> Result<Result<(Codec, &'a [u8], Vec<u8>), Dead>, Fatal> {
-        let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
+        out: &mut Vec<u8>,
+    ) -> Step<(Codec, &'a [u8])> {
         if let Some(c) = raw {
-            return Ok(Ok((c.clone(), bytes, out)));
+            return Ok((c.clone(), bytes));
         }
         let (id, datum) = match wire::parse(bytes) {
             Ok(x) => x,
             Err(e) => {
                 let (code, part) = if is_key {
-                    ("bad_key_framing", "key")
+                    (Code::BadKeyFraming, "key")
                 } else {
-                    ("bad_framing", "value")
+                    (Code::BadFraming, "value")
                 };
-                return Ok(Err((code, format!("{part}: {e}"))));
+                return record(code, format!("{part}: {e}"));
             }
         };
-        let framed = match self.framed(rc, cache, id, source, target, is_key).await? {
-            Ok(f) => f,
-            Err(d) => return Ok(Err(d)),
-        };
-        wire::frame_header(framed.out_id, &mut out);
-        Ok(Ok((framed.codec.clone(), datum, out)))
+        let framed = self.framed(rc, cache, id, source, target, is_key).await?;
+        wire::frame_header(framed.out_id, out);
+        Ok((framed.codec.clone(), datum))
     }
 
     async fn encrypt_value(
@@ -371,14 +410,14 @@ impl Transformer {
         rc: &RouteCodecs,
         datum: &[u8],
         out: &mut Vec<u8>,
-        headers: &mut OwnedHeaders,
-    ) -> Result<Result<Counts, Dead>, Fatal> {
+        headers: &mut Option<OwnedHeaders>,
+    ) -> Step<Counts> {
         let done = match self.engine.encrypt(enc, &rc.scope, datum, out).await {
             Ok(d) => d,
             Err(EncryptFailure::Kms(e)) => return Err(e.into()),
             Err(e) => {
-                let code = e.record_code().unwrap_or("record");
-                return Ok(Err((code, format!("value: {e}"))));
+                let code = e.record_code().unwrap_or(Code::SchemaMismatch);
+                return record(code, format!("value: {e}"));
             }
         };
         if let Some(dek) = &done.dek {
@@ -386,43 +425,33 @@ impl Transformer {
                 .engine
                 .dek_header(dek)
                 .map_err(|e| KmsError::Config(e.to_string()))?;
-            *headers = std::mem::replace(headers, OwnedHeaders::new()).insert(Header {
+            *headers = Some(headers.take().unwrap_or_default().insert(Header {
                 key: headers::DEK,
                 value: Some(&*v),
-            });
+            }));
         }
-        Ok(Ok(done.counts))
+        Ok(done.counts)
     }
 
     /// The DEKs named by the record's `fieldcrypt.dek` headers, unwrapped. A header
     /// whose scope this route does not accept is refused before any KMS call.
-    async fn dek_set(
-        &self,
-        hdrs: &[(&str, Option<&[u8]>)],
-        rc: &RouteCodecs,
-        topic: &str,
-    ) -> Result<Result<DekSet, Dead>, Fatal> {
+    async fn dek_set(&self, hdrs: &[HeaderRef<'_>], rc: &RouteCodecs, topic: &str) -> Step<DekSet> {
         let mut deks = DekSet::new();
         for (_, v) in hdrs.iter().filter(|(k, _)| *k == headers::DEK) {
             let w = match v.map(headers::decode_dek) {
                 Some(Ok(w)) => w,
-                Some(Err(e)) => return Ok(Err(("bad_dek_header", e.to_string()))),
-                None => {
-                    return Ok(Err((
-                        "bad_dek_header",
-                        "empty fieldcrypt.dek header".into(),
-                    )))
-                }
+                Some(Err(e)) => return record(Code::BadDekHeader, e.to_string()),
+                None => return record(Code::BadDekHeader, "empty fieldcrypt.dek header"),
             };
             if !rc.accepts.accepts(&w.scope, topic) {
-                return Ok(Err((
-                    "dek_scope_refused",
+                return record(
+                    Code::DekScopeRefused,
                     format!(
                         "a fieldcrypt.dek header names scope \"{}\", which this route does not accept ({}); set the route's accept_scopes if the data comes from another route",
                         w.scope,
                         rc.accepts.describe(topic)
                     ),
-                )));
+                );
             }
             match self.engine.unwrap_dek(&w).await {
                 Ok(k) => {
@@ -430,21 +459,24 @@ impl Transformer {
                 }
                 Err(e) if e.is_retriable() => return Err(e.into()),
                 Err(KmsError::BindingMismatch) => {
-                    return Ok(Err((
-                        "dek_binding_mismatch",
+                    return record(
+                        Code::DekBindingMismatch,
                         KmsError::BindingMismatch.to_string(),
-                    )))
+                    )
                 }
-                Err(e) => return Ok(Err(("dek_unwrap_failed", e.to_string()))),
+                Err(e) => return record(Code::DekUnwrapFailed, e.to_string()),
             }
         }
-        Ok(Ok(deks))
+        Ok(deks)
     }
 
     /// The record's headers for the output: everything but fieldcrypt's own
     /// namespace (the output gets its own DEK headers, or none after decryption);
-    /// headers dropped from that namespace are counted.
-    fn copy_headers(&self, hdrs: &[(&str, Option<&[u8]>)]) -> OwnedHeaders {
+    /// headers dropped from that namespace are counted. `None` when nothing is left.
+    fn copy_headers(&self, hdrs: &[HeaderRef<'_>]) -> Option<OwnedHeaders> {
+        if hdrs.is_empty() {
+            return None;
+        }
         let mut out = OwnedHeaders::new_with_capacity(hdrs.len() + 1);
         let mut dropped = 0u64;
         for (k, v) in hdrs {
@@ -463,7 +495,7 @@ impl Transformer {
                 .reserved_headers_dropped
                 .inc_by(dropped);
         }
-        out
+        Some(out)
     }
 
     /// The codec for registry schema `id` on its way to `target`, built (and the
@@ -476,44 +508,35 @@ impl Transformer {
         source: &str,
         target: &str,
         is_key: bool,
-    ) -> Result<Result<Arc<Framed>, Dead>, Fatal> {
+    ) -> Step<Arc<Framed>> {
         if let Some(f) = cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .and_then(|m| m.get(target))
         {
-            return Ok(f.clone());
+            return f.clone().or_else(|(c, m)| record(c, m));
         }
         let Some(reg) = &self.registry else {
-            return Ok(Err(("no_registry", "no schema registry configured".into())));
+            return record(Code::NoRegistry, "no schema registry configured");
         };
         let part = if is_key { "key" } else { "value" };
-        let registry_err = |e: RegistryError| -> Result<Result<Arc<Framed>, Dead>, Fatal> {
-            if e.is_infrastructure() {
-                Err(Fatal::Registry(e))
-            } else {
-                Ok(Err((e.code(), format!("{part}: {e}"))))
-            }
-        };
-        let schema = match reg.schema_by_id(id).await {
-            Ok(s) => s,
-            Err(e) => return registry_err(e),
-        };
+        let schema = reg
+            .schema_by_id(id)
+            .await
+            .map_err(|e| match Failure::from(e) {
+                Failure::Record(c, m) => Failure::Record(c, format!("{part}: {m}")),
+                f => f,
+            })?;
         let label = format!("schema id {id} ({part})");
-        let codec = match codec_for(&self.engine, self.mode, &schema.json, &label, is_key) {
-            Ok(c) => c,
-            Err(d) => return Ok(Err(d)),
-        };
+        let codec = codec_for(&self.engine, self.mode, &schema.json, &label, is_key)
+            .or_else(|(c, m)| record(c, m))?;
         if let Codec::Encrypt(enc) = &codec {
             let subject = self.strategy.subject(source, is_key, &schema.json);
-            let below = match self.below_floor(rc, reg, &subject, enc, is_key).await {
-                Ok(b) => b,
-                Err(e) => return registry_err(e),
-            };
+            let below = self.below_floor(rc, reg, &subject, enc, is_key).await?;
             if !below.is_empty() {
-                let d: Dead = (
-                    "policy_downgrade",
+                let refused: Refused = (
+                    Code::PolicyDowngrade,
                     format!(
                         "{label} leaves in clear what the route requires or an earlier version of subject {subject} encrypts: {} (set the route's allow_downgrade = true if this is deliberate)",
                         below.join(", ")
@@ -526,8 +549,8 @@ impl Transformer {
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(id)
                     .or_default()
-                    .insert(target.to_string(), Err(d.clone()));
-                return Ok(Err(d));
+                    .insert(target.to_string(), Err(refused.clone()));
+                return record(refused.0, refused.1);
             }
         }
         let out_json: &Json = match &codec {
@@ -535,10 +558,13 @@ impl Transformer {
             Codec::Decrypt(d) => &d.plan().original_json,
         };
         let subject = self.strategy.subject(target, is_key, out_json);
-        let out_id = match reg.id_for(&subject, out_json, self.auto_register).await {
-            Ok(i) => i,
-            Err(e) => return registry_err(e),
-        };
+        let out_id = reg
+            .id_for(&subject, out_json, self.auto_register)
+            .await
+            .map_err(|e| match Failure::from(e) {
+                Failure::Record(c, m) => Failure::Record(c, format!("{part}: {m}")),
+                f => f,
+            })?;
         tracing::info!(
             schema_id = id,
             output_schema_id = out_id,
@@ -553,7 +579,7 @@ impl Transformer {
             .entry(id)
             .or_default()
             .insert(target.to_string(), Ok(f.clone()));
-        Ok(Ok(f))
+        Ok(f)
     }
 
     /// The fields the writer schema `enc` leaves in clear that the route's
@@ -628,12 +654,12 @@ fn codec_for(
     json: &Json,
     label: &str,
     is_key: bool,
-) -> Result<Codec, Dead> {
+) -> Result<Codec, Refused> {
     match mode {
         PipelineMode::Encrypt => {
             let enc = engine
                 .encryptor(json, label)
-                .map_err(|e| ("policy_error", e.to_string()))?;
+                .map_err(|e| (Code::PolicyError, e.to_string()))?;
             if is_key && enc.needs_dek() {
                 let fields: Vec<String> = enc
                     .plan()
@@ -643,7 +669,7 @@ fn codec_for(
                     .map(|r| r.path.clone())
                     .collect();
                 return Err((
-                    "randomized_key_field",
+                    Code::RandomizedKeyField,
                     format!(
                         "key schema {label}: field(s) {} are randomized; record keys may only be encrypted deterministically (equal keys must stay equal for partitioning and compaction): use \"sensitive\": {{\"mode\": \"deterministic\"}}",
                         fields.join(", ")
@@ -655,12 +681,8 @@ fn codec_for(
         PipelineMode::Decrypt => engine
             .decryptor(json, label)
             .map(Codec::Decrypt)
-            .map_err(|e| ("policy_error", e.to_string())),
+            .map_err(|e| (Code::PolicyError, e.to_string())),
     }
-}
-
-fn dead((code, message): Dead) -> Outcome {
-    Outcome::DeadLetter { code, message }
 }
 
 /// The original headers plus the error and source-position headers. Of the
@@ -668,7 +690,7 @@ fn dead((code, message): Dead) -> Outcome {
 /// dead letter's payload may need it to be decrypted), so a forged error header
 /// can never stand before the real one; headers that cannot be read are left out
 /// and the dead letter says so.
-pub fn dead_letter_headers<M: Message>(msg: &M, code: &str, message: &str) -> OwnedHeaders {
+pub fn dead_letter_headers<M: Message>(msg: &M, code: Code, message: &str) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     match headers::read(msg.headers()) {
         Ok(hs) => {
@@ -689,7 +711,7 @@ pub fn dead_letter_headers<M: Message>(msg: &M, code: &str, message: &str) -> Ow
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
     for (k, v) in [
-        (headers::ERROR_CODE, code),
+        (headers::ERROR_CODE, code.as_str()),
         (headers::ERROR_MESSAGE, message),
         (headers::SOURCE_TOPIC, msg.topic()),
         (headers::SOURCE_PARTITION, partition.as_str()),

@@ -73,19 +73,20 @@ impl TransformError {
         }
     }
 
-    /// A short stable code for metrics and dead-letter headers.
-    pub fn code(&self) -> &'static str {
+    /// The stable code for metrics and dead-letter headers.
+    pub fn code(&self) -> crate::codes::Code {
+        use crate::codes::Code;
         match &self.kind {
             TransformErrorKind::Decode(DecodeError {
                 kind: crate::avro::binary::DecodeErrorKind::TooDeep(_),
                 ..
-            }) => "too_deep",
-            TransformErrorKind::Decode(_) => "schema_mismatch",
-            TransformErrorKind::DekExhausted => "dek_exhausted",
-            TransformErrorKind::Crypto(CryptoError::Authentication) => "authentication_failed",
-            TransformErrorKind::Crypto(CryptoError::UnknownKey(_)) => "unknown_key",
-            TransformErrorKind::Crypto(_) => "malformed_ciphertext",
-            TransformErrorKind::Plaintext(_) => "plaintext_mismatch",
+            }) => Code::TooDeep,
+            TransformErrorKind::Decode(_) => Code::SchemaMismatch,
+            TransformErrorKind::DekExhausted => Code::DekExhausted,
+            TransformErrorKind::Crypto(CryptoError::Authentication) => Code::AuthenticationFailed,
+            TransformErrorKind::Crypto(CryptoError::UnknownKey(_)) => Code::UnknownKey,
+            TransformErrorKind::Crypto(_) => Code::MalformedCiphertext,
+            TransformErrorKind::Plaintext(_) => Code::PlaintextMismatch,
         }
     }
 }
@@ -347,7 +348,7 @@ mod tests {
         round_trip(129, 256).unwrap();
         round_trip(256, 256).unwrap();
         let e = round_trip(257, 256).unwrap_err();
-        assert_eq!(e.code(), "too_deep");
+        assert_eq!(e.code(), crate::codes::Code::TooDeep);
         let msg = e.to_string();
         assert!(
             msg.contains("nesting depth limit")
@@ -394,13 +395,13 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             enc.encrypt(&datum, None, &mut out).unwrap_err().code(),
-            "too_deep"
+            crate::codes::Code::TooDeep
         );
         let mut back = Vec::new();
         let e = dec
             .decrypt(&datum, &Default::default(), &mut back)
             .unwrap_err();
-        assert_eq!(e.code(), "too_deep");
+        assert_eq!(e.code(), crate::codes::Code::TooDeep);
         let (enc, dec) = build(levels + 1);
         enc.encrypt(&datum, None, &mut out).unwrap();
         dec.decrypt(&out, &Default::default(), &mut back).unwrap();
