@@ -280,7 +280,13 @@ fn ten_thousand_records_dead_letters_metrics_and_decrypt() {
         "one DEK serves the run, not {kms_calls}"
     );
     assert!(metric(&m, "fieldcrypt_end_to_end_latency_seconds_count", &[]) >= 10_005.0);
-    assert!(metric(&m, "fieldcrypt_transform_duration_seconds_count", &[]) >= 10_005.0);
+    // One transform in 64 is timed (two clock reads per record cost more than the
+    // histogram is worth).
+    let timed = metric(&m, "fieldcrypt_transform_duration_seconds_count", &[]);
+    assert!(
+        (150.0..=10_005.0).contains(&timed),
+        "{timed} transforms timed"
+    );
     assert_eq!(metric(&m, "fieldcrypt_assigned_partitions", &[]), 3.0);
     stop.send(()).unwrap();
     let stats = runner.join().unwrap().expect("pipeline stops cleanly");

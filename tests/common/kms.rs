@@ -43,7 +43,17 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Moto {
         use_test_credentials();
-        let port = free_port();
+        // A port taken by another process between `free_port` and moto's bind makes
+        // moto exit; try another port rather than talk to whoever holds it.
+        for _ in 0..5 {
+            if let Some(moto) = Moto::try_start(free_port()) {
+                return moto;
+            }
+        }
+        panic!("moto_server could not bind a port in five tries");
+    }
+
+    fn try_start(port: u16) -> Option<Moto> {
         // `python3 -m moto.server` is moto_server without depending on PATH.
         let bin = std::env::var("FIELDCRYPT_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut child = Command::new(&bin)
@@ -63,11 +73,17 @@ impl Moto {
             });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
             }
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("moto_server exited early ({s})");
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening is not enough: something else may hold the port while
+                // moto fails to bind it. moto stays up; a failed bind exits.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(Some(_)) = child.try_wait() {
+                    return None;
+                }
+                return Some(Moto { child, port });
             }
             assert!(
                 Instant::now() < deadline,
@@ -75,7 +91,6 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto { child, port }
     }
 
     pub fn url(&self) -> String {
@@ -141,7 +156,11 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: u16) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // A port from `free_port`, so no other test in this process is handed it.
+        let listener = std::iter::repeat_with(|| TcpListener::bind(("127.0.0.1", free_port())))
+            .take(5)
+            .find_map(Result::ok)
+            .expect("a free port for the fault proxy");
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let bad_gateway = Arc::new(AtomicBool::new(false));
