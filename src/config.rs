@@ -67,76 +67,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-/// `[schema_registry]`: with a `url`, values (and Avro keys) are Confluent-framed
-/// and their schemas come from the registry; without, values are raw Avro with the
-/// writer schema from each route's `value_schema` file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchemaRegistryConfig {
-    /// Base URL, e.g. `http://127.0.0.1:8081` (none: raw Avro).
-    pub url: Option<String>,
-    /// Basic-auth user.
-    pub username: Option<String>,
-    /// Basic-auth password; prefer the `FIELDCRYPT_SCHEMA_REGISTRY_PASSWORD`
-    /// environment variable, which is read when this is absent.
-    #[serde(skip_serializing)]
-    pub password: Option<String>,
-    /// PEM CA bundle to trust (TLS).
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (mutual TLS), with `key_file` (PKCS#8 PEM).
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Per-request timeout (default 10).
-    pub timeout_seconds: u64,
-    /// Retries of a failed request (connection error, timeout, 5xx, 429) with
-    /// exponential backoff before the pipeline stops (default 5).
-    pub retries: u32,
-    /// Register output schemas under the target subject (default true); false:
-    /// look them up and fail clearly if they are not registered.
-    pub auto_register: bool,
-    /// Subject naming for output schemas: `topic` (default), `record`, `topic-record`.
-    pub subject_strategy: crate::registry::SubjectStrategy,
-}
-
-impl Default for SchemaRegistryConfig {
-    fn default() -> Self {
-        SchemaRegistryConfig {
-            url: None,
-            username: None,
-            password: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            timeout_seconds: 10,
-            retries: 5,
-            auto_register: true,
-            subject_strategy: Default::default(),
-        }
-    }
-}
-
-/// `[metrics]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Address of the HTTP listener (default `127.0.0.1:9464`; port 0 picks one;
-    /// empty turns it off).
-    pub listen: String,
-    /// Most topics that get their own `topic` label (default 1,000); the rest
-    /// share the label `other`, so regex routes cannot grow the series without
-    /// bound. A source topic's series go when its partitions are revoked.
-    pub max_topics: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: "127.0.0.1:9464".into(),
-            max_topics: crate::observe::metrics::DEFAULT_MAX_TOPICS,
-        }
-    }
-}
-
 /// `[kafka]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,157 +93,12 @@ impl Default for KafkaConfig {
     }
 }
 
-/// What the pipeline does to records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PipelineMode {
-    #[default]
-    Encrypt,
-    Decrypt,
-}
-
-/// What happens to a record that cannot be transformed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnError {
-    /// Send it (original bytes) to the route's dead-letter topic and go on.
-    #[default]
-    DeadLetter,
-    /// Stop the pipeline without committing the record.
-    Stop,
-}
-
-/// Delivery guarantee of the pipeline.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Delivery {
-    /// Offsets committed only after delivery: no loss, duplicates after a crash.
-    #[default]
-    AtLeastOnce,
-    /// Output records and input offsets committed in one Kafka transaction.
-    ExactlyOnce,
-}
-
-/// What a dead letter carries as its value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeadLetterPayload {
-    /// The original record bytes (the topic then needs the source's access controls).
-    #[default]
-    Keep,
-    /// No value: headers only (error, source topic/partition/offset).
-    Drop,
-}
-
-/// `[pipeline]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// `encrypt` (default) or `decrypt`.
-    pub mode: PipelineMode,
-    /// `at-least-once` (default) or `exactly-once`.
-    pub delivery: Delivery,
-    /// `dead-letter` (default) or `stop`.
-    pub on_error: OnError,
-    /// `keep` (default) or `drop` the original bytes in dead letters.
-    pub dead_letter_payload: DeadLetterPayload,
-    /// Most records consumed but not yet delivered (default 10000).
-    pub max_in_flight: usize,
-    /// Transform workers; partitions are spread over them (default 0: one per core).
-    pub workers: usize,
-    /// Exactly-once: how often a transaction is committed (default 100 ms).
-    pub transaction_interval_ms: u64,
-    /// Exactly-once: `transactional.id` of this instance (default
-    /// `<group_id>-<host>-<pid>`; must be unique among running instances).
-    pub transactional_id: Option<String>,
-    /// Seconds to wait for in-flight records on shutdown (default 30).
-    pub drain_timeout_seconds: u64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            mode: PipelineMode::Encrypt,
-            delivery: Delivery::AtLeastOnce,
-            on_error: OnError::DeadLetter,
-            dead_letter_payload: DeadLetterPayload::Keep,
-            max_in_flight: 10_000,
-            workers: 0,
-            transaction_interval_ms: 100,
-            transactional_id: None,
-            drain_timeout_seconds: 30,
-        }
-    }
-}
-
-/// Which KMS holds the KEK.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KmsProvider {
-    /// A 32-byte KEK in a local file (`kek_file`).
-    #[default]
-    Local,
-    /// AWS KMS (`key_id`, `region`, `endpoint_url`).
-    Aws,
-}
-
-/// `[kms]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KmsConfig {
-    /// KMS provider: `local` (default) or `aws`.
-    pub provider: KmsProvider,
-    /// KEK file for the local provider (created by `fieldcrypt keys init`).
-    pub kek_file: PathBuf,
-    /// The default KEK for `aws`: key id, alias (`alias/name`) or ARN.
-    pub key_id: Option<String>,
-    /// AWS region; default from the AWS configuration chain (`AWS_REGION`, profile).
-    pub region: Option<String>,
-    /// AWS endpoint override (LocalStack, moto, a VPC endpoint).
-    pub endpoint_url: Option<String>,
-    /// KEKs kept for unwrapping only, e.g. the previous KEK after a rewrap: KEK
-    /// files for `local` (AWS unwraps with whichever key a wrapped key names).
-    pub decrypt_keks: Vec<String>,
-    /// Per-call timeout (default 5).
-    pub timeout_seconds: u64,
-    /// Retries of a call that could not reach the KMS or timed out, with
-    /// exponential backoff and jitter (default 3). Refusals are never retried.
-    pub retries: u32,
-}
-
-impl Default for KmsConfig {
-    fn default() -> Self {
-        KmsConfig {
-            provider: KmsProvider::Local,
-            kek_file: PathBuf::from(".fieldcrypt/kek.key"),
-            key_id: None,
-            region: None,
-            endpoint_url: None,
-            decrypt_keks: Vec::new(),
-            timeout_seconds: 5,
-            retries: 3,
-        }
-    }
-}
-
-impl KmsConfig {
-    /// Where to reach AWS KMS.
-    pub fn aws_settings(&self) -> crate::keys::aws::AwsSettings {
-        crate::keys::aws::AwsSettings {
-            region: self.region.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-        }
-    }
-
-    /// The timeout and retry policy of KMS calls.
-    pub fn retry_policy(&self) -> crate::keys::RetryPolicy {
-        crate::keys::RetryPolicy {
-            timeout: Duration::from_secs(self.timeout_seconds),
-            retries: self.retries,
-            ..Default::default()
-        }
-    }
-}
+pub use crate::keys::provider::{KmsConfig, ProviderConfig};
+pub use crate::observe::server::MetricsConfig;
+pub use crate::pipeline::config::{
+    DeadLetterPayload, Delivery, OnError, PipelineConfig, PipelineMode,
+};
+pub use crate::registry::SchemaRegistryConfig;
 
 /// `[keyset]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -454,37 +239,18 @@ impl Config {
 
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.metrics.max_topics == 0 {
-            return Err(invalid(
-                "metrics.max_topics",
-                "must be at least 1 (topics past it share the label \"other\")",
-            ));
-        }
+        let component = |r: Result<(), (String, String)>| {
+            r.map_err(|(key, msg)| ConfigError::Invalid { key, msg })
+        };
+        component(self.metrics.validate())?;
+        component(self.kms.validate())?;
+        component(self.pipeline.validate())?;
+        component(self.schema_registry.validate())?;
         if !(1..=MAX_DEPTH_CEILING).contains(&self.schema.max_depth) {
             return Err(invalid(
                 "schema.max_depth",
                 format!("must be from 1 to {MAX_DEPTH_CEILING} (default {DEFAULT_MAX_DEPTH})"),
             ));
-        }
-        match self.kms.provider {
-            KmsProvider::Local if self.kms.kek_file.as_os_str().is_empty() => {
-                return Err(invalid("kms.kek_file", "must name a file"))
-            }
-            KmsProvider::Aws if self.kms.key_id.as_deref().is_none_or(str::is_empty) => {
-                return Err(invalid(
-                    "kms.key_id",
-                    "provider \"aws\" needs the KMS key that wraps data keys: a key id, alias/NAME or ARN",
-                ))
-            }
-            _ => {}
-        }
-        if let Some(u) = &self.kms.endpoint_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(invalid(
-                    "kms.endpoint_url",
-                    "must be an http:// or https:// URL",
-                ));
-            }
         }
         let mut scope_keks: HashMap<String, (usize, Option<&str>)> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -500,11 +266,13 @@ impl Config {
                 }
             }
             scope_keks.insert(scope, (i, r.kek.as_deref()));
-            if r.kek.as_deref().is_some_and(str::is_empty) {
-                return Err(ConfigError::Invalid {
+            if let Some(kek) = r.kek.as_deref() {
+                self.kms.kek_ref(kek).map_err(|m| ConfigError::Invalid {
                     key: format!("routes[{i}].kek"),
-                    msg: "must name a KEK (aws: key id, alias or ARN; local: a KEK file)".into(),
-                });
+                    msg: format!(
+                        "{m}: name a KEK as local:FILE, aws:KEY (key id, alias/NAME or ARN), or unprefixed for the [kms] provider's kind"
+                    ),
+                })?;
             }
         }
         if self.keyset.file.as_os_str().is_empty() {
@@ -569,26 +337,8 @@ impl Config {
         for (tag, p) in &self.tags {
             check_policy(&format!("tags.{tag}"), p)?;
         }
-        if self.pipeline.max_in_flight == 0 {
-            return Err(invalid("pipeline.max_in_flight", "must be at least 1"));
-        }
         if self.kafka.group_id.is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
-        }
-        if self.kms.timeout_seconds == 0 {
-            return Err(invalid("kms.timeout_seconds", "must be at least 1"));
-        }
-        if self.pipeline.transaction_interval_ms == 0 {
-            return Err(invalid(
-                "pipeline.transaction_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.schema_registry.timeout_seconds == 0 {
-            return Err(invalid(
-                "schema_registry.timeout_seconds",
-                "must be at least 1",
-            ));
         }
         for k in [
             "enable.auto.offset.store",

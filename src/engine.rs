@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use crate::avro::binary::Cursor;
-use crate::config::{Config, KmsProvider};
+use crate::config::Config;
 use crate::crypto::cipher::RandomizedKey;
-use crate::keys::aws::{self, AwsKms};
 use crate::keys::keyset::KeysetError;
 use crate::keys::{
-    Dek, DekCache, DekManager, DekSettings, Instrumented, KeyMaterial, KeyRing, Keyset, Kms,
-    KmsError, LocalKms, Resilient, SystemClock, WrappedDek,
+    Dek, DekCache, DekManager, DekSettings, Instrumented, KeyMaterial, Keyset, Kms, KmsError,
+    Resilient, SystemClock, WrappedDek,
 };
 use crate::observe::Metrics;
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
@@ -117,59 +116,20 @@ impl<T> PlanCache<T> {
     }
 }
 
-/// Opens one KEK of the configured provider: an AWS key id, alias or ARN, or a
-/// local KEK file.
+/// Opens one KEK as the config names them (`local:FILE`, `aws:KEY`, or unprefixed
+/// for the `[kms]` provider's kind).
 pub async fn open_kek(config: &Config, kek: &str) -> Result<Arc<dyn Kms>, KmsError> {
-    match config.kms.provider {
-        KmsProvider::Local => Ok(Arc::new(LocalKms::open(std::path::Path::new(kek))?)),
-        KmsProvider::Aws => {
-            let client = aws::client(&config.kms.aws_settings()).await?;
-            Ok(Arc::new(AwsKms::new(client, kek)))
-        }
-    }
+    crate::keys::provider::open_kek(&config.kms, kek).await
 }
 
 /// Opens the configured KMS as a key ring: the default KEK, each route's own KEK
 /// for its data keys, and the unwrap-only `decrypt_keks`.
 pub async fn open_kms(config: &Config) -> Result<Arc<dyn Kms>, KmsError> {
-    let aws_client = match config.kms.provider {
-        KmsProvider::Aws => Some(aws::client(&config.kms.aws_settings()).await?),
-        KmsProvider::Local => None,
-    };
-    let open = |kek: &str| -> Result<Arc<dyn Kms>, KmsError> {
-        match &aws_client {
-            Some(c) => Ok(Arc::new(AwsKms::new(c.clone(), kek))),
-            None => Ok(Arc::new(
-                LocalKms::open(std::path::Path::new(kek))
-                    .map_err(|e| KmsError::Config(format!("{e} (named by kek = \"{kek}\")")))?,
-            )),
-        }
-    };
-    let default: Arc<dyn Kms> = match (&aws_client, &config.kms.key_id) {
-        (Some(c), Some(id)) => Arc::new(AwsKms::new(c.clone(), id.clone())),
-        (Some(_), None) => return Err(KmsError::Config("kms.key_id is not set".into())),
-        (None, _) => Arc::new(LocalKms::open(&config.kms.kek_file)?),
-    };
-    let mut ring = KeyRing::new(default);
-    // Opened once per KEK however many routes share it.
-    let mut opened: HashMap<&str, Arc<dyn Kms>> = HashMap::new();
-    for r in &config.routes {
-        if let Some(kek) = r.kek.as_deref() {
-            let k = match opened.get(kek) {
-                Some(k) => k.clone(),
-                None => {
-                    let k = open(kek)?;
-                    opened.insert(kek, k.clone());
-                    k
-                }
-            };
-            ring = ring.scope(r.dek_scope(), k);
-        }
-    }
-    for kek in &config.kms.decrypt_keks {
-        ring = ring.member(open(kek)?);
-    }
-    Ok(Arc::new(ring))
+    let scoped = config
+        .routes
+        .iter()
+        .filter_map(|r| r.kek.as_deref().map(|k| (r.dek_scope(), k)));
+    crate::keys::provider::open_ring(&config.kms, scoped).await
 }
 
 impl Engine {
@@ -345,6 +305,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::LocalKms;
     use serde_json::json;
 
     async fn engine(max_uses: u64) -> (Engine, tempfile::TempDir) {

@@ -9,27 +9,44 @@
 //! - [`avro`]: the Avro binary encoding walked as bytes, and object container files.
 //! - [`crypto`]: the field ciphertext format, AES-256-GCM / AES-SIV ciphers and HMAC
 //!   blind indexes. Pure: bytes and keys in, bytes out.
-//! - [`keys`]: the KMS interface with its local KEK-file and AWS KMS providers, the
-//!   instrumented and resilient layers, the key ring of KEKs (per route or tenant),
-//!   the keyset file of wrapped long-lived keys (rotate, rewrap), and the DEK caches.
+//! - [`keys`]: the KMS interface and its providers (`keys::provider` says which
+//!   exist and opens them from `[kms]`: the local KEK file, AWS KMS; a new provider
+//!   is one file there plus one enum arm), the instrumented and resilient layers,
+//!   the key ring of KEKs (per route or tenant), the keyset file of wrapped
+//!   long-lived keys (rotate, rewrap), and the DEK caches.
 //! - [`transform`]: the record walker that encrypts or decrypts one datum by plan, and
 //!   checks without keys that an encrypted datum's sensitive fields are ciphertexts.
-//! - [`engine`]: puts config, keys and plans together; what the commands use.
-//! - [`file`]: encrypt/decrypt Avro container files (no Kafka).
+//! - [`engine`]: puts config, keys and plans together; the one entry point for
+//!   encryption (DEK choice, the retry when a DEK runs out, the DEK header).
+//! - [`file`]: encrypt/decrypt Avro container files (no Kafka), written through a
+//!   staged output that leaves nothing behind when interrupted.
 //! - [`kafka`]: Kafka record formats: Confluent framing, DEK and dead-letter headers,
 //!   topic routing.
 //! - [`registry`]: the Schema Registry client (writer schemas by id, output schemas
 //!   registered under the target subject).
-//! - [`pipeline`]: `fieldcrypt run`, the consume → transform → produce loop (rdkafka):
-//!   parallel workers, at-least-once or exactly-once, dead letters.
+//! - [`pipeline`]: `fieldcrypt run`, lanes of consume → transform → produce →
+//!   acknowledge (rdkafka): the transform step (`pipeline::record`), size limits,
+//!   offsets, rebalances and transactions in their own files; at-least-once or
+//!   exactly-once; dead letters.
 //! - [`loadgen`]: `fieldcrypt loadgen` and `check`: synthetic records at a target
 //!   rate, and a verifier of the target topic (missing, duplicates, unencrypted,
 //!   end-to-end latency).
-//! - [`observe`]: Prometheus metrics and the `/metrics` + `/health` listener.
-//! - [`config`]: the TOML configuration, validated at start-up.
+//! - [`observe`]: Prometheus metrics, events (log and count together) and the
+//!   `/metrics` + `/health` listener.
+//! - [`codes`]: every error code fieldcrypt reports (dead letters, metrics, logs).
+//! - [`backoff`]: exponential backoff with full jitter (KMS, registry, held records).
+//! - [`config`]: the TOML configuration, validated at start-up; each section's
+//!   struct lives with the code it configures where that is a component of its own
+//!   (`[kms]` in `keys::provider`).
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
 //! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`.
 //! - `cli` (binary only): the `fieldcrypt` command line.
+//!
+//! Where new things go: a KMS provider in `keys/` (see `keys::provider`); an input
+//! or ciphertext format beside `kafka::wire` and `crypto::format`, chosen per route
+//! in `kafka::route`; a sink beside `pipeline::produce`.
+
+#![forbid(unsafe_code)]
 
 pub mod avro;
 pub mod backoff;

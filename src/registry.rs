@@ -6,17 +6,78 @@
 //! incompatible schema, bad credentials) are returned at once. Credentials never
 //! appear in errors, logs or `Debug` output.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::config::SchemaRegistryConfig;
 use crate::observe::Metrics;
+
+/// `[schema_registry]`: with a `url`, values (and Avro keys) are Confluent-framed
+/// and their schemas come from the registry; without, values are raw Avro with the
+/// writer schema from each route's `value_schema` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8081` (none: raw Avro).
+    pub url: Option<String>,
+    /// Basic-auth user.
+    pub username: Option<String>,
+    /// Basic-auth password; prefer the `FIELDCRYPT_SCHEMA_REGISTRY_PASSWORD`
+    /// environment variable, which is read when this is absent.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    /// PEM CA bundle to trust (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS), with `key_file` (PKCS#8 PEM).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Per-request timeout (default 10).
+    pub timeout_seconds: u64,
+    /// Retries of a failed request (connection error, timeout, 5xx, 429) with
+    /// exponential backoff before the pipeline stops (default 5).
+    pub retries: u32,
+    /// Register output schemas under the target subject (default true); false:
+    /// look them up and fail clearly if they are not registered.
+    pub auto_register: bool,
+    /// Subject naming for output schemas: `topic` (default), `record`, `topic-record`.
+    pub subject_strategy: SubjectStrategy,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        SchemaRegistryConfig {
+            url: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout_seconds: 10,
+            retries: 5,
+            auto_register: true,
+            subject_strategy: Default::default(),
+        }
+    }
+}
+
+impl SchemaRegistryConfig {
+    /// Checks what serde cannot: `Err((key, message))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.timeout_seconds == 0 {
+            return Err((
+                "schema_registry.timeout_seconds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A registry failure, classified for the caller.
 #[derive(Debug, Clone, Error)]

@@ -28,6 +28,10 @@ const LAST: [&str; 12] = [
 const CITIES: [&str; 8] = [
     "Lisbon", "Austin", "Osaka", "Lagos", "Berlin", "Lima", "Pune", "Oslo",
 ];
+const WORDS: [&str; 16] = [
+    "customer", "called", "about", "the", "invoice", "and", "asked", "for", "a", "refund", "of",
+    "order", "shipped", "late", "to", "their",
+];
 const STREETS: [&str; 6] = [
     "Main St",
     "Oak Ave",
@@ -203,6 +207,16 @@ impl<'a> Generator<'a> {
             format!("ACC-{:08}", p)
         } else if f == "op" {
             ["c", "u", "d"][self.rng.random_range(0..3)].to_string()
+        } else if ["note", "description", "comment", "remark"]
+            .iter()
+            .any(|w| f.contains(w))
+        {
+            // Free text: a few sentences, as support notes and descriptions are.
+            let n = self.rng.random_range(16..32);
+            (0..n)
+                .map(|_| WORDS[self.rng.random_range(0..WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
         } else {
             let n = self.rng.random_range(3..12);
             (0..n)

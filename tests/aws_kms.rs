@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use common::broker::*;
 use common::kms::*;
-use fieldcrypt::config::{Config, KmsProvider};
+use fieldcrypt::config::{Config, ProviderConfig};
 use fieldcrypt::kafka::route::RouteConfig;
+use fieldcrypt::keys::aws::AwsConfig;
 use fieldcrypt::keys::aws::{self, AwsKms};
 use fieldcrypt::keys::{EncryptionContext, KeyRing, Kms, KmsError};
 use fieldcrypt::sample::Generator;
@@ -381,11 +382,12 @@ fn aws_setup(with_proxy: bool) -> AwsSetup {
     let arn = moto.create_key(Some("alias/fieldcrypt"));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = keys_on_disk(dir.path(), &bs, &[], &[]);
-    cfg.kms.provider = KmsProvider::Aws;
-    cfg.kms.key_id = Some(arn);
-    cfg.kms.region = Some(REGION.into());
     let proxy = with_proxy.then(|| FaultProxy::start(moto.port));
-    cfg.kms.endpoint_url = Some(proxy.as_ref().map_or_else(|| moto.url(), FaultProxy::url));
+    cfg.kms.provider = ProviderConfig::Aws(AwsConfig {
+        key_id: Some(arn),
+        region: Some(REGION.into()),
+        endpoint_url: Some(proxy.as_ref().map_or_else(|| moto.url(), FaultProxy::url)),
+    });
     cfg.keyset.file = dir.path().join("aws-keyset.json");
     rt().block_on(async {
         let kms = fieldcrypt::engine::open_kms(&cfg).await.unwrap();

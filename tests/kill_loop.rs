@@ -74,7 +74,7 @@ source = "cdc"
 target = "secure.${{topic}}"
 value_schema = {schema:?}
 "#,
-            kek = cfg.kms.kek_file,
+            kek = cfg.kms.kek_file().unwrap(),
             keyset = cfg.keyset.file,
         ),
     )

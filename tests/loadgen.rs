@@ -26,7 +26,7 @@ fn write_config(path: &Path, cfg: &Config) {
     let r = &cfg.routes[0];
     let mut text = format!(
         "[kms]\nkek_file = \"{}\"\n[keyset]\nfile = \"{}\"\n[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[metrics]\nlisten = \"\"\n",
-        cfg.kms.kek_file.display(),
+        cfg.kms.kek_file().unwrap().display(),
         cfg.keyset.file.display(),
         cfg.kafka.bootstrap_servers,
         cfg.kafka.group_id,

@@ -429,7 +429,7 @@ fn write_config(path: &Path, cfg: &Config, extra: &str) {
         path,
         format!(
             "[kms]\nkek_file = \"{}\"\n[keyset]\nfile = \"{}\"\n[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[kafka.properties]\n{props}[metrics]\nlisten = \"{}\"\n{extra}\n[[routes]]\nsource = \"{}\"\ntarget = \"{}\"\nvalue_schema = \"{}\"\n",
-            cfg.kms.kek_file.display(),
+            cfg.kms.kek_file().unwrap().display(),
             cfg.keyset.file.display(),
             cfg.kafka.bootstrap_servers,
             cfg.kafka.group_id,

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = cfg.dek_settings();
             let _ = cfg.index_settings();
             let _ = cfg.kms.retry_policy();
-            let _ = cfg.kms.aws_settings();
+            let _ = cfg.kms.kek_ref("aws:alias/x");
             let router = Router::new(&cfg.routes).expect("validate accepted routes the router rejects");
             let _ = router.subscriptions();
             for r in &cfg.routes {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use fieldcrypt::config::{Config, KmsProvider};
+use fieldcrypt::config::Config;
 use fieldcrypt::engine::{open_kek, open_kms, Engine};
 use fieldcrypt::file::{decrypt_file, encrypt_file};
 use fieldcrypt::keys::keyset::Purpose;
@@ -699,13 +699,14 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
     match cmd {
         KeysCommand::Init { config } => {
             let cfg = load_config(config.as_deref())?;
-            if cfg.kms.provider == KmsProvider::Aws {
+            let Some(kek_file) = cfg.kms.kek_file() else {
                 bail!(
-                    "kms.provider is \"aws\": the KEK lives in AWS KMS and is never a file; \
-                     create a symmetric key there (aws kms create-key) and set kms.key_id"
+                    "kms.provider is \"{}\": the KEK lives in that KMS and is never a file; \
+                     create a symmetric key there (aws kms create-key) and set kms.key_id",
+                    cfg.kms.provider.kind().name()
                 );
-            }
-            let p = LocalKms::init(&cfg.kms.kek_file)?;
+            };
+            let p = LocalKms::init(kek_file)?;
             let kms = LocalKms::open(&p)?;
             println!(
                 "created KEK file {} ({}); keep it secret, never commit it",
@@ -838,12 +839,13 @@ async fn bench(
     }
     let mut cfg = load_config(config)?;
     let dir = tempfile::tempdir()?;
-    cfg.kms.kek_file = dir.path().join("kek.key");
+    let kek_file = dir.path().join("kek.key");
+    cfg.kms = fieldcrypt::config::KmsConfig::local(&kek_file);
     cfg.keyset.file = dir.path().join("keyset.json");
     // One DEK for the whole run: rotation is a KMS round trip, not transform cost.
     cfg.dek.max_uses = fieldcrypt::keys::dek::MAX_USES_CEILING;
-    LocalKms::init(&cfg.kms.kek_file)?;
-    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&cfg.kms.kek_file)?);
+    LocalKms::init(&kek_file)?;
+    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&kek_file)?);
     let json = read_schema(schema)?;
     let plan = fieldcrypt::schema::plan::EncryptPlan::build(
         &json,

@@ -20,6 +20,51 @@ use zeroize::Zeroizing;
 
 use super::kms::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
 
+/// `[kms]` with `provider = "aws"`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// The default KEK: key id, alias (`alias/NAME`) or ARN.
+    pub key_id: Option<String>,
+    /// AWS region; default from the AWS configuration chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// AWS endpoint override (LocalStack, moto, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsConfig {
+    /// Where to reach AWS KMS.
+    pub fn settings(&self) -> AwsSettings {
+        AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+
+    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, (&'static str, String)> {
+        match self.key_id.as_deref().filter(|k| !k.is_empty()) {
+            Some(k) => Ok(super::provider::KekRef {
+                provider: super::provider::Provider::Aws,
+                name: k.strip_prefix("aws:").unwrap_or(k).to_string(),
+            }),
+            None => Err((
+                "key_id",
+                "provider \"aws\" needs the KMS key that wraps data keys: a key id, alias/NAME or ARN"
+                    .into(),
+            )),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        match &self.endpoint_url {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                Err(("endpoint_url", "must be an http:// or https:// URL".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Where and how to reach AWS KMS.
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
@@ -79,10 +124,15 @@ impl AwsKms {
     }
 }
 
-/// Is `kek` an AWS KMS key reference (ARN, alias, or key id) rather than another
-/// provider's id (`local:...`)?
+/// Did AWS KMS record `kek` in a wrapped key? AWS names the key that wrapped a data
+/// key by its ARN (`arn:aws:kms:…`, `arn:aws-cn:kms:…`, `arn:aws-us-gov:kms:…`), so
+/// any other id (`local:…`, another provider's) is not AWS's to unwrap.
 pub fn is_aws_key(kek: &str) -> bool {
-    !kek.is_empty() && !kek.starts_with("local:")
+    kek.strip_prefix("arn:aws")
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(partition, rest)| {
+            (partition.is_empty() || partition.starts_with('-')) && rest.starts_with("kms:")
+        })
 }
 
 fn context(ctx: &EncryptionContext) -> Option<HashMap<String, String>> {

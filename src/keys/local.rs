@@ -23,6 +23,34 @@ const BLOB_VERSION: u8 = 1;
 const FP_LEN: usize = 8;
 const AD_LABEL: &[u8] = b"fieldcrypt-local-kms/v1\0";
 
+/// `[kms]` with `provider = "local"` (the default).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// The KEK file (created by `fieldcrypt keys init`, mode 0600).
+    pub kek_file: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            kek_file: PathBuf::from(".fieldcrypt/kek.key"),
+        }
+    }
+}
+
+impl LocalConfig {
+    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, (&'static str, String)> {
+        if self.kek_file.as_os_str().is_empty() {
+            return Err(("kek_file", "must name a file".into()));
+        }
+        Ok(super::provider::KekRef {
+            provider: super::provider::Provider::Local,
+            name: self.kek_file.to_string_lossy().into_owned(),
+        })
+    }
+}
+
 /// A KMS backed by a KEK file.
 pub struct LocalKms {
     cipher: Aes256Gcm,

@@ -1,5 +1,5 @@
-//! Key management: the KMS interface, its local (KEK file) and AWS implementations,
-//! the layers around it (instrumented, resilient) and the key ring of KEKs, the
+//! Key management: the KMS interface, its providers (local KEK file, AWS KMS; chosen
+//! and configured in [`provider`]), the layers around it (instrumented, resilient) and the key ring of KEKs, the
 //! keyset file of long-lived wrapped keys (deterministic and blind-index), and the
 //! data-key caches for randomized encryption (encrypt side) and unwrapping (decrypt
 //! side). Plaintext key bytes never leave this module except into the cipher
@@ -12,6 +12,7 @@ pub mod instrumented;
 pub mod keyset;
 pub mod kms;
 pub mod local;
+pub mod provider;
 pub mod resilient;
 pub mod ring;
 
@@ -21,6 +22,7 @@ pub use instrumented::Instrumented;
 pub use keyset::{KeyMaterial, Keyset, Purpose};
 pub use kms::{EncryptionContext, Kms, KmsError, WrappedKey};
 pub use local::LocalKms;
+pub use provider::{KekRef, KmsConfig, Provider, ProviderConfig};
 pub use resilient::{Resilient, RetryPolicy};
 pub use ring::KeyRing;
 

@@ -15,7 +15,44 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use serde::{Deserialize, Serialize};
+
 use super::Metrics;
+
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener (default `127.0.0.1:9464`; port 0 picks one;
+    /// empty turns it off).
+    pub listen: String,
+    /// Most topics that get their own `topic` label (default 1,000); the rest
+    /// share the label `other`, so regex routes cannot grow the series without
+    /// bound. A source topic's series go when its partitions are revoked.
+    pub max_topics: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+            max_topics: super::metrics::DEFAULT_MAX_TOPICS,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks what serde cannot: `Err((key, message))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_topics == 0 {
+            return Err((
+                "metrics.max_topics".into(),
+                "must be at least 1 (topics past it share the label \"other\")".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A running listener; dropping it stops serving.
 pub struct Server {

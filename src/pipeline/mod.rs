@@ -13,7 +13,8 @@
 //! - [`offsets`]: in-order offset bookkeeping per partition;
 //! - [`rebalance`]: rebalances as messages, settled and completed by the lane;
 //! - [`transaction`]: exactly-once commits;
-//! - [`floor`]: the benchmark floor (the same consume and produce, no transform).
+//! - [`floor`]: the benchmark floor (the same consume and produce, no transform);
+//! - [`config`]: the `[pipeline]` section and its validation.
 //!
 //! At-least-once (after rust-rdkafka's `at_least_once` example and Vector's Kafka
 //! source): offsets are stored only after the output (or its dead letter) is
@@ -28,6 +29,7 @@
 //! one cancellation: lanes stop consuming, drain up to
 //! `pipeline.drain_timeout_seconds`, commit and return.
 
+pub mod config;
 pub mod floor;
 pub mod lane;
 pub mod limits;

@@ -151,11 +151,13 @@ impl Drop for Registry {
 /// A KEK file and keyset on disk under `dir`, with the given domains; returns a
 /// config pointing at them (and at `bootstrap`), with test-friendly Kafka timings.
 pub fn keys_on_disk(dir: &Path, bootstrap: &str, deterministic: &[&str], index: &[&str]) -> Config {
-    let mut cfg = Config::default();
-    cfg.kms.kek_file = dir.join("kek.key");
+    let mut cfg = Config {
+        kms: fieldcrypt::config::KmsConfig::local(dir.join("kek.key")),
+        ..Config::default()
+    };
     cfg.keyset.file = dir.join("keyset.json");
-    LocalKms::init(&cfg.kms.kek_file).unwrap();
-    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&cfg.kms.kek_file).unwrap());
+    LocalKms::init(cfg.kms.kek_file().unwrap()).unwrap();
+    let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(cfg.kms.kek_file().unwrap()).unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

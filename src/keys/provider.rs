@@ -1,0 +1,432 @@
+//! KMS providers: which exist, how `[kms]` configures them (a table tagged by
+//! `provider`, each provider's keys in its own struct beside its code), how a KEK
+//! reference names its provider, and opening the key ring of every KEK a config
+//! uses.
+//!
+//! A KEK reference in the config (`kms.key_id`, a route's `kek`, `decrypt_keks`)
+//! is `local:PATH`, `aws:KEY` (key id, `alias/NAME` or ARN), or unprefixed, which
+//! means the `[kms]` provider's kind. A wrapped key names its KEK by the id the
+//! provider recorded (`local:<fingerprint>`, an `arn:aws…:kms:` ARN), so unwrapping
+//! goes to exactly one provider and an id no provider claims is refused.
+//!
+//! Adding a provider: a file under `keys/` with its config struct, its [`Kms`]
+//! implementation and an `open` function, plus one arm in [`ProviderConfig`] and
+//! in [`Provider`] here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::aws::{self, AwsConfig, AwsKms};
+use super::kms::{Kms, KmsError};
+use super::local::{LocalConfig, LocalKms};
+use super::resilient::RetryPolicy;
+use super::ring::KeyRing;
+
+/// The kinds of KMS fieldcrypt can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// A 32-byte KEK in a local file.
+    Local,
+    /// AWS KMS.
+    Aws,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Local, Provider::Aws];
+
+    /// The name used in `provider = "..."` and as a reference prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Local => "local",
+            Provider::Aws => "aws",
+        }
+    }
+
+    /// The provider that recorded `kek_id` in a wrapped key, if any.
+    pub fn of_wrapped(kek_id: &str) -> Option<Provider> {
+        if kek_id.starts_with("local:") {
+            Some(Provider::Local)
+        } else if aws::is_aws_key(kek_id) {
+            Some(Provider::Aws)
+        } else {
+            None
+        }
+    }
+}
+
+/// One KEK as the config names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KekRef {
+    pub provider: Provider,
+    /// The provider's own name for it: a KEK file, an AWS key id, alias or ARN.
+    pub name: String,
+}
+
+impl KekRef {
+    /// Reads `local:PATH`, `aws:KEY`, or an unprefixed name of the `default` kind.
+    pub fn parse(s: &str, default: Provider) -> Result<KekRef, String> {
+        let (provider, name) = Provider::ALL
+            .iter()
+            .find_map(|p| {
+                s.strip_prefix(p.name())
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .map(|rest| (*p, rest))
+            })
+            .unwrap_or((default, s));
+        if name.is_empty() {
+            return Err(format!("\"{s}\" names no KEK"));
+        }
+        Ok(KekRef {
+            provider,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for KekRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.provider.name(), self.name)
+    }
+}
+
+/// The provider of the default KEK, with its own settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Local(LocalConfig),
+    Aws(AwsConfig),
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig::Local(LocalConfig::default())
+    }
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> Provider {
+        match self {
+            ProviderConfig::Local(_) => Provider::Local,
+            ProviderConfig::Aws(_) => Provider::Aws,
+        }
+    }
+
+    /// The default KEK: `(config key, reference)`.
+    fn default_kek(&self) -> Result<KekRef, (&'static str, String)> {
+        match self {
+            ProviderConfig::Local(c) => c.kek_ref(),
+            ProviderConfig::Aws(c) => c.kek_ref(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.default_kek().map(drop)?;
+        match self {
+            ProviderConfig::Local(_) => Ok(()),
+            ProviderConfig::Aws(c) => c.validate(),
+        }
+    }
+}
+
+/// `[kms]`: the provider and its keys, plus what every provider shares.
+#[derive(Debug, Clone, Serialize)]
+pub struct KmsConfig {
+    #[serde(flatten)]
+    pub provider: ProviderConfig,
+    /// KEKs kept for unwrapping only, e.g. the previous KEK after a rewrap.
+    pub decrypt_keks: Vec<String>,
+    /// Per-call timeout (default 5).
+    pub timeout_seconds: u64,
+    /// Retries of a call that could not reach the KMS or timed out, with
+    /// exponential backoff and full jitter (default 3). Refusals are never retried.
+    pub retries: u32,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            provider: ProviderConfig::default(),
+            decrypt_keks: Vec::new(),
+            timeout_seconds: 5,
+            retries: 3,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KmsConfig {
+    /// The shared keys are taken out and the rest goes to the provider named by
+    /// `provider` (default `local`), whose struct refuses keys it does not know
+    /// (so `kek_file` under `provider = "aws"` is an error, not ignored).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let mut cfg = KmsConfig::default();
+        if let Some(v) = table.remove("decrypt_keks") {
+            cfg.decrypt_keks = v.try_into().map_err(D::Error::custom)?;
+        }
+        if let Some(v) = table.remove("timeout_seconds") {
+            cfg.timeout_seconds = v.try_into().map_err(D::Error::custom)?;
+        }
+        if let Some(v) = table.remove("retries") {
+            cfg.retries = v.try_into().map_err(D::Error::custom)?;
+        }
+        table
+            .entry("provider")
+            .or_insert_with(|| Provider::Local.name().into());
+        cfg.provider = toml::Value::Table(table).try_into().map_err(|e| {
+            D::Error::custom(format!(
+                "kms: {e} (providers: {})",
+                Provider::ALL.map(Provider::name).join(", ")
+            ))
+        })?;
+        Ok(cfg)
+    }
+}
+
+impl KmsConfig {
+    /// The local provider with the KEK in `kek_file`.
+    pub fn local(kek_file: impl Into<PathBuf>) -> Self {
+        KmsConfig {
+            provider: ProviderConfig::Local(LocalConfig {
+                kek_file: kek_file.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// AWS KMS with `key_id` as the default KEK.
+    pub fn aws(config: AwsConfig) -> Self {
+        KmsConfig {
+            provider: ProviderConfig::Aws(config),
+            ..Default::default()
+        }
+    }
+
+    /// The local KEK file, when the provider is local.
+    pub fn kek_file(&self) -> Option<&std::path::Path> {
+        match &self.provider {
+            ProviderConfig::Local(c) => Some(&c.kek_file),
+            _ => None,
+        }
+    }
+
+    /// Reads a KEK reference from the config (unprefixed: this provider's kind).
+    pub fn kek_ref(&self, s: &str) -> Result<KekRef, String> {
+        KekRef::parse(s, self.provider.kind())
+    }
+
+    /// The timeout and retry policy of KMS calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            timeout: Duration::from_secs(self.timeout_seconds),
+            retries: self.retries,
+            ..Default::default()
+        }
+    }
+
+    /// Checks what serde cannot: `Err((key, message))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.provider
+            .validate()
+            .map_err(|(k, m)| (format!("kms.{k}"), m))?;
+        for (i, k) in self.decrypt_keks.iter().enumerate() {
+            self.kek_ref(k)
+                .map_err(|m| (format!("kms.decrypt_keks[{i}]"), m))?;
+        }
+        if self.timeout_seconds == 0 {
+            return Err(("kms.timeout_seconds".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Opens KEKs of any provider, each client built once.
+struct Opener<'a> {
+    config: &'a KmsConfig,
+    aws: Option<aws_sdk_kms::Client>,
+    opened: HashMap<KekRef, Arc<dyn Kms>>,
+}
+
+impl<'a> Opener<'a> {
+    fn new(config: &'a KmsConfig) -> Self {
+        Opener {
+            config,
+            aws: None,
+            opened: HashMap::new(),
+        }
+    }
+
+    async fn open(&mut self, r: &KekRef) -> Result<Arc<dyn Kms>, KmsError> {
+        if let Some(k) = self.opened.get(r) {
+            return Ok(k.clone());
+        }
+        let kms: Arc<dyn Kms> = match r.provider {
+            Provider::Local => Arc::new(
+                LocalKms::open(std::path::Path::new(&r.name))
+                    .map_err(|e| KmsError::Config(format!("{e} (KEK {r})")))?,
+            ),
+            Provider::Aws => {
+                if self.aws.is_none() {
+                    // The `[kms]` table's region and endpoint when it is the AWS
+                    // provider; otherwise the AWS configuration chain's.
+                    let settings = match &self.config.provider {
+                        ProviderConfig::Aws(c) => c.settings(),
+                        _ => Default::default(),
+                    };
+                    self.aws = Some(aws::client(&settings).await?);
+                }
+                let client = self.aws.clone().expect("built above");
+                Arc::new(AwsKms::new(client, r.name.clone()))
+            }
+        };
+        self.opened.insert(r.clone(), kms.clone());
+        Ok(kms)
+    }
+}
+
+fn reference(config: &KmsConfig, what: &str, s: &str) -> Result<KekRef, KmsError> {
+    config
+        .kek_ref(s)
+        .map_err(|m| KmsError::Config(format!("{what}: {m}")))
+}
+
+/// Opens one KEK named the way the config names them (`keys rewrap --to-kek`).
+pub async fn open_kek(config: &KmsConfig, kek: &str) -> Result<Arc<dyn Kms>, KmsError> {
+    let r = reference(config, "KEK", kek)?;
+    Opener::new(config).open(&r).await
+}
+
+/// Opens the key ring: the default KEK, the KEK of each data-key scope given as
+/// `(scope, reference)`, and the unwrap-only `decrypt_keks`.
+pub async fn open_ring<'s>(
+    config: &KmsConfig,
+    scoped: impl IntoIterator<Item = (String, &'s str)>,
+) -> Result<Arc<dyn Kms>, KmsError> {
+    let mut opener = Opener::new(config);
+    let default = config
+        .provider
+        .default_kek()
+        .map_err(|(k, m)| KmsError::Config(format!("kms.{k}: {m}")))?;
+    let mut ring = KeyRing::new(opener.open(&default).await?);
+    for (scope, kek) in scoped {
+        let r = reference(config, &format!("kek of scope {scope}"), kek)?;
+        ring = ring.scope(scope, opener.open(&r).await?);
+    }
+    for kek in &config.decrypt_keks {
+        let r = reference(config, "kms.decrypt_keks", kek)?;
+        ring = ring.member(opener.open(&r).await?);
+    }
+    Ok(Arc::new(ring))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<KmsConfig, String> {
+        #[derive(Deserialize)]
+        struct W {
+            kms: KmsConfig,
+        }
+        toml::from_str::<W>(s)
+            .map(|w| w.kms)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_table_and_an_empty_table_are_the_local_provider() {
+        let c = parse("[kms]\n").unwrap();
+        assert_eq!(c.provider.kind(), Provider::Local);
+        assert_eq!(
+            c.kek_file(),
+            Some(std::path::Path::new(".fieldcrypt/kek.key"))
+        );
+        assert_eq!((c.timeout_seconds, c.retries), (5, 3));
+    }
+
+    #[test]
+    fn each_provider_takes_its_own_keys_and_refuses_the_others() {
+        let c = parse(
+            "[kms]\nprovider = \"aws\"\nkey_id = \"alias/k\"\nregion = \"eu-west-1\"\nretries = 7\ndecrypt_keks = [\"local:/old.key\"]\n",
+        )
+        .unwrap();
+        match &c.provider {
+            ProviderConfig::Aws(a) => {
+                assert_eq!(a.key_id.as_deref(), Some("alias/k"));
+                assert_eq!(a.region.as_deref(), Some("eu-west-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.retries, 7);
+        let e = parse("[kms]\nprovider = \"aws\"\nkek_file = \"k\"\n").unwrap_err();
+        assert!(e.contains("kek_file"), "{e}");
+        let e = parse("[kms]\nkey_id = \"alias/k\"\n").unwrap_err();
+        assert!(e.contains("key_id"), "{e}");
+        let e = parse("[kms]\nprovider = \"vault\"\n").unwrap_err();
+        assert!(e.contains("vault") && e.contains("local, aws"), "{e}");
+        let e = parse("[kms]\ntimeout_seconds = \"x\"\n").unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn references_name_their_provider_or_take_the_default_kind() {
+        let local = KekRef::parse("local:/k/a.key", Provider::Aws).unwrap();
+        assert_eq!(
+            (local.provider, local.name.as_str()),
+            (Provider::Local, "/k/a.key")
+        );
+        let aws = KekRef::parse("aws:alias/x", Provider::Local).unwrap();
+        assert_eq!(
+            (aws.provider, aws.name.as_str()),
+            (Provider::Aws, "alias/x")
+        );
+        let arn = "arn:aws:kms:us-east-1:111122223333:key/abc";
+        let r = KekRef::parse(arn, Provider::Aws).unwrap();
+        assert_eq!((r.provider, r.name.as_str()), (Provider::Aws, arn));
+        let bare = KekRef::parse("keys/t.key", Provider::Local).unwrap();
+        assert_eq!(bare.provider, Provider::Local);
+        assert!(KekRef::parse("aws:", Provider::Local).is_err());
+        assert!(KekRef::parse("", Provider::Local).is_err());
+    }
+
+    #[test]
+    fn wrapped_key_ids_belong_to_one_provider_or_none() {
+        assert_eq!(Provider::of_wrapped("local:ab12"), Some(Provider::Local));
+        assert_eq!(
+            Provider::of_wrapped("arn:aws:kms:us-east-1:111122223333:key/abc"),
+            Some(Provider::Aws)
+        );
+        assert_eq!(
+            Provider::of_wrapped("arn:aws-cn:kms:cn-north-1:111122223333:key/abc"),
+            Some(Provider::Aws)
+        );
+        // A second remote provider's ids must not be routed to AWS.
+        assert_eq!(Provider::of_wrapped("vault:transit/k"), None);
+        assert_eq!(Provider::of_wrapped("gcp-kms://projects/p"), None);
+        assert_eq!(Provider::of_wrapped(""), None);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = KmsConfig::aws(AwsConfig::default());
+        assert_eq!(c.validate().unwrap_err().0, "kms.key_id");
+        c.provider = ProviderConfig::Aws(AwsConfig {
+            key_id: Some("alias/k".into()),
+            endpoint_url: Some("ftp://x".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.validate().unwrap_err().0, "kms.endpoint_url");
+        let mut c = KmsConfig::local("");
+        assert_eq!(c.validate().unwrap_err().0, "kms.kek_file");
+        c = KmsConfig::local("k");
+        c.decrypt_keks = vec!["aws:".into()];
+        assert_eq!(c.validate().unwrap_err().0, "kms.decrypt_keks[0]");
+        c.decrypt_keks.clear();
+        c.timeout_seconds = 0;
+        assert_eq!(c.validate().unwrap_err().0, "kms.timeout_seconds");
+    }
+}
