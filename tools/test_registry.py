@@ -35,6 +35,42 @@ response shapes of Confluent Platform 7.x (the docker stack runs cp-schema-regis
     GET    /config[/{subject}]                        {"compatibilityLevel": ...}
     PUT    /config[/{subject}]                        echoes {"compatibility": ...}
 
+and the DEK Registry of client-side field-level encryption (rule type ENCRYPT),
+as Confluent's DekRegistryResource answers it, under /dek-registry/v1:
+
+    GET    /keks?deleted=                             sorted KEK names (also
+                                                      ?subjectPrefix=, ?offset=, ?limit=)
+    POST   /keks                                      create {"name","kmsType","kmsKeyId",
+                                                      "kmsProps"?,"doc"?,"shared"?} -> Kek
+    GET    /keks/{kek}?deleted=                       Kek {"name","kmsType","kmsKeyId",
+                                                      "kmsProps","doc"?,"shared","ts",
+                                                      "deleted"?}
+    GET    /keks/{kek}/deks?deleted=                  sorted subjects with a DEK
+    POST   /keks/{kek}/deks/{subject}                 create {"version"? (1),"algorithm"?
+                                                      (AES256_GCM),"encryptedKeyMaterial"}
+                                                      -> Dek (405 with --legacy-dek-create)
+    POST   /keks/{kek}/deks                           the same, "subject" in the body
+    GET    /keks/{kek}/deks/{subject}?algorithm=&deleted=
+                                                      version 1's Dek {"kekName","subject",
+                                                      "version","algorithm",
+                                                      "encryptedKeyMaterial","ts","deleted"?}
+    GET    /keks/{kek}/deks/{subject}/versions?algorithm=&deleted=
+                                                      ascending versions
+    GET    /keks/{kek}/deks/{subject}/versions/{v|latest|-1}?algorithm=&deleted=
+                                                      that version's Dek
+
+"ts" is the store time in ms (the Python client treats a DEK without one as expired
+on every write when encrypt.dek.expiry.days is set). ?algorithm= is one of
+AES128_GCM, AES256_GCM (the default), AES256_SIV (else 404); ?deleted= is true
+for "true" in any case. Creating a KEK or DEK that exists is 409/40971, as the
+server does (the clients then read it back); ?rewrap=true on a DEK create
+replaces it. A KEK name is a letter or _ then letters, digits, _ or - (at most
+256); a DEK subject is non-empty with no control characters. Nothing is ever
+deleted (no DELETE routes), and this registry has no KMS: it stores and returns
+encryptedKeyMaterial as sent, never fills in "keyMaterial", and a DEK created
+without encryptedKeyMaterial is 422/42271 (500/50070 under a shared KEK, whose
+DEKs the server would generate).
+
 Schema ids are global and start at 1. A schema's identity, as Confluent's, is its
 text (canonicalised JSON) with its references, metadata and ruleSet: the same
 identity gets the same id under every subject, and the same text with another
@@ -51,16 +87,20 @@ version (-1: the latest, stored resolved). The schema is parsed with fastavro wi
 the referenced schemas' named types known, nested references first, each
 reference name once, as Confluent's Avro parser is fed them.
 
-Query parameters (?normalize=, ?subject=, ?deleted=, ...) are accepted and
-ignored. Errors use Confluent's codes: 40401 subject not found, 40402 version
-not found, 40403 schema not found, 42201 invalid schema (also an unknown
-reference), 42202 invalid version, 42206 subject still referenced (on delete),
-42210 invalid ruleSet (register), 422 a body field of the wrong JSON type, 401
-bad auth. Deletes are permanent (no soft delete).
+Outside /dek-registry, query parameters (?normalize=, ?subject=, ?deleted=, ...)
+are accepted and ignored. Errors use Confluent's codes: 40401 subject not found,
+40402 version not found, 40403 schema not found, 42201 invalid schema (also an
+unknown reference), 42202 invalid version (also a DEK version), 42206 subject
+still referenced (on delete), 42210 invalid ruleSet (register), 422 a body field
+of the wrong JSON type, 401 bad auth; in the DEK Registry 40470 key not found,
+40971 key already exists, 42271 invalid or missing key field, 50070 DEK generation
+error, and 405 for a known path with another method. Deletes are permanent (no
+soft delete).
 
 Usage:
     python3 tools/test_registry.py --host 127.0.0.1 --port 0 \
-        [--port-file PATH] [--basic-auth user:pass] [--exit-with-parent]
+        [--port-file PATH] [--basic-auth user:pass] [--legacy-dek-create]
+        [--exit-with-parent]
 """
 
 import argparse
@@ -72,7 +112,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -572,6 +612,306 @@ def parse_id(text):
         raise ApiError(404, 40403, "Schema %s not found" % text)
 
 
+# -- DEK Registry -----------------------------------------------------------
+# Confluent's DEK Registry (dek-registry/.../DekRegistryResource.java and
+# AbstractDekRegistry.java), which client-side field-level encryption uses: KEKs
+# name a key in a KMS, DEKs are data keys wrapped by a KEK (encryptedKeyMaterial,
+# base64), one per (KEK, subject, algorithm, version). This registry has no KMS:
+# it stores what the clients send and never generates or unwraps a key.
+
+DEK_ALGORITHMS = ("AES128_GCM", "AES256_GCM", "AES256_SIV")
+DEFAULT_DEK_ALGORITHM = "AES256_GCM"
+KEK_NAME_MAX = 256
+
+
+def invalid_key(field):
+    return ApiError(422, 42271, "Invalid or missing value for field '%s' of key" % field)
+
+
+def key_not_found(name):
+    return ApiError(404, 40470, "Key '%s' not found" % name)
+
+
+def key_exists(name):
+    return ApiError(409, 40971, "Key '%s' already exists; use a different value" % name)
+
+
+def jersey_not_found():
+    # What JAX-RS answers when a query parameter does not convert (an unknown
+    # algorithm, a non-numeric offset).
+    return ApiError(404, 404, "HTTP 404 Not Found")
+
+
+def check_kek_name(name):
+    """DekRegistryResource.checkName: a letter or _, then letters, digits, _ or -."""
+    if (not isinstance(name, str) or not name or len(name) > KEK_NAME_MAX
+            or not (name[0].isalpha() or name[0] == "_")
+            or any(not (c.isalnum() or c in "_-") for c in name[1:])):
+        raise invalid_key("name")
+    return name
+
+
+def check_dek_subject(subject):
+    """DekRegistryResource.checkSubject: non-empty, no ISO control characters."""
+    if (not isinstance(subject, str) or not subject
+            or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in subject)):
+        raise invalid_key("subject")
+    return subject
+
+
+def query_bool(query, name):
+    """A JAX-RS boolean query parameter: true only for "true", any case."""
+    values = query.get(name)
+    return bool(values) and values[0].lower() == "true"
+
+
+def query_int(query, name, default):
+    values = query.get(name)
+    if not values or values[0] == "":
+        return default
+    try:
+        return int(values[0])
+    except ValueError:
+        raise jersey_not_found()
+
+
+def query_algorithm(query):
+    """?algorithm= as a DekFormat; absent means AES256_GCM, as the server reads it."""
+    values = query.get("algorithm")
+    if not values or values[0] == "":
+        return DEFAULT_DEK_ALGORITHM
+    if values[0] not in DEK_ALGORITHMS:
+        raise jersey_not_found()
+    return values[0]
+
+
+def page(items, query):
+    """?offset= and ?limit= (a limit <= 0 is no limit)."""
+    offset = max(0, query_int(query, "offset", 0))
+    limit = query_int(query, "limit", -1)
+    items = items[offset:]
+    return items[:limit] if limit > 0 else items
+
+
+def normalize_kms_type(kms_type):
+    lower = kms_type.lower()
+    for prefix in ("aws", "azure", "gcp"):
+        if lower.startswith(prefix):
+            return prefix + "-kms"
+    return kms_type
+
+
+# CreateKekRequest.validate(): the key id's form for the KMS types it knows.
+KMS_KEY_ID_PREFIXES = {
+    "aws-kms": ("arn:aws:kms:",),
+    "azure-kms": ("https://",),
+    "gcp-kms": ("projects/",),
+    "hcvault": ("https://", "http://"),
+}
+
+
+def _body_str(body, key):
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise body_error("Invalid request: %s must be a string" % key)
+    return value
+
+
+def _body_bool(body, key):
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise body_error("Invalid request: %s must be a boolean" % key)
+    return value
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class DekRegistry:
+    """In-memory KEKs and DEKs, guarded by one lock. Entities are answered in the
+    server's JSON (Jackson NON_NULL): a Kek is {"name","kmsType","kmsKeyId",
+    "kmsProps","doc"?,"shared","ts","deleted"?}, a Dek {"kekName","subject",
+    "version","algorithm","encryptedKeyMaterial","ts","deleted"?}; "ts" is the
+    store time in ms and "deleted" only appears (true) on a deleted key."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.keks = {}  # name -> {"name","kmsType","kmsKeyId","kmsProps","doc","shared","deleted","ts"}
+        self.deks = {}  # (kek, subject, algorithm, version) -> {... "encryptedKeyMaterial","deleted","ts"}
+
+    @staticmethod
+    def _kek_entity(kek):
+        out = {"name": kek["name"], "kmsType": kek["kmsType"], "kmsKeyId": kek["kmsKeyId"],
+               "kmsProps": dict(kek["kmsProps"])}
+        if kek["doc"] is not None:
+            out["doc"] = kek["doc"]
+        out["shared"] = kek["shared"]
+        out["ts"] = kek["ts"]
+        if kek["deleted"]:
+            out["deleted"] = True
+        return out
+
+    @staticmethod
+    def _dek_entity(dek):
+        out = {"kekName": dek["kekName"], "subject": dek["subject"], "version": dek["version"],
+               "algorithm": dek["algorithm"]}
+        if dek["encryptedKeyMaterial"] is not None:
+            out["encryptedKeyMaterial"] = dek["encryptedKeyMaterial"]
+        out["ts"] = dek["ts"]
+        if dek["deleted"]:
+            out["deleted"] = True
+        return out
+
+    def _kek(self, name, lookup_deleted):
+        kek = self.keks.get(name)
+        if kek is None or (kek["deleted"] and not lookup_deleted):
+            raise key_not_found(name)
+        return kek
+
+    def _deks(self, kek_name, subject, algorithm, lookup_deleted):
+        """The DEKs of (kek, subject, algorithm), by ascending version."""
+        found = [d for (k, s, a, _), d in self.deks.items()
+                 if (k, s, a) == (kek_name, subject, algorithm) and (lookup_deleted or not d["deleted"])]
+        return sorted(found, key=lambda d: d["version"])
+
+    # -- KEKs -------------------------------------------------------------
+
+    def kek_names(self, query):
+        """GET /dek-registry/v1/keks?deleted=&subjectPrefix=&offset=&limit=: sorted
+        names; with subjectPrefix, the KEKs of the DEKs whose subject starts with one."""
+        lookup_deleted = query_bool(query, "deleted")
+        prefixes = query.get("subjectPrefix") or []
+        with self.lock:
+            if prefixes:
+                names = sorted({d["kekName"] for d in self.deks.values()
+                                if (lookup_deleted or not d["deleted"])
+                                and any(d["subject"].startswith(p) for p in prefixes)})
+            else:
+                names = sorted(n for n, k in self.keks.items() if lookup_deleted or not k["deleted"])
+        return page(names, query)
+
+    def get_kek(self, name, query):
+        check_kek_name(name)
+        with self.lock:
+            return self._kek_entity(self._kek(name, query_bool(query, "deleted")))
+
+    def create_kek(self, body):
+        """POST /dek-registry/v1/keks. Creating a KEK that exists is 409/40971,
+        unless the stored one is deleted and the request is the same key (then it
+        is undeleted), as the server's createKek."""
+        if not isinstance(body, dict):
+            raise body_error("Invalid request: body must be a JSON object")
+        name = check_kek_name(body.get("name"))
+        kms_type = _body_str(body, "kmsType")
+        kms_key_id = _body_str(body, "kmsKeyId")
+        if not kms_key_id:
+            raise invalid_key("kmsKeyId")
+        if kms_type is None:
+            raise invalid_key("kmsType")
+        if not kms_key_id.startswith(KMS_KEY_ID_PREFIXES.get(kms_type, ("",))):
+            raise invalid_key("kmsKeyId")
+        kek = {"name": name, "kmsType": normalize_kms_type(kms_type), "kmsKeyId": kms_key_id,
+               "kmsProps": _str_map(body.get("kmsProps"), "kmsProps"), "doc": _body_str(body, "doc"),
+               "shared": _body_bool(body, "shared"), "deleted": _body_bool(body, "deleted")}
+        same = ("name", "kmsType", "kmsKeyId", "kmsProps", "doc", "shared")
+        with self.lock:
+            old = self.keks.get(name)
+            if old is not None and (old["deleted"] == kek["deleted"]
+                                    or any(old[k] != kek[k] for k in same)):
+                raise key_exists(name)
+            kek["ts"] = now_ms()
+            self.keks[name] = kek
+            return self._kek_entity(kek)
+
+    # -- DEKs -------------------------------------------------------------
+
+    def dek_subjects(self, kek_name, query):
+        """GET .../keks/{kek}/deks: the sorted subjects with a DEK under the KEK."""
+        check_kek_name(kek_name)
+        lookup_deleted = query_bool(query, "deleted")
+        with self.lock:
+            self._kek(kek_name, lookup_deleted)
+            subjects = sorted({d["subject"] for d in self.deks.values()
+                               if d["kekName"] == kek_name and (lookup_deleted or not d["deleted"])})
+        return page(subjects, query)
+
+    def dek_versions(self, kek_name, subject, query):
+        """GET .../deks/{subject}/versions?algorithm=: ascending versions ([] when
+        the subject has none; only a missing KEK is 404)."""
+        check_kek_name(kek_name)
+        check_dek_subject(subject)
+        algorithm = query_algorithm(query)
+        lookup_deleted = query_bool(query, "deleted")
+        with self.lock:
+            self._kek(kek_name, lookup_deleted)
+            versions = [d["version"] for d in self._deks(kek_name, subject, algorithm, lookup_deleted)]
+        return page(versions, query)
+
+    def get_dek(self, kek_name, subject, version, query):
+        """GET .../deks/{subject}[/versions/{v}]?algorithm=&deleted=: version 1 on the
+        unversioned path; "latest" or -1 is the highest version."""
+        check_kek_name(kek_name)
+        check_dek_subject(subject)
+        v = parse_version(version) if isinstance(version, str) else version
+        algorithm = query_algorithm(query)
+        lookup_deleted = query_bool(query, "deleted")
+        with self.lock:
+            self._kek(kek_name, lookup_deleted)
+            deks = self._deks(kek_name, subject, algorithm, lookup_deleted)
+            found = deks[-1:] if v == -1 else [d for d in deks if d["version"] == v]
+            if not found:
+                raise key_not_found(subject)
+            return self._dek_entity(found[0])
+
+    def create_dek(self, kek_name, path_subject, body, query):
+        """POST .../keks/{kek}/deks/{subject} (the subject from the path wins) or the
+        older POST .../keks/{kek}/deks (subject in the body). Body {"subject",
+        "version"? (1), "algorithm"? (AES256_GCM), "encryptedKeyMaterial",
+        "deleted"?}. The same DEK twice is 409/40971 (unless ?rewrap=true, which
+        replaces it); a deleted one created again is undeleted."""
+        if not isinstance(body, dict):
+            raise body_error("Invalid request: body must be a JSON object")
+        # The body is bound first (type errors), then the names are checked.
+        body_subject = _body_str(body, "subject")
+        version = body.get("version")
+        if version is None:
+            version = 1
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise body_error("Invalid request: version must be an integer")
+        algorithm = body.get("algorithm") or DEFAULT_DEK_ALGORITHM
+        if algorithm not in DEK_ALGORITHMS:
+            raise body_error("Invalid request: algorithm must be one of %s" % ", ".join(DEK_ALGORITHMS))
+        material = _body_str(body, "encryptedKeyMaterial")
+        deleted = _body_bool(body, "deleted")
+        rewrap = query_bool(query, "rewrap")
+        subject = path_subject if path_subject is not None else body_subject
+        check_kek_name(kek_name)
+        check_dek_subject(subject)
+        key = (kek_name, subject, algorithm, version)
+        with self.lock:
+            kek = self._kek(kek_name, deleted)
+            old = self.deks.get(key)
+            if not rewrap and old is not None and (old["deleted"] == deleted
+                                                   or old["encryptedKeyMaterial"] != material):
+                raise key_exists(subject)
+            if material is not None:
+                if kek["shared"] and old is not None:
+                    raise key_exists(subject)
+            elif kek["shared"]:
+                # The server would generate the DEK with the KEK's KMS; there is none here.
+                raise ApiError(500, 50070, "Could not generate encrypted dek for %s: "
+                               "the test registry has no KMS" % subject)
+            else:
+                raise invalid_key("encryptedKeyMaterial")
+            dek = {"kekName": kek_name, "subject": subject, "version": version, "algorithm": algorithm,
+                   "encryptedKeyMaterial": material, "deleted": deleted, "ts": now_ms()}
+            self.deks[key] = dek
+            return self._dek_entity(dek)
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "fieldcrypt-test-registry/1"
     protocol_version = "HTTP/1.1"
@@ -643,9 +983,10 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if body_error is not None:
                 raise body_error
-            path = self.path.split("?", 1)[0].split("#", 1)[0]
-            parts = [unquote(p) for p in path.strip("/").split("/") if p != ""]
-            status, payload = self.route(self.command, parts, body)
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.strip("/").split("/") if p != ""]
+            query = parse_qs(url.query, keep_blank_values=True)
+            status, payload = self.route(self.command, parts, body, query)
             self._send(status, payload)
         except ApiError as e:
             self._send(e.status, {"error_code": e.code, "message": e.message})
@@ -656,9 +997,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- routes -----------------------------------------------------------
 
-    def route(self, method, parts, body):
+    def route(self, method, parts, body, query):
         reg = self.server.registry
         n = len(parts)
+        if n >= 3 and parts[:3] == ["dek-registry", "v1", "keks"]:
+            return self.route_dek(method, parts[3:], body, query)
         if n >= 1 and parts[0] == "subjects":
             if n == 1 and method == "GET":
                 return 200, reg.subject_list()
@@ -720,6 +1063,49 @@ class Handler(BaseHTTPRequestHandler):
             return 200, {}
         raise ApiError(404, 404, "HTTP 404 Not Found")
 
+    def route_dek(self, method, parts, body, query):
+        """/dek-registry/v1/keks/...; parts are the path segments after "keks". A
+        known path with another method is 405, as JAX-RS answers it."""
+        deks = self.server.dek_registry
+        n = len(parts)
+        allowed = ()
+        if n == 0:
+            allowed = ("GET", "POST")
+            if method == "GET":
+                return 200, deks.kek_names(query)
+            if method == "POST":
+                return 200, deks.create_kek(body)
+        elif n == 1:
+            allowed = ("GET",)
+            if method == "GET":
+                return 200, deks.get_kek(parts[0], query)
+        elif parts[1] == "deks":
+            kek = parts[0]
+            if n == 2:
+                allowed = ("GET", "POST")
+                if method == "GET":
+                    return 200, deks.dek_subjects(kek, query)
+                if method == "POST":
+                    return 200, deks.create_dek(kek, None, body, query)
+            elif n == 3:
+                # Schema Registry releases from before mid-2025 (7.7.4 and older in
+                # the 7.7 line, e.g. the docker stack's 7.7.1) have no POST here: the clients then fall back to
+                # POST .../deks (--legacy-dek-create).
+                allowed = ("GET",) if self.server.legacy_dek_create else ("GET", "POST")
+                if method == "GET":
+                    return 200, deks.get_dek(kek, parts[2], 1, query)
+                if method == "POST" and method in allowed:
+                    return 200, deks.create_dek(kek, parts[2], body, query)
+            elif n in (4, 5) and parts[3] == "versions":
+                allowed = ("GET",)
+                if method == "GET" and n == 4:
+                    return 200, deks.dek_versions(kek, parts[2], query)
+                if method == "GET":
+                    return 200, deks.get_dek(kek, parts[2], parts[4], query)
+        if allowed:
+            raise ApiError(405, 405, "HTTP 405 Method Not Allowed")
+        raise ApiError(404, 404, "HTTP 404 Not Found")
+
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -732,6 +1118,10 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     ap.add_argument("--port-file", help="write the bound port here (atomically)")
     ap.add_argument("--basic-auth", metavar="USER:PASS", help="require this HTTP Basic credential")
+    ap.add_argument("--legacy-dek-create", action="store_true",
+                    help="answer POST /dek-registry/v1/keks/{kek}/deks/{subject} with 405, as "
+                         "Schema Registry releases from before mid-2025 do (7.7.4 and older in the 7.7 "
+                         "line), so clients use POST .../keks/{kek}/deks")
     ap.add_argument("--exit-with-parent", action="store_true",
                     help="exit when the parent process goes away (e.g. a pyenv shim killed by a test)")
     args = ap.parse_args(argv)
@@ -740,6 +1130,8 @@ def main(argv=None):
 
     server = Server((args.host, args.port), Handler)
     server.registry = Registry()
+    server.dek_registry = DekRegistry()
+    server.legacy_dek_create = args.legacy_dek_create
     server.basic_auth = args.basic_auth
     port = server.server_address[1]
 
