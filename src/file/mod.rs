@@ -522,3 +522,6 @@ pub async fn decrypt_file(
     report.elapsed = started.elapsed();
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests;

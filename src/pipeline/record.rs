@@ -724,3 +724,6 @@ pub fn dead_letter_headers<M: Message>(msg: &M, code: Code, message: &str) -> Ow
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -1234,3 +1234,6 @@ mod tests {
         assert!(p.output_tree.names.contains_key("Oops"));
     }
 }
+
+#[cfg(test)]
+mod build_tests;

@@ -408,3 +408,6 @@ mod tests {
         assert_eq!(back, datum);
     }
 }
+
+#[cfg(test)]
+mod walker_tests;
