@@ -495,7 +495,7 @@ impl Transformer {
                 .reserved_headers_dropped
                 .inc_by(dropped);
         }
-        Some(out)
+        (out.count() > 0).then_some(out)
     }
 
     /// The codec for registry schema `id` on its way to `target`, built (and the

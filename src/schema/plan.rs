@@ -265,6 +265,7 @@ impl EncryptPlan {
     /// The fields of `floor` that this schema has but would leave in clear (or
     /// without the blind index the floor has), each described for an error.
     pub fn below(&self, floor: &Floor) -> Vec<String> {
+        let in_clear = self.records_in_clear();
         let mut out = Vec::new();
         for (ctx, index) in floor {
             let Some((record, field)) = ctx.rsplit_once('.') else {
@@ -273,6 +274,10 @@ impl EncryptPlan {
             let Some(&rid) = self.tree.names.get(record) else {
                 continue;
             };
+            if !in_clear[rid] {
+                // Only ever inside fields encrypted whole: its fields are too.
+                continue;
+            }
             let Some(r) = self.tree.record(rid) else {
                 continue;
             };
@@ -291,29 +296,36 @@ impl EncryptPlan {
         out
     }
 
-    /// Fields carrying `confluent:tags` tag `tag` (on the field or on its type),
-    /// by context.
-    pub fn tagged(&self, tag: &str) -> Vec<String> {
-        let has = |v: Option<&Json>| {
-            v.and_then(Json::as_array)
-                .is_some_and(|a| a.iter().any(|t| t.as_str() == Some(tag)))
-        };
-        let mut out = Vec::new();
-        for n in &self.tree.nodes {
-            if let Node::Record(r) = n {
-                for f in &r.fields {
-                    let on_type = f
-                        .json
-                        .get("type")
-                        .and_then(Json::as_object)
-                        .and_then(|t| t.get("confluent:tags"));
-                    if has(f.json.get("confluent:tags")) || has(on_type) {
-                        out.push(format!("{}.{}", r.fullname, f.name));
+    /// Per node: can a record of this type appear outside every encrypted field
+    /// (reachable from the root through fields left in clear)?
+    fn records_in_clear(&self) -> Vec<bool> {
+        let mut seen = vec![false; self.tree.nodes.len()];
+        let mut stack = vec![self.tree.root];
+        while let Some(id) = stack.pop() {
+            if std::mem::replace(&mut seen[id], true) {
+                continue;
+            }
+            match self.tree.node(id) {
+                Node::Record(r) => {
+                    for (i, f) in r.fields.iter().enumerate() {
+                        if !matches!(self.actions[id].get(i), Some(FieldAction::Encrypt(_))) {
+                            stack.push(f.node);
+                        }
                     }
                 }
+                Node::Union(bs) => stack.extend(bs.iter().copied()),
+                Node::Array(i) | Node::Map(i) => stack.push(*i),
+                _ => {}
             }
         }
-        out
+        seen
+    }
+
+    /// Fields carrying `confluent:tags` tag `tag` wherever selection honours one
+    /// (the field, its type, union branches, array items, map values, named
+    /// types), by context.
+    pub fn tagged(&self, tag: &str) -> Vec<String> {
+        super::policy::fields_tagged(&self.tree, tag)
     }
 
     /// Deterministic key domains the plan uses.

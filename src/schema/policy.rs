@@ -416,6 +416,40 @@ fn marking_policies(
     Ok(out)
 }
 
+/// Fields carrying `confluent:tags` tag `tag` wherever selection honours a tag: on
+/// the field, on its type object, a union branch, array items or map values, or on
+/// a named type the field's type reaches; as `record.field`, sorted.
+pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str) -> Vec<String> {
+    let has = |m: &serde_json::Map<String, Json>| {
+        m.get("confluent:tags")
+            .and_then(Json::as_array)
+            .is_some_and(|a| a.iter().any(|t| t.as_str() == Some(tag)))
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for n in &tree.nodes {
+        let Node::Record(r) = n else { continue };
+        for f in &r.fields {
+            let mut marks = Vec::new();
+            if let Some(ty) = f.json.get("type") {
+                anonymous_markings(ty, &mut marks);
+            }
+            if has(&f.json) || marks.into_iter().any(has) {
+                out.insert(format!("{}.{}", r.fullname, f.name));
+            }
+        }
+    }
+    for (id, attrs) in &tree.named_attrs {
+        if has(attrs) {
+            for (rid, i) in fields_using(tree, *id) {
+                if let Some(r) = tree.record(rid) {
+                    out.insert(format!("{}.{}", r.fullname, r.fields[i].name));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 fn is_marked(m: &serde_json::Map<String, Json>) -> bool {
     m.contains_key("sensitive") || m.contains_key("confluent:tags")
 }
