@@ -8,6 +8,7 @@
 //! A DEK is an `Arc` handle: eviction drops the cache's reference, and the cipher
 //! (with its key schedule) is zeroized when the last in-flight user lets go.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +140,12 @@ pub struct DekManager {
     clock: Arc<dyn Clock>,
     settings: DekSettings,
     current: Cache<String, Arc<Dek>>,
+    /// The DEK last handed out per scope, read first: one read lock and one hash
+    /// lookup per record instead of moka's bookkeeping (which costs more than the
+    /// field encryption it serves). Entries are checked for retirement on every
+    /// read, replaced when their DEK retires, and the map is cleared when it
+    /// reaches `settings.capacity` scopes.
+    hot: std::sync::RwLock<HashMap<Box<str>, Arc<Dek>, foldhash::fast::RandomState>>,
     pub stats: Arc<DekStats>,
 }
 
@@ -155,6 +162,7 @@ impl DekManager {
             clock,
             settings,
             current,
+            hot: Default::default(),
             stats: Arc::default(),
         }
     }
@@ -166,6 +174,34 @@ impl DekManager {
     /// The DEK to use now for `scope`, generating one from the KMS if there is none
     /// or the current one is retired. Concurrent callers share one KMS call.
     pub async fn current(&self, scope: &str) -> Result<Arc<Dek>, KmsError> {
+        let hot = self
+            .hot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scope)
+            .cloned();
+        if let Some(d) = hot {
+            if self.usable(&d) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(d);
+            }
+        }
+        let d = self.current_slow(scope).await?;
+        let mut hot = self.hot.write().unwrap_or_else(|p| p.into_inner());
+        if hot.len() >= self.settings.capacity as usize && !hot.contains_key(scope) {
+            hot.clear();
+        }
+        hot.insert(scope.into(), d.clone());
+        Ok(d)
+    }
+
+    /// Neither too old nor used up?
+    fn usable(&self, d: &Dek) -> bool {
+        self.clock.now().saturating_sub(d.created) < self.settings.ttl
+            && d.uses() < self.settings.max_uses
+    }
+
+    async fn current_slow(&self, scope: &str) -> Result<Arc<Dek>, KmsError> {
         for _ in 0..4 {
             if let Some(d) = self.current.get(scope).await {
                 if self.clock.now().saturating_sub(d.created) >= self.settings.ttl {

@@ -61,6 +61,11 @@ pub struct Args {
     /// Work directory (recreated): keys, configs, logs, final metrics, results.tsv.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// Also record each run with `perf record -g` attached to the fieldcrypt
+    /// process (perf-<run>.data in the work directory; perf's own CPU is not
+    /// counted, its sampling overhead in fieldcrypt is).
+    #[arg(long)]
+    perf: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -338,6 +343,26 @@ fn one_run(
         Command::new(fc).arg(sub).arg("--config").arg(&cfg),
         &out.join(format!("fieldcrypt-{tag}.log")),
     )?;
+    let mut perf = if a.perf {
+        Some(Process::spawn(
+            "perf",
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-F",
+                    "499",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-p",
+                    &p.pid().to_string(),
+                    "-o",
+                ])
+                .arg(out.join(format!("perf-{tag}.data"))),
+            &out.join(format!("perf-{tag}.log")),
+        )?)
+    } else {
+        None
+    };
     let want = a.records as f64;
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut start: Option<(Instant, u64, Counters)> = None;
@@ -378,6 +403,10 @@ fn one_run(
         std::thread::sleep(if start.is_some() { POLL } else { START_POLL });
     };
     let peak_rss_mib = p.peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
+    if let Some(perf) = perf.as_mut() {
+        // SIGTERM makes perf write its data and exit.
+        perf.stop(Duration::from_secs(30))?;
+    }
     let status = p.stop(STOP_GRACE)?;
     if !status.success() {
         bail!(
