@@ -9,6 +9,8 @@
 //! - [`avro`]: the Avro binary encoding walked as bytes, and object container files.
 //! - [`crypto`]: the field ciphertext format, AES-256-GCM / AES-SIV ciphers and HMAC
 //!   blind indexes. Pure: bytes and keys in, bytes out.
+//! - [`csfle`]: Confluent's client-side field-level encryption format (Tink
+//!   ciphertexts, DEK protos, local-kms), spoken per route beside fieldcrypt's own.
 //! - [`keys`]: the KMS interface and its providers (`keys::provider` says which
 //!   exist and opens them from `[kms]`: the local KEK file, AWS KMS; a new provider
 //!   is one file there plus one enum arm), the instrumented and resilient layers,
@@ -54,6 +56,7 @@ pub mod bench;
 pub mod codes;
 pub mod config;
 pub mod crypto;
+pub mod csfle;
 pub mod engine;
 pub mod file;
 pub mod kafka;

@@ -18,6 +18,8 @@ use zeroize::Zeroizing;
 
 use crate::observe::Metrics;
 
+pub mod dek;
+
 /// `[schema_registry]`: with a `url`, values (and Avro keys) are Confluent-framed
 /// and their schemas come from the registry; without, values are raw Avro with the
 /// writer schema from each route's `value_schema` file.

@@ -302,7 +302,13 @@ impl Kms for AwsKms {
         ctx: &EncryptionContext,
         dest: &str,
     ) -> Result<Option<WrappedKey>, KmsError> {
-        if !is_aws_key(&wrapped.kek) || !is_aws_key(dest) {
+        // `dest` is a key reference (id, alias or ARN) when it is AWS's; another
+        // provider's id (`local:…`) means the caller unwraps and wraps instead.
+        let other_provider = matches!(
+            super::provider::Provider::of_wrapped(dest),
+            Some(p) if p != super::provider::Provider::Aws
+        );
+        if !is_aws_key(&wrapped.kek) || other_provider || dest.is_empty() {
             return Ok(None);
         }
         let out = self
