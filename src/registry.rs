@@ -107,6 +107,11 @@ pub enum RegistryError {
     Invalid { what: String, msg: String },
     #[error("schema_registry: {0}")]
     Config(String),
+    /// A DEK Registry key that cannot be used as asked (a KEK already registered
+    /// with another KMS key, a DEK algorithm Confluent does not define): the
+    /// data contract or the KMS settings must change; retrying cannot help.
+    #[error("DEK registry: refused {what}: {message}")]
+    Refused { what: String, message: String },
 }
 
 impl RegistryError {
@@ -119,6 +124,7 @@ impl RegistryError {
                 | RegistryError::Unauthorized { .. }
                 | RegistryError::Invalid { .. }
                 | RegistryError::Config(_)
+                | RegistryError::Refused { .. }
         )
     }
 
@@ -131,7 +137,7 @@ impl RegistryError {
             RegistryError::Unauthorized { .. } => Code::RegistryUnauthorized,
             RegistryError::Unavailable { .. } => Code::RegistryUnavailable,
             RegistryError::Invalid { .. } => Code::RegistryInvalidAnswer,
-            RegistryError::Config(_) => Code::RegistryConfig,
+            RegistryError::Config(_) | RegistryError::Refused { .. } => Code::RegistryConfig,
         }
     }
 }
@@ -181,10 +187,17 @@ pub struct SchemaRegistry {
     by_id: Cache<u32, Arc<RegisteredSchema>>,
     /// (subject, version) → schema, for references (versions never change).
     by_version: Cache<(String, i64), Arc<VersionBody>>,
-    /// (subject, schema text) → id.
-    ids: Cache<(String, String), u32>,
+    /// (subject, schema text, ruleSet, metadata) → id.
+    ids: Cache<IdKey, u32>,
+    /// KEKs and DEKs of the DEK Registry ([`dek`]).
+    dek: dek::DekCaches,
     metrics: Arc<Metrics>,
 }
+
+/// What a schema id is looked up by: subject, schema text and the compact JSON
+/// of its ruleSet and metadata (the registry gives the same text with other
+/// rules another id).
+type IdKey = (String, String, Option<String>, Option<String>);
 
 impl std::fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -285,6 +298,7 @@ impl SchemaRegistry {
             by_id: Cache::builder().max_capacity(10_000).build(),
             by_version: Cache::builder().max_capacity(10_000).build(),
             ids: Cache::builder().max_capacity(10_000).build(),
+            dek: dek::DekCaches::new(),
             metrics,
         })
     }
@@ -438,12 +452,41 @@ impl SchemaRegistry {
         schema: &Json,
         register: bool,
     ) -> Result<u32, RegistryError> {
+        self.id_for_with(subject, schema, None, None, register)
+            .await
+    }
+
+    /// [`id_for`](Self::id_for) with a Confluent data-contract `ruleSet` (e.g. a
+    /// CSFLE ENCRYPT rule) and `metadata` registered alongside the schema. The
+    /// registry makes them part of the schema's identity: the same text with
+    /// other rules is another id. Without them the registry gives the schema
+    /// the subject's latest version's (Confluent's inheritance), so a plain
+    /// `id_for` under a subject with rules answers the id *with* those rules.
+    pub async fn id_for_with(
+        &self,
+        subject: &str,
+        schema: &Json,
+        rule_set: Option<&Json>,
+        metadata: Option<&Json>,
+        register: bool,
+    ) -> Result<u32, RegistryError> {
         let text = schema.to_string();
-        let key = (subject.to_string(), text.clone());
+        let key = (
+            subject.to_string(),
+            text.clone(),
+            rule_set.map(Json::to_string),
+            metadata.map(Json::to_string),
+        );
         self.ids
             .try_get_with(key, async move {
                 let enc = encode_segment(subject);
-                let body = serde_json::json!({ "schema": text, "schemaType": "AVRO" });
+                let mut body = serde_json::json!({ "schema": text, "schemaType": "AVRO" });
+                if let Some(r) = rule_set {
+                    body["ruleSet"] = r.clone();
+                }
+                if let Some(m) = metadata {
+                    body["metadata"] = m.clone();
+                }
                 let (op, path, what) = if register {
                     (
                         "register",
