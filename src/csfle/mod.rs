@@ -6,3 +6,6 @@
 //!   optional DEK-version prefix, base64 for strings) and the DEK as a serialized
 //!   Tink key proto;
 //! - [`local_kms`]: Confluent's `local-kms` KEK (HKDF of a secret) and its wrap.
+
+pub mod crypto;
+pub mod local_kms;
