@@ -237,6 +237,92 @@ impl Config {
         Ok(cfg)
     }
 
+    /// A `format = "confluent"` route: its rule is complete and usable, and what
+    /// Confluent's format needs is there (a registry, encrypt mode, keys untouched).
+    fn check_confluent_route(
+        &self,
+        i: usize,
+        r: &crate::kafka::route::RouteConfig,
+    ) -> Result<(), ConfigError> {
+        use crate::kafka::route::Format;
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let Some(c) = &r.confluent else {
+            if r.format == Format::Confluent {
+                return Err(invalid(
+                    key("confluent"),
+                    "format = \"confluent\" needs a [routes.confluent] table: tags, kek_name, kms_type, kms_key_id",
+                ));
+            }
+            return Ok(());
+        };
+        if r.format != Format::Confluent {
+            return Err(invalid(
+                key("confluent"),
+                "only a route with format = \"confluent\" takes an ENCRYPT rule",
+            ));
+        }
+        if self.pipeline.mode == PipelineMode::Decrypt {
+            return Err(invalid(
+                key("format"),
+                "decrypting routes read both formats (Confluent's from the writer schema's rule set); format = \"confluent\" is for encrypting routes",
+            ));
+        }
+        if self.schema_registry.url.is_none() {
+            return Err(invalid(
+                key("format"),
+                "Confluent's format lives in the Schema Registry (the rule on the schema, DEKs in its DEK Registry): set schema_registry.url",
+            ));
+        }
+        if r.key_format != crate::kafka::route::KeyFormat::Passthrough {
+            return Err(invalid(
+                key("key_format"),
+                "format = \"confluent\" encrypts values; keep key_format = \"passthrough\"",
+            ));
+        }
+        if c.tags.is_empty() || c.tags.iter().any(String::is_empty) {
+            return Err(invalid(
+                key("confluent.tags"),
+                "name the confluent:tags whose fields are encrypted (a rule without tags would encrypt every field, and fail on the first number)",
+            ));
+        }
+        let name_ok = |n: &str| {
+            n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                && n.len() <= 64
+        };
+        if !name_ok(&c.kek_name) {
+            return Err(invalid(
+                key("confluent.kek_name"),
+                "a letter or '_', then letters, digits, '_' or '-' (at most 64), as the DEK Registry requires",
+            ));
+        }
+        if !["local-kms", "aws-kms"].contains(&c.kms_type.as_str()) {
+            return Err(invalid(
+                key("confluent.kms_type"),
+                format!(
+                    "\"{}\": fieldcrypt speaks local-kms and aws-kms",
+                    c.kms_type
+                ),
+            ));
+        }
+        if c.kms_type == "aws-kms" && !c.kms_key_id.starts_with("arn:aws") {
+            return Err(invalid(
+                key("confluent.kms_key_id"),
+                "aws-kms needs the key's full ARN (Confluent's clients find the region in it)",
+            ));
+        }
+        if c.kms_key_id.is_empty() {
+            return Err(invalid(key("confluent.kms_key_id"), "must not be empty"));
+        }
+        c.algorithm
+            .parse::<crate::csfle::crypto::Algorithm>()
+            .map_err(|e| invalid(key("confluent.algorithm"), e.to_string()))?;
+        Ok(())
+    }
+
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let component = |r: Result<(), (String, String)>| {
@@ -377,6 +463,7 @@ impl Config {
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;
         for (i, r) in self.routes.iter().enumerate() {
+            self.check_confluent_route(i, r)?;
             let decrypting = self.pipeline.mode == PipelineMode::Decrypt;
             if r.accept_scopes.is_some() && !decrypting {
                 return Err(invalid(

@@ -56,6 +56,83 @@ pub struct RouteConfig {
     /// the encryption policy of a subject only grows.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// The ciphertext format this route writes: `fieldcrypt` (default) or
+    /// `confluent` (Confluent's client-side field level encryption, which any
+    /// Confluent deserializer with its field-encryption executor decrypts; needs
+    /// a Schema Registry with its DEK Registry). Decrypting routes read both.
+    #[serde(default)]
+    pub format: Format,
+    /// `format = "confluent"`: the ENCRYPT rule put on the output schema.
+    #[serde(default)]
+    pub confluent: Option<ConfluentRule>,
+}
+
+/// Ciphertext format of a route's output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Fieldcrypt,
+    Confluent,
+}
+
+/// `[routes.confluent]`: the ENCRYPT rule of a `format = "confluent"` route, as
+/// Confluent's clients read it from the output schema's rule set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfluentRule {
+    /// Fields carrying one of these `confluent:tags` (on the field, or through the
+    /// writer schema's `metadata.tags`) are encrypted. At least one.
+    pub tags: Vec<String>,
+    /// The KEK's name in the DEK Registry (`encrypt.kek.name`).
+    pub kek_name: String,
+    /// `local-kms` or `aws-kms` (`encrypt.kms.type`).
+    pub kms_type: String,
+    /// The KMS key (`encrypt.kms.key.id`): for `aws-kms` a key ARN; for
+    /// `local-kms` any name (the key comes from the secret in the environment).
+    pub kms_key_id: String,
+    /// `AES256_GCM` (default, randomized), `AES128_GCM` or `AES256_SIV`
+    /// (deterministic).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Over 0: a new DEK version after this many days, and a version prefix on
+    /// every ciphertext (`encrypt.dek.expiry.days`). Default 0.
+    #[serde(default)]
+    pub dek_expiry_days: u32,
+    /// The rule's name on the schema (default `fieldcrypt`).
+    #[serde(default = "default_rule_name")]
+    pub rule_name: String,
+}
+
+fn default_algorithm() -> String {
+    "AES256_GCM".into()
+}
+
+fn default_rule_name() -> String {
+    "fieldcrypt".into()
+}
+
+impl ConfluentRule {
+    /// The rule set registered with the output schema.
+    pub fn rule_set(&self) -> serde_json::Value {
+        let mut params = serde_json::json!({
+            "encrypt.kek.name": self.kek_name,
+            "encrypt.kms.type": self.kms_type,
+            "encrypt.kms.key.id": self.kms_key_id,
+            "encrypt.dek.algorithm": self.algorithm,
+        });
+        if self.dek_expiry_days > 0 {
+            params["encrypt.dek.expiry.days"] = self.dek_expiry_days.to_string().into();
+        }
+        serde_json::json!({"domainRules": [{
+            "name": self.rule_name,
+            "kind": "TRANSFORM",
+            "mode": "WRITEREAD",
+            "type": "ENCRYPT",
+            "tags": self.tags,
+            "params": params,
+        }]})
+    }
 }
 
 /// Which DEK scopes a decrypting route accepts in `fieldcrypt.dek` headers.

@@ -930,7 +930,10 @@ pub fn rewrite_records(json: &mut Json, ns: &str, f: &mut FieldsFn<'_>) -> Resul
 }
 
 /// Marks every node under which some record field is transformed.
-fn compute_dirty(tree: &SchemaTree, transformed: impl Fn(NodeId, usize) -> bool) -> Vec<bool> {
+pub(crate) fn compute_dirty(
+    tree: &SchemaTree,
+    transformed: impl Fn(NodeId, usize) -> bool,
+) -> Vec<bool> {
     let mut dirty = vec![false; tree.nodes.len()];
     loop {
         let mut changed = false;

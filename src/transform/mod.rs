@@ -41,14 +41,14 @@ pub struct TransformError {
 }
 
 impl TransformError {
-    fn new(kind: TransformErrorKind) -> Self {
+    pub(crate) fn new(kind: TransformErrorKind) -> Self {
         TransformError {
             kind,
             path: String::new(),
         }
     }
 
-    fn within(mut self, step: &str) -> Self {
+    pub(crate) fn within(mut self, step: &str) -> Self {
         if let TransformErrorKind::Decode(d) = self.kind {
             return TransformError {
                 kind: TransformErrorKind::Decode(d.within(step)),

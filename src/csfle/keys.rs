@@ -1,0 +1,404 @@
+//! The DEKs of Confluent's format: read from the DEK Registry (created there when
+//! an encrypting route needs one and it is missing), unwrapped by the KEK's KMS
+//! (`local-kms` from a secret in the environment, `aws-kms` through AWS KMS with
+//! no encryption context, as Confluent's clients wrap them), and cached: one
+//! registry fetch and one unwrap per (KEK, subject, algorithm, version).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use zeroize::Zeroizing;
+
+use super::crypto::{Algorithm, Dek};
+use super::local_kms::LocalKek;
+use super::rules::EncryptRule;
+use crate::keys::{EncryptionContext, Kms, KmsError, WrappedKey};
+use crate::registry::dek::{DekVersion, NewDek, NewKek};
+use crate::registry::{RegistryError, SchemaRegistry};
+
+/// The environment variables holding the `local-kms` secret, in order (the
+/// second is the one Confluent's clients read).
+pub const LOCAL_SECRET_ENV: [&str; 2] = ["FIELDCRYPT_LOCAL_KMS_SECRET", "LOCAL_SECRET"];
+
+/// Why a DEK of Confluent's format is not available. None of these is about one
+/// record: the pipeline waits (unavailable) or stops (the rest).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CsfleKeyError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("KMS for KEK {kek}: {source}")]
+    Kms { kek: String, source: KmsError },
+    #[error("KEK {0} is not in the DEK Registry and schema_registry.auto_register is false: create it first")]
+    NoKek(String),
+    #[error("DEK for KEK {kek}, subject {subject}, version {version} ({algorithm}) is not in the DEK Registry")]
+    NoDek {
+        kek: String,
+        subject: String,
+        version: u32,
+        algorithm: &'static str,
+    },
+    #[error(
+        "KEK {kek} is of KMS type {kms_type}, which fieldcrypt does not speak (local-kms, aws-kms)"
+    )]
+    UnsupportedKms { kek: String, kms_type: String },
+    #[error("KEK {0} uses local-kms, but no secret is set: put it in FIELDCRYPT_LOCAL_KMS_SECRET (or LOCAL_SECRET)")]
+    NoLocalSecret(String),
+    #[error("DEK for KEK {kek}, subject {subject}, version {version}: {msg}")]
+    BadDek {
+        kek: String,
+        subject: String,
+        version: u32,
+        msg: String,
+    },
+}
+
+impl CsfleKeyError {
+    /// Worth waiting for (the registry or the KMS is unreachable)?
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CsfleKeyError::Registry(e) => matches!(e, RegistryError::Unavailable { .. }),
+            CsfleKeyError::Kms { source, .. } => source.is_retriable(),
+            _ => false,
+        }
+    }
+}
+
+type DekKey = (String, String, &'static str, u32);
+
+/// Opens AWS KMS for one key ARN (the KEK's `kmsKeyId`).
+pub type AwsOpener = Arc<dyn Fn(&str) -> Arc<dyn Kms> + Send + Sync>;
+
+/// DEKs by (KEK, subject, algorithm, version), and the latest version per
+/// (KEK, subject, algorithm) for routes whose DEKs expire.
+pub struct CsfleKeys {
+    registry: Arc<SchemaRegistry>,
+    /// AWS KMS, for `aws-kms` KEKs (keyed by the KEK's key ARN).
+    aws: Option<AwsOpener>,
+    local: Option<LocalKek>,
+    auto_register: bool,
+    deks: Cache<DekKey, Arc<Dek>>,
+    latest: Cache<(String, String, &'static str), (u32, i64)>,
+}
+
+impl std::fmt::Debug for CsfleKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsfleKeys")
+            .field("local_kms", &self.local.is_some())
+            .field("aws_kms", &self.aws.is_some())
+            .field("cached_deks", &self.deks.entry_count())
+            .finish()
+    }
+}
+
+impl CsfleKeys {
+    /// `aws` opens an AWS KMS for a key ARN (None: no aws-kms KEKs); the
+    /// `local-kms` secret is read from the environment now.
+    pub fn new(
+        registry: Arc<SchemaRegistry>,
+        aws: Option<AwsOpener>,
+        auto_register: bool,
+        capacity: u64,
+    ) -> Self {
+        let local = LOCAL_SECRET_ENV
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+            .map(|s| LocalKek::from_secret(&Zeroizing::new(s)));
+        CsfleKeys {
+            registry,
+            aws,
+            local,
+            auto_register,
+            deks: Cache::builder().max_capacity(capacity).build(),
+            // Short: another writer may rotate the subject's DEK.
+            latest: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// The DEK a rule encrypts with for `subject`, and the version to write in
+    /// the prefix (`None` when the rule writes none). Missing KEK and DEK are
+    /// created (with `auto_register`); with expiry, a DEK older than the rule's
+    /// days is followed by a new version.
+    pub async fn write_key(
+        &self,
+        rule: &EncryptRule,
+        subject: &str,
+    ) -> Result<(Arc<Dek>, Option<u32>), CsfleKeyError> {
+        let alg = rule.algorithm;
+        if !rule.versioned() {
+            let dek = match self.read_key(rule, subject, 1).await {
+                Ok(d) => d,
+                Err(CsfleKeyError::NoDek { .. }) => self.create(rule, subject, 1).await?,
+                Err(e) => return Err(e),
+            };
+            return Ok((dek, None));
+        }
+        let lkey = (rule.kek_name.clone(), subject.to_string(), alg.name());
+        let (version, ts) = match self.latest.get(&lkey).await {
+            Some(v) => v,
+            None => {
+                let d = self
+                    .registry
+                    .dek(
+                        &rule.kek_name,
+                        subject,
+                        DekVersion::Latest,
+                        alg.name(),
+                        false,
+                    )
+                    .await?;
+                let v = match d {
+                    Some(d) => (d.version as u32, d.ts.unwrap_or(0)),
+                    None => {
+                        self.create(rule, subject, 1).await?;
+                        (1, now_ms())
+                    }
+                };
+                self.latest.insert(lkey.clone(), v).await;
+                v
+            }
+        };
+        let age_days = (now_ms() - ts) as f64 / 86_400_000.0;
+        let version = if age_days > f64::from(rule.expiry_days) {
+            // As Confluent's clients: a new version when the latest is too old;
+            // if another writer made it first, theirs is read back.
+            let next = version + 1;
+            self.create(rule, subject, next).await?;
+            self.latest.insert(lkey, (next, now_ms())).await;
+            next
+        } else {
+            version
+        };
+        Ok((self.read_key(rule, subject, version).await?, Some(version)))
+    }
+
+    /// The DEK of `version` for `subject` under the rule's KEK, unwrapped.
+    pub async fn read_key(
+        &self,
+        rule: &EncryptRule,
+        subject: &str,
+        version: u32,
+    ) -> Result<Arc<Dek>, CsfleKeyError> {
+        let alg = rule.algorithm;
+        let key: DekKey = (
+            rule.kek_name.clone(),
+            subject.to_string(),
+            alg.name(),
+            version,
+        );
+        self.deks
+            .try_get_with(key, self.fetch(rule, subject, version, alg))
+            .await
+            .map_err(|e: Arc<CsfleKeyError>| (*e).clone())
+    }
+
+    async fn fetch(
+        &self,
+        rule: &EncryptRule,
+        subject: &str,
+        version: u32,
+        alg: Algorithm,
+    ) -> Result<Arc<Dek>, CsfleKeyError> {
+        let bad = |msg: String| CsfleKeyError::BadDek {
+            kek: rule.kek_name.clone(),
+            subject: subject.to_string(),
+            version,
+            msg,
+        };
+        let dek = self
+            .registry
+            .dek(
+                &rule.kek_name,
+                subject,
+                DekVersion::Number(version as i32),
+                alg.name(),
+                true,
+            )
+            .await?
+            .ok_or_else(|| CsfleKeyError::NoDek {
+                kek: rule.kek_name.clone(),
+                subject: subject.to_string(),
+                version,
+                algorithm: alg.name(),
+            })?;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let proto = match (&dek.key_material, &dek.encrypted_key_material) {
+            // A shared KEK: the registry hands out the key itself.
+            (Some(k), _) => Zeroizing::new(
+                b64.decode(k.as_bytes())
+                    .map_err(|e| bad(format!("keyMaterial is not base64: {e}")))?,
+            ),
+            (None, Some(w)) => {
+                let blob = b64
+                    .decode(w)
+                    .map_err(|e| bad(format!("encryptedKeyMaterial is not base64: {e}")))?;
+                let kek = self
+                    .registry
+                    .kek(&rule.kek_name)
+                    .await?
+                    .ok_or_else(|| CsfleKeyError::NoKek(rule.kek_name.clone()))?;
+                self.unwrap(&rule.kek_name, &kek.kms_type, &kek.kms_key_id, &blob)
+                    .await?
+            }
+            (None, None) => return Err(bad("it has no key material".into())),
+        };
+        Dek::from_proto(alg, &proto)
+            .map(Arc::new)
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// Creates the KEK (if missing) and DEK `version` for `subject`, then reads it
+    /// back (another writer may have created it first).
+    async fn create(
+        &self,
+        rule: &EncryptRule,
+        subject: &str,
+        version: u32,
+    ) -> Result<Arc<Dek>, CsfleKeyError> {
+        if !self.auto_register {
+            return Err(CsfleKeyError::NoDek {
+                kek: rule.kek_name.clone(),
+                subject: subject.to_string(),
+                version,
+                algorithm: rule.algorithm.name(),
+            });
+        }
+        let kek = match self.registry.kek(&rule.kek_name).await? {
+            Some(k) => k,
+            None => {
+                let (Some(kms_type), Some(kms_key_id)) = (&rule.kms_type, &rule.kms_key_id) else {
+                    return Err(CsfleKeyError::NoKek(rule.kek_name.clone()));
+                };
+                self.registry
+                    .create_kek(&NewKek {
+                        name: rule.kek_name.clone(),
+                        kms_type: kms_type.clone(),
+                        kms_key_id: kms_key_id.clone(),
+                        shared: false,
+                    })
+                    .await?
+            }
+        };
+        let fresh = Dek::generate(rule.algorithm).map_err(|e| CsfleKeyError::BadDek {
+            kek: rule.kek_name.clone(),
+            subject: subject.to_string(),
+            version,
+            msg: e.to_string(),
+        })?;
+        let wrapped = self
+            .wrap(
+                &rule.kek_name,
+                &kek.kms_type,
+                &kek.kms_key_id,
+                &fresh.to_proto(),
+            )
+            .await?;
+        use base64::Engine as _;
+        self.registry
+            .create_dek(
+                &rule.kek_name,
+                &NewDek {
+                    subject: subject.to_string(),
+                    version: version as i32,
+                    algorithm: rule.algorithm.name().to_string(),
+                    encrypted_key_material: Some(
+                        base64::engine::general_purpose::STANDARD.encode(wrapped),
+                    ),
+                },
+            )
+            .await?;
+        tracing::info!(kek = %rule.kek_name, subject, version, algorithm = rule.algorithm.name(), "created a DEK in the DEK Registry");
+        self.read_key(rule, subject, version).await
+    }
+
+    async fn wrap(
+        &self,
+        kek: &str,
+        kms_type: &str,
+        kms_key_id: &str,
+        proto: &[u8],
+    ) -> Result<Vec<u8>, CsfleKeyError> {
+        match kms_type {
+            "local-kms" => self
+                .local_kek(kek)?
+                .wrap(proto)
+                .map_err(|_| CsfleKeyError::Kms {
+                    kek: kek.into(),
+                    source: KmsError::Config("local-kms could not wrap the DEK".into()),
+                }),
+            "aws-kms" => self.aws_kms(kek, kms_type)?(kms_key_id)
+                .encrypt_data_key(proto, &EncryptionContext::new())
+                .await
+                .map(|w| w.blob)
+                .map_err(|source| CsfleKeyError::Kms {
+                    kek: kek.into(),
+                    source,
+                }),
+            other => Err(CsfleKeyError::UnsupportedKms {
+                kek: kek.into(),
+                kms_type: other.into(),
+            }),
+        }
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &str,
+        kms_type: &str,
+        kms_key_id: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CsfleKeyError> {
+        match kms_type {
+            "local-kms" => self
+                .local_kek(kek)?
+                .unwrap(blob)
+                .map_err(|_| CsfleKeyError::Kms {
+                    kek: kek.into(),
+                    source: KmsError::InvalidCiphertext,
+                }),
+            "aws-kms" => self.aws_kms(kek, kms_type)?(kms_key_id)
+                .decrypt_data_key(
+                    &WrappedKey {
+                        kek: kms_key_id.to_string(),
+                        blob: blob.to_vec(),
+                    },
+                    &EncryptionContext::new(),
+                )
+                .await
+                .map_err(|source| CsfleKeyError::Kms {
+                    kek: kek.into(),
+                    source,
+                }),
+            other => Err(CsfleKeyError::UnsupportedKms {
+                kek: kek.into(),
+                kms_type: other.into(),
+            }),
+        }
+    }
+
+    fn local_kek(&self, kek: &str) -> Result<&LocalKek, CsfleKeyError> {
+        self.local
+            .as_ref()
+            .ok_or_else(|| CsfleKeyError::NoLocalSecret(kek.into()))
+    }
+
+    fn aws_kms(&self, kek: &str, kms_type: &str) -> Result<&AwsOpener, CsfleKeyError> {
+        self.aws
+            .as_ref()
+            .ok_or_else(|| CsfleKeyError::UnsupportedKms {
+                kek: kek.into(),
+                kms_type: format!("{kms_type} (no AWS client: the KMS could not be set up)"),
+            })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
