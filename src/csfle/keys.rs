@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::crypto::{Algorithm, Dek};
 use super::local_kms::LocalKek;
 use super::rules::EncryptRule;
+use crate::keys::aws::AwsKms;
 use crate::keys::{EncryptionContext, Kms, KmsError, WrappedKey};
 use crate::registry::dek::{DekVersion, NewDek, NewKek};
 use crate::registry::{RegistryError, SchemaRegistry};
@@ -66,15 +67,13 @@ impl CsfleKeyError {
 
 type DekKey = (String, String, &'static str, u32);
 
-/// Opens AWS KMS for one key ARN (the KEK's `kmsKeyId`).
-pub type AwsOpener = Arc<dyn Fn(&str) -> Arc<dyn Kms> + Send + Sync>;
-
 /// DEKs by (KEK, subject, algorithm, version), and the latest version per
 /// (KEK, subject, algorithm) for routes whose DEKs expire.
 pub struct CsfleKeys {
     registry: Arc<SchemaRegistry>,
-    /// AWS KMS, for `aws-kms` KEKs (keyed by the KEK's key ARN).
-    aws: Option<AwsOpener>,
+    /// Where AWS KMS is, for `aws-kms` KEKs; the client is built on first use.
+    aws_settings: crate::keys::aws::AwsSettings,
+    aws: tokio::sync::OnceCell<aws_sdk_kms::Client>,
     local: Option<LocalKek>,
     auto_register: bool,
     deks: Cache<DekKey, Arc<Dek>>,
@@ -85,18 +84,18 @@ impl std::fmt::Debug for CsfleKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CsfleKeys")
             .field("local_kms", &self.local.is_some())
-            .field("aws_kms", &self.aws.is_some())
+            .field("aws_kms", &self.aws.initialized())
             .field("cached_deks", &self.deks.entry_count())
             .finish()
     }
 }
 
 impl CsfleKeys {
-    /// `aws` opens an AWS KMS for a key ARN (None: no aws-kms KEKs); the
-    /// `local-kms` secret is read from the environment now.
+    /// `aws_settings`: where AWS KMS is for `aws-kms` KEKs; the `local-kms`
+    /// secret is read from the environment now.
     pub fn new(
         registry: Arc<SchemaRegistry>,
-        aws: Option<AwsOpener>,
+        aws_settings: crate::keys::aws::AwsSettings,
         auto_register: bool,
         capacity: u64,
     ) -> Self {
@@ -106,7 +105,8 @@ impl CsfleKeys {
             .map(|s| LocalKek::from_secret(&Zeroizing::new(s)));
         CsfleKeys {
             registry,
-            aws,
+            aws_settings,
+            aws: tokio::sync::OnceCell::new(),
             local,
             auto_register,
             deks: Cache::builder().max_capacity(capacity).build(),
@@ -330,7 +330,9 @@ impl CsfleKeys {
                     kek: kek.into(),
                     source: KmsError::Config("local-kms could not wrap the DEK".into()),
                 }),
-            "aws-kms" => self.aws_kms(kek, kms_type)?(kms_key_id)
+            "aws-kms" => self
+                .aws_kms(kek, kms_key_id)
+                .await?
                 .encrypt_data_key(proto, &EncryptionContext::new())
                 .await
                 .map(|w| w.blob)
@@ -360,7 +362,9 @@ impl CsfleKeys {
                     kek: kek.into(),
                     source: KmsError::InvalidCiphertext,
                 }),
-            "aws-kms" => self.aws_kms(kek, kms_type)?(kms_key_id)
+            "aws-kms" => self
+                .aws_kms(kek, kms_key_id)
+                .await?
                 .decrypt_data_key(
                     &WrappedKey {
                         kek: kms_key_id.to_string(),
@@ -386,13 +390,18 @@ impl CsfleKeys {
             .ok_or_else(|| CsfleKeyError::NoLocalSecret(kek.into()))
     }
 
-    fn aws_kms(&self, kek: &str, kms_type: &str) -> Result<&AwsOpener, CsfleKeyError> {
-        self.aws
-            .as_ref()
-            .ok_or_else(|| CsfleKeyError::UnsupportedKms {
+    /// AWS KMS for the key `kms_key_id` (a key ARN), with no encryption context
+    /// (Confluent's clients bind none).
+    async fn aws_kms(&self, kek: &str, kms_key_id: &str) -> Result<AwsKms, CsfleKeyError> {
+        let client = self
+            .aws
+            .get_or_try_init(|| crate::keys::aws::client(&self.aws_settings))
+            .await
+            .map_err(|source| CsfleKeyError::Kms {
                 kek: kek.into(),
-                kms_type: format!("{kms_type} (no AWS client: the KMS could not be set up)"),
-            })
+                source,
+            })?;
+        Ok(AwsKms::new(client.clone(), kms_key_id))
     }
 }
 

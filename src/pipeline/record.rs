@@ -19,6 +19,9 @@ use thiserror::Error;
 
 use crate::codes::Code;
 use crate::config::{Config, PipelineMode};
+use crate::csfle::keys::{CsfleKeyError, CsfleKeys};
+use crate::csfle::plan::CsflePlan;
+use crate::csfle::transform::{CsfleCodec, DecryptFailure, ReadKeys};
 use crate::engine::{EncryptFailure, Engine};
 use crate::kafka::headers::{self, HeaderRef};
 use crate::kafka::route::{AcceptScopes, KeyFormat};
@@ -55,6 +58,9 @@ pub enum Fatal {
     Kms(#[from] KmsError),
     #[error(transparent)]
     Registry(RegistryError),
+    /// A DEK of Confluent's format could not be had (DEK Registry or KMS).
+    #[error(transparent)]
+    Csfle(CsfleKeyError),
 }
 
 impl Fatal {
@@ -64,6 +70,7 @@ impl Fatal {
         match self {
             Fatal::Kms(e) => e.is_retriable(),
             Fatal::Registry(e) => matches!(e, RegistryError::Unavailable { .. }),
+            Fatal::Csfle(e) => e.is_transient(),
         }
     }
 
@@ -72,6 +79,9 @@ impl Fatal {
             Fatal::Kms(e) if e.is_retriable() => Code::KmsUnavailable,
             Fatal::Kms(_) => Code::KmsRefused,
             Fatal::Registry(e) => e.code(),
+            Fatal::Csfle(CsfleKeyError::Registry(e)) => e.code(),
+            Fatal::Csfle(e) if e.is_transient() => Code::KmsUnavailable,
+            Fatal::Csfle(_) => Code::KmsRefused,
         }
     }
 }
@@ -92,6 +102,12 @@ impl From<Fatal> for Failure {
 impl From<KmsError> for Failure {
     fn from(e: KmsError) -> Self {
         Failure::Infra(Fatal::Kms(e))
+    }
+}
+
+impl From<CsfleKeyError> for Failure {
+    fn from(e: CsfleKeyError) -> Self {
+        Failure::Infra(Fatal::Csfle(e))
     }
 }
 
@@ -116,6 +132,12 @@ fn record<T>(code: Code, msg: impl Into<String>) -> Step<T> {
 enum Codec {
     Encrypt(Arc<Encryptor>),
     Decrypt(Arc<Decryptor>),
+    /// Confluent's format, encrypting: the codec and the subject its DEKs belong
+    /// to (the target's, as the consumers there will look them up).
+    CsfleEncrypt(Arc<CsfleCodec>, Arc<str>),
+    /// Confluent's format, decrypting: the codec, the subject its DEKs belong to
+    /// (the source's) and the DEKs unwrapped so far.
+    CsfleDecrypt(Arc<CsfleCodec>, Arc<str>, Arc<std::sync::RwLock<ReadKeys>>),
 }
 
 /// A codec for one registry schema id, and the id of its output schema.
@@ -146,6 +168,8 @@ struct RouteCodecs {
     raw_key: Option<Codec>,
     framed_values: FramedCache,
     framed_keys: FramedCache,
+    /// `format = "confluent"`: the ENCRYPT rule set put on output schemas.
+    confluent: Option<Arc<Json>>,
 }
 
 /// Per-route transforms, built at start-up (raw) or per schema id (registry).
@@ -156,6 +180,28 @@ pub struct Transformer {
     auto_register: bool,
     strategy: SubjectStrategy,
     routes: Vec<RouteCodecs>,
+    /// DEKs of Confluent's format (with a registry).
+    csfle: Option<Arc<CsfleKeys>>,
+}
+
+/// The first of a route's `require` entries that a Confluent-format plan leaves
+/// in clear (field contexts, and `tag:NAME` for every field carrying the tag).
+fn required_in_clear(require: &[String], plan: &CsflePlan) -> Option<String> {
+    let encrypted = |ctx: &str| plan.selected.iter().any(|(n, _)| n == ctx);
+    for r in require {
+        match r.strip_prefix("tag:") {
+            Some(tag) => {
+                for ctx in crate::schema::policy::fields_tagged(&plan.tree, tag) {
+                    if !encrypted(&ctx) {
+                        return Some(format!("{ctx} (tag {tag})"));
+                    }
+                }
+            }
+            None if !encrypted(r) => return Some(r.clone()),
+            None => {}
+        }
+    }
+    None
 }
 
 /// Adds a route's `require` entries to a floor: field contexts as they are, and
@@ -234,8 +280,21 @@ impl Transformer {
                 raw_key,
                 framed_values: Mutex::default(),
                 framed_keys: Mutex::default(),
+                confluent: r.confluent.as_ref().map(|c| Arc::new(c.rule_set())),
             });
         }
+        let csfle = registry.as_ref().map(|reg| {
+            let aws = match &config.kms.provider {
+                crate::config::ProviderConfig::Aws(a) => a.settings(),
+                _ => Default::default(),
+            };
+            Arc::new(CsfleKeys::new(
+                reg.clone(),
+                aws,
+                config.schema_registry.auto_register,
+                config.dek.cache_capacity,
+            ))
+        });
         Ok(Transformer {
             engine,
             registry,
@@ -243,6 +302,7 @@ impl Transformer {
             auto_register: config.schema_registry.auto_register,
             strategy: config.schema_registry.subject_strategy,
             routes,
+            csfle,
         })
     }
 
@@ -324,6 +384,12 @@ impl Transformer {
                 dec.decrypt(datum, &deks, out)
                     .or_else(|e| record(e.code(), format!("value: {e}")))?
             }
+            Codec::CsfleEncrypt(codec, subject) => {
+                self.csfle_encrypt(codec, subject, datum, out).await?
+            }
+            Codec::CsfleDecrypt(codec, subject, keys) => {
+                self.csfle_decrypt(codec, subject, keys, datum, out).await?
+            }
         };
         Ok(Outcome::Produce {
             key,
@@ -363,6 +429,13 @@ impl Transformer {
         let r = match codec {
             Codec::Encrypt(enc) => enc.encrypt(datum, None, &mut out),
             Codec::Decrypt(dec) => dec.decrypt(datum, &DekSet::new(), &mut out),
+            // Keys are never in Confluent's format (refused by the config).
+            Codec::CsfleEncrypt(..) | Codec::CsfleDecrypt(..) => {
+                return record(
+                    Code::PolicyError,
+                    "key: Confluent's format encrypts values only",
+                )
+            }
         };
         match r {
             Ok(_) => Ok(Some(out)),
@@ -402,6 +475,81 @@ impl Transformer {
         let framed = self.framed(rc, cache, id, source, target, is_key).await?;
         wire::frame_header(framed.out_id, out);
         Ok((framed.codec.clone(), datum))
+    }
+
+    /// Encrypts a value in Confluent's format with each rule's current DEK for
+    /// `subject` (created in the DEK Registry when missing).
+    async fn csfle_encrypt(
+        &self,
+        codec: &CsfleCodec,
+        subject: &str,
+        datum: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Step<Counts> {
+        let Some(keys) = &self.csfle else {
+            return record(
+                Code::NoRegistry,
+                "Confluent's format needs a schema registry",
+            );
+        };
+        let mut wk = Vec::with_capacity(codec.plan().rules.len());
+        for rule in &codec.plan().rules {
+            wk.push(keys.write_key(rule, subject).await?);
+        }
+        codec
+            .encrypt(datum, &wk, out)
+            .or_else(|e| record(e.code(), format!("value: {e}")))
+    }
+
+    /// Decrypts a value written in Confluent's format, fetching each DEK version
+    /// it names once (a bounded number per record).
+    async fn csfle_decrypt(
+        &self,
+        codec: &CsfleCodec,
+        subject: &str,
+        cache: &std::sync::RwLock<ReadKeys>,
+        datum: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Step<Counts> {
+        let Some(keys) = &self.csfle else {
+            return record(
+                Code::NoRegistry,
+                "Confluent's format needs a schema registry",
+            );
+        };
+        let start = out.len();
+        for _ in 0..16 {
+            let r = {
+                let held = cache.read().unwrap_or_else(|p| p.into_inner());
+                codec.decrypt(datum, &held, out)
+            };
+            let (rule, version) = match r {
+                Ok(c) => return Ok(c),
+                Err(DecryptFailure::Record(e)) => return record(e.code(), format!("value: {e}")),
+                Err(DecryptFailure::Missing(rule, version)) => (rule, version),
+            };
+            out.truncate(start);
+            let dek = match keys
+                .read_key(&codec.plan().rules[rule], subject, version)
+                .await
+            {
+                Ok(d) => d,
+                // A version the registry never had: a forged or corrupt prefix.
+                Err(e @ CsfleKeyError::NoDek { .. }) => {
+                    return record(Code::UnknownKey, format!("value: {e}"))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut held = cache.write().unwrap_or_else(|p| p.into_inner());
+            if held.len() >= 1024 {
+                held.clear();
+            }
+            held.insert((rule, version), dek);
+        }
+        record(
+            Code::UnknownKey,
+            "value: names more DEK versions than one record may",
+        )
     }
 
     async fn encrypt_value(
@@ -529,6 +677,12 @@ impl Transformer {
                 f => f,
             })?;
         let label = format!("schema id {id} ({part})");
+        if let Some(f) = self
+            .framed_csfle(rc, cache, &schema, id, &label, source, target, is_key)
+            .await?
+        {
+            return Ok(f);
+        }
         let codec = codec_for(&self.engine, self.mode, &schema.json, &label, is_key)
             .or_else(|(c, m)| record(c, m))?;
         if let Codec::Encrypt(enc) = &codec {
@@ -556,6 +710,7 @@ impl Transformer {
         let out_json: &Json = match &codec {
             Codec::Encrypt(e) => &e.plan().output_json,
             Codec::Decrypt(d) => &d.plan().original_json,
+            Codec::CsfleEncrypt(..) | Codec::CsfleDecrypt(..) => &schema.json,
         };
         let subject = self.strategy.subject(target, is_key, out_json);
         let out_id = reg
@@ -580,6 +735,136 @@ impl Transformer {
             .or_default()
             .insert(target.to_string(), Ok(f.clone()));
         Ok(f)
+    }
+
+    /// The codec for a value schema in Confluent's format, if it is one: encrypting
+    /// on a `format = "confluent"` route (the output schema carries the route's
+    /// rule set), or decrypting a writer schema whose rule set has ENCRYPT rules
+    /// (the output schema is the writer's without them). `None`: fieldcrypt's own.
+    #[allow(clippy::too_many_arguments)]
+    async fn framed_csfle(
+        &self,
+        rc: &RouteCodecs,
+        cache: &FramedCache,
+        schema: &crate::registry::RegisteredSchema,
+        id: u32,
+        label: &str,
+        source: &str,
+        target: &str,
+        is_key: bool,
+    ) -> Step<Option<Arc<Framed>>> {
+        let Some(reg) = &self.registry else {
+            return Ok(None);
+        };
+        let max_depth = self.engine.config().schema.max_depth;
+        let md = schema.metadata.as_ref();
+        let refuse = |m: String| -> Step<Option<Arc<Framed>>> {
+            let refused: Refused = (Code::PolicyError, format!("{label}: {m}"));
+            cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id)
+                .or_default()
+                .insert(target.to_string(), Err(refused.clone()));
+            record(refused.0, refused.1)
+        };
+        let (codec, out_rules) = match (self.mode, &rc.confluent) {
+            (PipelineMode::Encrypt, Some(rules)) if !is_key => {
+                let plan = match CsflePlan::build(&schema.json, Some(rules), md, label, max_depth) {
+                    Ok(p) => p,
+                    Err(m) => return refuse(m),
+                };
+                // What fieldcrypt's own policy (markings, tags, rules) would
+                // encrypt must be encrypted here too, or it would go out in clear.
+                let ours = match self.engine.encrypt_plan(&schema.json, label) {
+                    Ok(p) => p,
+                    Err(e) => return refuse(e.to_string()),
+                };
+                let unselected: Vec<String> = ours
+                    .floor()
+                    .into_keys()
+                    .filter(|ctx| !plan.selected.iter().any(|(n, _)| n == ctx))
+                    .collect();
+                if !unselected.is_empty() {
+                    return refuse(format!(
+                        "fieldcrypt's policy encrypts {} but the route's Confluent rule does not select it (tag the field with one of the rule's tags): it would go out in clear",
+                        unselected.join(", ")
+                    ));
+                }
+                if let Some(missing) = required_in_clear(&rc.require, &plan) {
+                    let refused: Refused = (
+                        Code::PolicyDowngrade,
+                        format!("{label} leaves in clear what the route requires: {missing}"),
+                    );
+                    cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(id)
+                        .or_default()
+                        .insert(target.to_string(), Err(refused.clone()));
+                    return record(refused.0, refused.1);
+                }
+                let subject = self.strategy.subject(target, false, &schema.json);
+                (
+                    Codec::CsfleEncrypt(Arc::new(CsfleCodec::new(Arc::new(plan))), subject.into()),
+                    Some(rules.clone()),
+                )
+            }
+            (PipelineMode::Decrypt, _) if !is_key => {
+                let has_rules = crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md)
+                    .map(|r| !r.is_empty());
+                match has_rules {
+                    Ok(false) => return Ok(None),
+                    Ok(true) => {}
+                    Err(m) => return refuse(m),
+                }
+                let plan = match CsflePlan::build(
+                    &schema.json,
+                    schema.rule_set.as_ref(),
+                    md,
+                    label,
+                    max_depth,
+                ) {
+                    Ok(p) => p,
+                    Err(m) => return refuse(m),
+                };
+                let subject = self.strategy.subject(source, false, &schema.json);
+                (
+                    Codec::CsfleDecrypt(
+                        Arc::new(CsfleCodec::new(Arc::new(plan))),
+                        subject.into(),
+                        Arc::default(),
+                    ),
+                    None,
+                )
+            }
+            _ => return Ok(None),
+        };
+        let subject = self.strategy.subject(target, is_key, &schema.json);
+        let out_id = reg
+            .id_for_with(
+                &subject,
+                &schema.json,
+                out_rules.as_deref(),
+                md,
+                self.auto_register,
+            )
+            .await?;
+        tracing::info!(
+            schema_id = id,
+            output_schema_id = out_id,
+            subject,
+            format = "confluent",
+            "new schema: plan built and output schema registered"
+        );
+        let f = Arc::new(Framed { codec, out_id });
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .insert(target.to_string(), Ok(f.clone()));
+        Ok(Some(f))
     }
 
     /// The fields the writer schema `enc` leaves in clear that the route's
