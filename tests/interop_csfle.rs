@@ -365,3 +365,112 @@ fn deterministic_fields_encrypt_equally_in_both_implementations() {
     );
     assert_eq!(consumed(&out).len(), 10);
 }
+
+#[test]
+fn rekeying_from_confluents_format_to_fieldcrypts_and_back_is_exact() {
+    let (broker, registry, dir) = setup();
+    let (bs, reg) = (broker.bootstrap(), registry.url());
+    create_topics(
+        &bs,
+        &[
+            ("orders", 2),
+            ("fc.orders", 2),
+            ("cf.fc.orders", 2),
+            ("dlq.orders", 1),
+            ("dlq.fc.orders", 1),
+        ],
+    );
+    let (file, want) = records(40, dir.path());
+    python(
+        "csfle_client.py",
+        &[
+            "produce",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "orders",
+            "--schema",
+            &schema(),
+            "--records",
+            &file,
+            "--kek-name",
+            "kek1",
+            "--secret",
+            SECRET,
+        ],
+    );
+    let mut base = keys_on_disk(dir.path(), &bs, &["default"], &[]);
+    base.schema_registry.url = Some(reg.clone());
+    // fieldcrypt's policy encrypts what the tag marks (randomized).
+    base.tags.insert("PII".into(), Default::default());
+    // Confluent's format in, fieldcrypt's out.
+    let mut to_fc = base.clone();
+    to_fc.kafka.group_id = "rekey-1".into();
+    to_fc.routes = vec![RouteConfig {
+        source: "orders".into(),
+        target: "fc.${topic}".into(),
+        ..Default::default()
+    }];
+    // fieldcrypt's format in, Confluent's out.
+    let mut to_cf = base.clone();
+    to_cf.kafka.group_id = "rekey-2".into();
+    to_cf.metrics.listen = format!("127.0.0.1:{}", free_port());
+    to_cf.routes = vec![RouteConfig {
+        source: "fc.orders".into(),
+        target: "cf.${topic}".into(),
+        format: Format::Confluent,
+        confluent: Some(ConfluentRule {
+            kek_name: "kek2".into(),
+            kms_key_id: "kek2".into(),
+            ..rule("AES256_GCM")
+        }),
+        ..Default::default()
+    }];
+    to_cf.validate().unwrap();
+    let (stop1, run1) = start_pipeline(engine(&to_fc), to_fc.clone());
+    let (stop2, run2) = start_pipeline(engine(&to_cf), to_cf.clone());
+    let out = python(
+        "csfle_client.py",
+        &[
+            "consume",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "cf.fc.orders",
+            "--count",
+            "40",
+            "--secret",
+            SECRET,
+            "--timeout-seconds",
+            "120",
+        ],
+    );
+    stop1.send(()).unwrap();
+    stop2.send(()).unwrap();
+    let s1 = run1.join().unwrap().expect("first pipeline stops cleanly");
+    let s2 = run2.join().unwrap().expect("second pipeline stops cleanly");
+    assert_eq!((s1.produced, s1.dead_lettered), (40, 0));
+    assert_eq!((s2.produced, s2.dead_lettered), (40, 0));
+    assert_eq!(
+        consumed(&out),
+        want,
+        "CSFLE -> fieldcrypt -> CSFLE is exact"
+    );
+    // In between, fieldcrypt's format: DEK headers, no plaintext, no base64 of it.
+    let mid = consume(&bs, "fc.orders", 40, Duration::from_secs(30));
+    assert!(mid
+        .iter()
+        .all(|m| header(m, fieldcrypt::kafka::headers::DEK).is_some()));
+    for r in &want {
+        let ssn = r["ssn"].as_str().unwrap();
+        assert!(mid
+            .iter()
+            .all(
+                |m| !String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap()).contains(ssn)
+            ));
+    }
+}

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde_json::Value as Json;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::codes::Code;
 use crate::config::{Config, PipelineMode};
@@ -138,6 +139,17 @@ enum Codec {
     /// Confluent's format, decrypting: the codec, the subject its DEKs belong to
     /// (the source's) and the DEKs unwrapped so far.
     CsfleDecrypt(Arc<CsfleCodec>, Arc<str>, Arc<std::sync::RwLock<ReadKeys>>),
+    /// Re-keying Confluent's format into fieldcrypt's: decrypt as
+    /// [`Codec::CsfleDecrypt`], then encrypt with fieldcrypt's plan.
+    CsfleToFieldcrypt(
+        Arc<CsfleCodec>,
+        Arc<str>,
+        Arc<std::sync::RwLock<ReadKeys>>,
+        Arc<Encryptor>,
+    ),
+    /// Re-keying fieldcrypt's format into Confluent's: decrypt with the DEK
+    /// headers, then encrypt as [`Codec::CsfleEncrypt`].
+    FieldcryptToCsfle(Arc<Decryptor>, Arc<CsfleCodec>, Arc<str>),
 }
 
 /// A codec for one registry schema id, and the id of its output schema.
@@ -390,6 +402,20 @@ impl Transformer {
             Codec::CsfleDecrypt(codec, subject, keys) => {
                 self.csfle_decrypt(codec, subject, keys, datum, out).await?
             }
+            Codec::CsfleToFieldcrypt(codec, subject, keys, enc) => {
+                let mut plain = Zeroizing::new(Vec::with_capacity(datum.len()));
+                self.csfle_decrypt(codec, subject, keys, datum, &mut plain)
+                    .await?;
+                self.encrypt_value(enc, rc, &plain, out, &mut headers)
+                    .await?
+            }
+            Codec::FieldcryptToCsfle(dec, codec, subject) => {
+                let deks = self.dek_set(&hdrs, rc, msg.topic()).await?;
+                let mut plain = Zeroizing::new(Vec::with_capacity(datum.len()));
+                dec.decrypt(datum, &deks, &mut plain)
+                    .or_else(|e| record(e.code(), format!("value: {e}")))?;
+                self.csfle_encrypt(codec, subject, &plain, out).await?
+            }
         };
         Ok(Outcome::Produce {
             key,
@@ -430,7 +456,10 @@ impl Transformer {
             Codec::Encrypt(enc) => enc.encrypt(datum, None, &mut out),
             Codec::Decrypt(dec) => dec.decrypt(datum, &DekSet::new(), &mut out),
             // Keys are never in Confluent's format (refused by the config).
-            Codec::CsfleEncrypt(..) | Codec::CsfleDecrypt(..) => {
+            Codec::CsfleEncrypt(..)
+            | Codec::CsfleDecrypt(..)
+            | Codec::CsfleToFieldcrypt(..)
+            | Codec::FieldcryptToCsfle(..) => {
                 return record(
                     Code::PolicyError,
                     "key: Confluent's format encrypts values only",
@@ -710,7 +739,7 @@ impl Transformer {
         let out_json: &Json = match &codec {
             Codec::Encrypt(e) => &e.plan().output_json,
             Codec::Decrypt(d) => &d.plan().original_json,
-            Codec::CsfleEncrypt(..) | Codec::CsfleDecrypt(..) => &schema.json,
+            _ => &schema.json,
         };
         let subject = self.strategy.subject(target, is_key, out_json);
         let out_id = reg
@@ -768,15 +797,32 @@ impl Transformer {
                 .insert(target.to_string(), Err(refused.clone()));
             record(refused.0, refused.1)
         };
-        let (codec, out_rules) = match (self.mode, &rc.confluent) {
+        let writer_rules = match crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md) {
+            Ok(r) => !r.is_empty(),
+            Err(m) if !is_key && self.mode == PipelineMode::Decrypt => return refuse(m),
+            Err(_) => false,
+        };
+        let (codec, out_rules, out_json) = match (self.mode, &rc.confluent) {
             (PipelineMode::Encrypt, Some(rules)) if !is_key => {
-                let plan = match CsflePlan::build(&schema.json, Some(rules), md, label, max_depth) {
+                // fieldcrypt's own format in: decrypt it first (re-keying).
+                let from = if crate::schema::plan::is_encrypted_schema(&schema.json) {
+                    match self.engine.decryptor(&schema.json, label) {
+                        Ok(d) => Some(d),
+                        Err(e) => return refuse(e.to_string()),
+                    }
+                } else {
+                    None
+                };
+                let base = from
+                    .as_ref()
+                    .map_or_else(|| schema.json.clone(), |d| d.plan().original_json.clone());
+                let plan = match CsflePlan::build(&base, Some(rules), md, label, max_depth) {
                     Ok(p) => p,
                     Err(m) => return refuse(m),
                 };
                 // What fieldcrypt's own policy (markings, tags, rules) would
                 // encrypt must be encrypted here too, or it would go out in clear.
-                let ours = match self.engine.encrypt_plan(&schema.json, label) {
+                let ours = match self.engine.encrypt_plan(&base, label) {
                     Ok(p) => p,
                     Err(e) => return refuse(e.to_string()),
                 };
@@ -804,20 +850,76 @@ impl Transformer {
                         .insert(target.to_string(), Err(refused.clone()));
                     return record(refused.0, refused.1);
                 }
-                let subject = self.strategy.subject(target, false, &schema.json);
+                let subject: Arc<str> = self.strategy.subject(target, false, &base).into();
+                let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
+                let codec = match from {
+                    Some(dec) => Codec::FieldcryptToCsfle(dec, csfle, subject),
+                    None => Codec::CsfleEncrypt(csfle, subject),
+                };
+                (codec, Some(rules.clone()), base)
+            }
+            (PipelineMode::Encrypt, None) if !is_key && writer_rules => {
+                // Confluent's format in, fieldcrypt's out (re-keying): every field
+                // the ENCRYPT rules protect must be one fieldcrypt encrypts too.
+                let plan = match CsflePlan::build(
+                    &schema.json,
+                    schema.rule_set.as_ref(),
+                    md,
+                    label,
+                    max_depth,
+                ) {
+                    Ok(p) => p,
+                    Err(m) => return refuse(m),
+                };
+                let enc = match self.engine.encryptor(&schema.json, label) {
+                    Ok(e) => e,
+                    Err(e) => return refuse(e.to_string()),
+                };
+                let floor = enc.plan().floor();
+                let exposed: Vec<&str> = plan
+                    .selected
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .filter(|n| !floor.contains_key(*n))
+                    .collect();
+                if !exposed.is_empty() {
+                    return refuse(format!(
+                        "re-keying from Confluent's format would leave {} in clear: fieldcrypt's policy does not encrypt it (map its tag in [tags], or mark it sensitive)",
+                        exposed.join(", ")
+                    ));
+                }
+                let subject = self.strategy.subject(source, false, &schema.json);
+                // The same floor as fieldcrypt's own encrypting path.
+                let below = self.below_floor(rc, reg, &subject, &enc, false).await?;
+                if !below.is_empty() {
+                    let refused: Refused = (
+                        Code::PolicyDowngrade,
+                        format!(
+                            "{label} leaves in clear what the route requires or an earlier version of subject {subject} encrypts: {}",
+                            below.join(", ")
+                        ),
+                    );
+                    cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(id)
+                        .or_default()
+                        .insert(target.to_string(), Err(refused.clone()));
+                    return record(refused.0, refused.1);
+                }
+                let out = enc.plan().output_json.clone();
                 (
-                    Codec::CsfleEncrypt(Arc::new(CsfleCodec::new(Arc::new(plan))), subject.into()),
-                    Some(rules.clone()),
+                    Codec::CsfleToFieldcrypt(
+                        Arc::new(CsfleCodec::new(Arc::new(plan))),
+                        subject.into(),
+                        Arc::default(),
+                        enc,
+                    ),
+                    None,
+                    out,
                 )
             }
-            (PipelineMode::Decrypt, _) if !is_key => {
-                let has_rules = crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md)
-                    .map(|r| !r.is_empty());
-                match has_rules {
-                    Ok(false) => return Ok(None),
-                    Ok(true) => {}
-                    Err(m) => return refuse(m),
-                }
+            (PipelineMode::Decrypt, _) if !is_key && writer_rules => {
                 let plan = match CsflePlan::build(
                     &schema.json,
                     schema.rule_set.as_ref(),
@@ -836,15 +938,16 @@ impl Transformer {
                         Arc::default(),
                     ),
                     None,
+                    schema.json.clone(),
                 )
             }
             _ => return Ok(None),
         };
-        let subject = self.strategy.subject(target, is_key, &schema.json);
+        let subject = self.strategy.subject(target, is_key, &out_json);
         let out_id = reg
             .id_for_with(
                 &subject,
-                &schema.json,
+                &out_json,
                 out_rules.as_deref(),
                 md,
                 self.auto_register,
