@@ -474,3 +474,71 @@ fn rekeying_from_confluents_format_to_fieldcrypts_and_back_is_exact() {
             ));
     }
 }
+
+#[test]
+fn a_field_fieldcrypt_would_encrypt_but_the_rule_does_not_select_is_refused() {
+    let (broker, registry, dir) = setup();
+    let (bs, reg) = (broker.bootstrap(), registry.url());
+    create_topics(
+        &bs,
+        &[("marked", 1), ("secure.marked", 1), ("dlq.marked", 1)],
+    );
+    let file = dir.path().join("marked.jsonl");
+    let lines: String = (0..5)
+        .map(|i| format!("{{\"id\": {i}, \"ssn\": \"111-22-{i:04}\", \"pin\": \"pin-{i:04}\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let schema = repo().join("tests/interop/csfle/marked.avsc");
+    python(
+        "csfle_client.py",
+        &[
+            "produce",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "marked",
+            "--schema",
+            &schema.display().to_string(),
+            "--records",
+            &file.display().to_string(),
+            "--kek-name",
+            "unused",
+            "--secret",
+            SECRET,
+            "--tags",
+            "NONE",
+        ],
+    );
+    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
+    cfg.kafka.group_id = "csfle-marked".into();
+    cfg.schema_registry.url = Some(reg.clone());
+    cfg.routes = vec![RouteConfig {
+        source: "marked".into(),
+        target: "secure.${topic}".into(),
+        format: Format::Confluent,
+        confluent: Some(rule("AES256_GCM")),
+        ..Default::default()
+    }];
+    let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
+    let dead = consume(&bs, "dlq.marked", 5, Duration::from_secs(60));
+    stop.send(()).unwrap();
+    let stats = run
+        .join()
+        .unwrap()
+        .expect("the pipeline keeps running and stops cleanly");
+    assert_eq!(
+        (stats.produced, stats.dead_lettered),
+        (0, 5),
+        "nothing reaches the target"
+    );
+    for m in &dead {
+        assert_eq!(
+            header(m, "fieldcrypt.error.code").as_deref(),
+            Some("policy_error")
+        );
+        let msg = header(m, "fieldcrypt.error.message").unwrap_or_default();
+        assert!(msg.contains("com.acme.Marked.pin"), "{msg}");
+    }
+}
