@@ -22,7 +22,7 @@ source "$ROOT/scripts/lib/setup.sh"
 ensure_build_tools
 ensure_promtool
 ensure_rust_components
-ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, moto.server, yaml"
+ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.rules.encryption.encrypt_executor, tink, moto.server, yaml"
 
 ensure_broker
 

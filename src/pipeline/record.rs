@@ -196,6 +196,18 @@ pub struct Transformer {
     csfle: Option<Arc<CsfleKeys>>,
 }
 
+/// Refuses schema id `id` for `target` for good (ids never change): later records
+/// of it are dead letters at once.
+fn refuse_for_good<T>(cache: &FramedCache, id: u32, target: &str, refused: Refused) -> Step<T> {
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(id)
+        .or_default()
+        .insert(target.to_string(), Err(refused.clone()));
+    record(refused.0, refused.1)
+}
+
 /// The first of a route's `require` entries that a Confluent-format plan leaves
 /// in clear (field contexts, and `tag:NAME` for every field carrying the tag).
 fn required_in_clear(require: &[String], plan: &CsflePlan) -> Option<String> {
@@ -727,13 +739,7 @@ impl Transformer {
                 );
                 tracing::error!(schema_id = id, subject, fields = %below.join(", "), "writer schema refused: it would encrypt less than its subject's earlier versions (policy_downgrade); its records go to the dead-letter topic");
                 // Refused once per schema id: ids never change.
-                cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(id)
-                    .or_default()
-                    .insert(target.to_string(), Err(refused.clone()));
-                return record(refused.0, refused.1);
+                return refuse_for_good(cache, id, target, refused);
             }
         }
         let out_json: &Json = match &codec {
@@ -789,13 +795,7 @@ impl Transformer {
         let md = schema.metadata.as_ref();
         let refuse = |m: String| -> Step<Option<Arc<Framed>>> {
             let refused: Refused = (Code::PolicyError, format!("{label}: {m}"));
-            cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(id)
-                .or_default()
-                .insert(target.to_string(), Err(refused.clone()));
-            record(refused.0, refused.1)
+            refuse_for_good(cache, id, target, refused)
         };
         let writer_rules = match crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md) {
             Ok(r) => !r.is_empty(),
@@ -842,13 +842,7 @@ impl Transformer {
                         Code::PolicyDowngrade,
                         format!("{label} leaves in clear what the route requires: {missing}"),
                     );
-                    cache
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(id)
-                        .or_default()
-                        .insert(target.to_string(), Err(refused.clone()));
-                    return record(refused.0, refused.1);
+                    return refuse_for_good(cache, id, target, refused);
                 }
                 let subject: Arc<str> = self.strategy.subject(target, false, &base).into();
                 let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
@@ -899,13 +893,7 @@ impl Transformer {
                             below.join(", ")
                         ),
                     );
-                    cache
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(id)
-                        .or_default()
-                        .insert(target.to_string(), Err(refused.clone()));
-                    return record(refused.0, refused.1);
+                    return refuse_for_good(cache, id, target, refused);
                 }
                 let out = enc.plan().output_json.clone();
                 (
