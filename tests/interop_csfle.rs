@@ -207,8 +207,17 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
     assert!(raw
         .iter()
         .any(|m| String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap()).contains(&ssn)));
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
+    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["pii"]);
     cfg.kafka.group_id = "csfle-enc".into();
+    // fieldcrypt's policy for the tag adds blind indexes: they become extra bytes
+    // fields beside the Confluent-encrypted ones.
+    cfg.tags.insert(
+        "PII".into(),
+        fieldcrypt::schema::policy::PolicySpec {
+            blind_index: Some("pii".into()),
+            ..Default::default()
+        },
+    );
     cfg.schema_registry.url = Some(reg.clone());
     cfg.routes = vec![RouteConfig {
         source: "raw".into(),
@@ -240,11 +249,28 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
     stop.send(()).unwrap();
     let stats = run.join().unwrap().expect("pipeline stops cleanly");
     assert_eq!((stats.produced, stats.dead_lettered), (50, 0));
-    assert_eq!(
-        consumed(&out),
-        want,
-        "Confluent's client decrypts fieldcrypt's output"
-    );
+    let got = consumed(&out);
+    // Blind indexes: 16 bytes after each non-null tagged field (SSNs are
+    // distinct, so their indexes are).
+    let mut ssn_ix = std::collections::HashSet::new();
+    for r in &got {
+        let ix = r["ssn_bidx"]["$bytes"]
+            .as_str()
+            .expect("an ssn blind index");
+        assert_eq!(ix.len(), 24, "16 bytes in base64");
+        ssn_ix.insert(ix.to_string());
+        assert!(r["card_bidx"]["$bytes"].is_string());
+        assert_eq!(r["note"].is_null(), r["note_bidx"].is_null());
+    }
+    assert_eq!(ssn_ix.len(), 50, "distinct SSNs, distinct indexes");
+    let strip = |mut v: serde_json::Value| {
+        v.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.ends_with("_bidx"));
+        v
+    };
+    let got: Vec<serde_json::Value> = got.into_iter().map(strip).collect();
+    assert_eq!(got, want, "Confluent's client decrypts fieldcrypt's output");
     let secure = consume(&bs, "secure.raw", 50, Duration::from_secs(30));
     for r in &want {
         let ssn = r["ssn"].as_str().unwrap();

@@ -26,6 +26,9 @@ pub struct CsflePlan {
     pub(crate) dirty: Vec<bool>,
     /// `namespace.Record.field` of each selected field, with its rule, sorted.
     pub selected: Vec<(String, usize)>,
+    /// Per node: for records, per field, the blind index written right after it
+    /// (encrypting only; see [`CsflePlan::with_indexes`]).
+    pub(crate) indexes: Vec<Vec<Option<crate::transform::encrypt::FieldIndex>>>,
 }
 
 impl CsflePlan {
@@ -94,13 +97,72 @@ impl CsflePlan {
         let dirty = crate::schema::plan::compute_dirty(&tree, |id, i| {
             fields[id].get(i).copied().flatten().is_some()
         });
+        let indexes = vec![Vec::new(); tree.nodes.len()];
         Ok(CsflePlan {
             tree,
             rules,
             fields,
             dirty,
             selected,
+            indexes,
         })
+    }
+
+    /// Adds the blind indexes fieldcrypt's policy puts on selected string and
+    /// bytes fields (`enc` is fieldcrypt's encryptor of the same schema), and
+    /// returns `schema` with each index field inserted right after its field, as
+    /// fieldcrypt's own output schema has it. Confluent's clients read them as the
+    /// plain `bytes` fields they are.
+    pub(crate) fn with_indexes(
+        &mut self,
+        enc: &crate::transform::Encryptor,
+        schema: &Json,
+    ) -> Result<Json, String> {
+        let mut index_fields = std::collections::HashMap::new();
+        let mut out = enc.plan().output_json.clone();
+        crate::schema::plan::rewrite_records(&mut out, "", &mut |record, fields| {
+            for f in fields.iter() {
+                if let Some(src) = f
+                    .get("fieldcrypt")
+                    .and_then(|a| a.get("blind_index_of"))
+                    .and_then(Json::as_str)
+                {
+                    index_fields.insert((record.to_string(), src.to_string()), f.clone());
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        for (id, n) in self.tree.nodes.iter().enumerate() {
+            let Node::Record(r) = n else { continue };
+            self.indexes[id] = r
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    self.fields[id][i]
+                        .and_then(|_| enc.index_of(&r.fullname, &f.name))
+                        .filter(|_| {
+                            index_fields.contains_key(&(r.fullname.clone(), f.name.clone()))
+                        })
+                })
+                .collect();
+        }
+        let mut with = schema.clone();
+        crate::schema::plan::rewrite_records(&mut with, "", &mut |record, fields| {
+            let mut i = 0;
+            while i < fields.len() {
+                let name = fields[i].get("name").and_then(Json::as_str).unwrap_or("");
+                if let Some(ix) = index_fields.get(&(record.to_string(), name.to_string())) {
+                    fields.insert(i + 1, ix.clone());
+                    i += 1;
+                }
+                i += 1;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(with)
     }
 
     /// Does this schema encrypt anything?

@@ -270,11 +270,41 @@ impl RecordHandler<State<'_>> for CsfleCodec {
             return value(self, node, cur, out, st, depth);
         };
         for (i, f) in r.fields.iter().enumerate() {
+            let start = cur.position();
             let res = match self.plan.fields[node][i] {
                 Some(rule) => self.selected(rule, f.node, cur, out, st, depth + 1),
                 None => value(self, f.node, cur, out, st, depth + 1),
             };
             res.map_err(|e| e.within(&f.name))?;
+            let index = self
+                .plan
+                .indexes
+                .get(node)
+                .and_then(|v| v.get(i))
+                .and_then(Option::as_ref);
+            if let (Some(ix), Keys::Write(_)) = (index, &st.keys) {
+                // From the plaintext value just read: [branch,] string or bytes.
+                let mut vc = Cursor::new(cur.since(start));
+                if ix.nullable {
+                    let branches = match self.plan.tree.node(f.node) {
+                        Node::Union(bs) => bs.len(),
+                        _ => 0,
+                    };
+                    let b = vc.read_branch(branches)?;
+                    if self.plan.tree.null_branch(f.node) == Some(b) {
+                        write_long(out, 0);
+                        continue;
+                    }
+                    write_long(out, 1);
+                }
+                write_long(out, ix.key.length() as i64);
+                if ix.text {
+                    ix.key.index_text(vc.read_str()?, out);
+                } else {
+                    ix.key.index_bytes(vc.read_bytes()?, out);
+                }
+                st.counts.indexes += 1;
+            }
         }
         Ok(())
     }

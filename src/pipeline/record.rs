@@ -805,18 +805,19 @@ impl Transformer {
         let (codec, out_rules, out_json) = match (self.mode, &rc.confluent) {
             (PipelineMode::Encrypt, Some(rules)) if !is_key => {
                 // fieldcrypt's own format in: decrypt it first (re-keying).
-                let from = if crate::schema::plan::is_encrypted_schema(&schema.json) {
-                    match self.engine.decryptor(&schema.json, label) {
-                        Ok(d) => Some(d),
-                        Err(e) => return refuse(e.to_string()),
-                    }
-                } else {
-                    None
-                };
+                let from =
+                    if !writer_rules && crate::schema::plan::is_encrypted_schema(&schema.json) {
+                        match self.engine.decryptor(&schema.json, label) {
+                            Ok(d) => Some(d),
+                            Err(e) => return refuse(e.to_string()),
+                        }
+                    } else {
+                        None
+                    };
                 let base = from
                     .as_ref()
                     .map_or_else(|| schema.json.clone(), |d| d.plan().original_json.clone());
-                let plan = match CsflePlan::build(&base, Some(rules), md, label, max_depth) {
+                let mut plan = match CsflePlan::build(&base, Some(rules), md, label, max_depth) {
                     Ok(p) => p,
                     Err(m) => return refuse(m),
                 };
@@ -844,13 +845,25 @@ impl Transformer {
                     );
                     return refuse_for_good(cache, id, target, refused);
                 }
+                // Blind indexes fieldcrypt's policy puts on these fields are
+                // written as extra bytes fields, which Confluent's clients read
+                // as they are.
+                let out = match self
+                    .engine
+                    .encryptor(&base, label)
+                    .map_err(|e| e.to_string())
+                    .and_then(|enc| plan.with_indexes(&enc, &base))
+                {
+                    Ok(o) => o,
+                    Err(m) => return refuse(m),
+                };
                 let subject: Arc<str> = self.strategy.subject(target, false, &base).into();
                 let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
                 let codec = match from {
                     Some(dec) => Codec::FieldcryptToCsfle(dec, csfle, subject),
                     None => Codec::CsfleEncrypt(csfle, subject),
                 };
-                (codec, Some(rules.clone()), base)
+                (codec, Some(rules.clone()), out)
             }
             (PipelineMode::Encrypt, None) if !is_key && writer_rules => {
                 // Confluent's format in, fieldcrypt's out (re-keying): every field

@@ -40,6 +40,52 @@ pub struct Encryptor {
     acts: Vec<Vec<Act>>,
 }
 
+/// The blind index of one encrypted field: its key, whether its value is text,
+/// and whether the field is nullable (its index then is `["null", "bytes"]`).
+#[derive(Clone)]
+pub(crate) struct FieldIndex {
+    pub key: Arc<BlindIndexKey>,
+    pub text: bool,
+    pub nullable: bool,
+}
+
+impl std::fmt::Debug for FieldIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldIndex")
+            .field("text", &self.text)
+            .field("nullable", &self.nullable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encryptor {
+    /// The blind index this plan adds after field `field` of record `record`
+    /// (a full name), for string and bytes values only.
+    pub(crate) fn index_of(&self, record: &str, field: &str) -> Option<FieldIndex> {
+        let tree = &self.plan.tree;
+        let &rid = tree.names.get(record)?;
+        let i = tree
+            .record(rid)?
+            .fields
+            .iter()
+            .position(|f| f.name == field)?;
+        let Act::Encrypt(e) = self.acts.get(rid)?.get(i)? else {
+            return None;
+        };
+        let spec = e.field.index.as_ref()?;
+        let text = match spec.input {
+            IndexInput::String => true,
+            IndexInput::Bytes => false,
+            _ => return None,
+        };
+        Some(FieldIndex {
+            key: e.index.clone()?,
+            text,
+            nullable: e.field.nullable.is_some(),
+        })
+    }
+}
+
 impl std::fmt::Debug for Encryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encryptor")
