@@ -10,6 +10,9 @@
 //!    plaintext in the topic bytes.
 //! 3. Deterministic (AES256_SIV): equal values encrypt equally across both
 //!    implementations (fieldcrypt uses the DEK the Python client created).
+//! 4. Re-keying CSFLE → fieldcrypt's format → CSFLE through two pipelines, exact.
+//! 5. A field fieldcrypt's policy encrypts but the rule does not select: refused.
+//! 6. aws-kms KEKs against moto, both ways (the Python client's AWS driver).
 
 mod common;
 
@@ -567,4 +570,158 @@ fn a_field_fieldcrypt_would_encrypt_but_the_rule_does_not_select_is_refused() {
         let msg = header(m, "fieldcrypt.error.message").unwrap_or_default();
         assert!(msg.contains("com.acme.Marked.pin"), "{msg}");
     }
+}
+
+#[test]
+fn aws_kms_keks_work_both_ways_against_a_kms_emulator() {
+    use common::kms::{Moto, CREDENTIALS, REGION};
+    let (broker, registry, dir) = setup();
+    let (bs, reg) = (broker.bootstrap(), registry.url());
+    let moto = Moto::start();
+    let arn = moto.create_key(None);
+    create_topics(&bs, &[("awsin", 1), ("plain.awsin", 1), ("dlq.awsin", 1)]);
+    let (file, want) = records(20, dir.path());
+    // Confluent's client wraps its DEK with AWS KMS (moto), as in production.
+    let out = Command::new("python3")
+        .arg(repo().join("tests/interop/csfle_client.py"))
+        .args([
+            "produce",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "awsin",
+            "--schema",
+            &schema(),
+            "--records",
+            &file,
+            "--kek-name",
+            "awskek",
+            "--secret",
+            SECRET,
+            "--kms-type",
+            "aws-kms",
+            "--kms-key-id",
+            &arn,
+        ])
+        .envs(CREDENTIALS)
+        .env("AWS_ENDPOINT_URL_KMS", moto.url())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // fieldcrypt on the AWS provider (its own keyset wrapped there too).
+    let mut cfg = keys_on_disk(dir.path(), &bs, &[], &[]);
+    cfg.kafka.group_id = "csfle-aws".into();
+    cfg.pipeline.mode = PipelineMode::Decrypt;
+    cfg.schema_registry.url = Some(reg.clone());
+    cfg.kms.provider = fieldcrypt::config::ProviderConfig::Aws(fieldcrypt::keys::aws::AwsConfig {
+        key_id: Some(arn.clone()),
+        region: Some(REGION.into()),
+        endpoint_url: Some(moto.url()),
+    });
+    cfg.keyset.file = dir.path().join("aws-keyset.json");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let kms = fieldcrypt::engine::open_kms(&cfg).await.unwrap();
+            common::write_keyset(kms.as_ref(), &cfg.keyset.file, &["default"], &[]).await;
+        });
+    cfg.routes = vec![RouteConfig {
+        source: "awsin".into(),
+        target: "plain.${topic}".into(),
+        ..Default::default()
+    }];
+    let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
+    let out = python(
+        "csfle_client.py",
+        &[
+            "consume",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "plain.awsin",
+            "--count",
+            "20",
+            "--secret",
+            "unused",
+            "--timeout-seconds",
+            "120",
+        ],
+    );
+    stop.send(()).unwrap();
+    let stats = run.join().unwrap().expect("pipeline stops cleanly");
+    assert_eq!((stats.produced, stats.dead_lettered), (20, 0));
+    assert_eq!(consumed(&out), want);
+    let (_, kek) = http_get(
+        &format!("127.0.0.1:{}", registry.port),
+        "/dek-registry/v1/keks/awskek",
+    );
+    assert!(kek.contains("aws-kms") && kek.contains(&arn), "{kek}");
+
+    // And the other way: fieldcrypt creates an aws-kms KEK and DEK, Confluent's
+    // client unwraps it through AWS KMS.
+    create_topics(&bs, &[("secure.plain.awsin", 1), ("dlq.plain.awsin", 1)]);
+    let mut enc = cfg.clone();
+    enc.kafka.group_id = "csfle-aws-enc".into();
+    enc.pipeline.mode = PipelineMode::Encrypt;
+    enc.metrics.listen = format!("127.0.0.1:{}", free_port());
+    enc.routes = vec![RouteConfig {
+        source: "plain.awsin".into(),
+        target: "secure.${topic}".into(),
+        format: Format::Confluent,
+        confluent: Some(ConfluentRule {
+            kek_name: "awskek2".into(),
+            kms_type: "aws-kms".into(),
+            kms_key_id: arn.clone(),
+            ..rule("AES256_GCM")
+        }),
+        ..Default::default()
+    }];
+    enc.validate().unwrap();
+    let (stop, run) = start_pipeline(engine(&enc), enc.clone());
+    let out = Command::new("python3")
+        .arg(repo().join("tests/interop/csfle_client.py"))
+        .args([
+            "consume",
+            "--bootstrap",
+            &bs,
+            "--registry",
+            &reg,
+            "--topic",
+            "secure.plain.awsin",
+            "--count",
+            "20",
+            "--secret",
+            "unused",
+            "--timeout-seconds",
+            "120",
+        ])
+        .envs(CREDENTIALS)
+        .env("AWS_ENDPOINT_URL_KMS", moto.url())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    stop.send(()).unwrap();
+    run.join().unwrap().expect("pipeline stops cleanly");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(consumed(&String::from_utf8_lossy(&out.stdout)), want);
+    let (_, kek) = http_get(
+        &format!("127.0.0.1:{}", registry.port),
+        "/dek-registry/v1/keks/awskek2",
+    );
+    assert!(kek.contains("aws-kms") && kek.contains(&arn), "{kek}");
 }

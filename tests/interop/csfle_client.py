@@ -152,22 +152,26 @@ def schema_id_of(raw):
 
 
 def register_executors(secret):
-    """Registers the ENCRYPT field executor and the local-kms driver (both are
-    process-global) and returns the rule config carrying the secret."""
+    """Registers the ENCRYPT field executor and the local-kms and aws-kms drivers
+    (all process-global) and returns the rule config carrying the secret. The AWS
+    driver takes credentials, region and endpoint from the environment (boto3:
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_KMS for moto)."""
+    from confluent_kafka.schema_registry.rules.encryption.awskms.aws_driver import AwsKmsDriver
     from confluent_kafka.schema_registry.rules.encryption.encrypt_executor import FieldEncryptionExecutor
     from confluent_kafka.schema_registry.rules.encryption.localkms.local_driver import LocalKmsDriver
 
     FieldEncryptionExecutor.register()
     LocalKmsDriver.register()
+    AwsKmsDriver.register()
     return {"secret": secret}
 
 
-def encrypt_rule(tags, kek_name, kms_key_id, algorithm, expiry_days):
+def encrypt_rule(tags, kek_name, kms_key_id, algorithm, expiry_days, kms_type=LOCAL_KMS):
     from confluent_kafka.schema_registry import Rule, RuleKind, RuleMode, RuleParams
 
     params = {
         "encrypt.kek.name": kek_name,
-        "encrypt.kms.type": LOCAL_KMS,
+        "encrypt.kms.type": kms_type,
         "encrypt.kms.key.id": kms_key_id,
         "encrypt.dek.algorithm": algorithm,
     }
@@ -247,7 +251,7 @@ def cmd_produce(args):
     registry = SchemaRegistryClient({"url": args.registry})
     subject = "%s-value" % args.topic
     rule = encrypt_rule(tags, args.kek_name, args.kms_key_id or args.kek_name, args.algorithm,
-                        args.expiry_days)
+                        args.expiry_days, args.kms_type)
     schema_id = register_with_rule(registry, subject, schema_text, rule)
     log("registered %s under %s as id %d with rule %s" % (args.schema, subject, schema_id, rule.name))
     ensure_topic(args.bootstrap, args.topic, args.partitions)
@@ -642,7 +646,9 @@ def main(argv=None):
     p.add_argument("--secret", required=True, help="the local-kms secret")
     p.add_argument("--algorithm", choices=algorithms, default="AES256_GCM")
     p.add_argument("--tags", default="PII", help="comma-separated tags the rule encrypts")
-    p.add_argument("--kms-key-id", help="encrypt.kms.key.id (local-kms ignores it); default: the KEK name")
+    p.add_argument("--kms-key-id", help="encrypt.kms.key.id (local-kms ignores it; aws-kms: the key ARN); default: the KEK name")
+    p.add_argument("--kms-type", choices=[LOCAL_KMS, "aws-kms"], default=LOCAL_KMS,
+                   help="encrypt.kms.type (aws-kms reads credentials and AWS_ENDPOINT_URL_KMS from the environment)")
     p.add_argument("--expiry-days", type=int, default=0,
                    help="encrypt.dek.expiry.days; > 0 adds the DEK-version prefix to ciphertexts")
     p.add_argument("--partitions", type=int, default=1, help="partitions of the topic if it is created")
