@@ -40,6 +40,67 @@ fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Produces JSONL records through Confluent's serializer with an ENCRYPT rule over
+/// the `PII` tag (`extra`: more flags, e.g. `--tags NONE` for plaintext).
+fn produce(
+    bs: &str,
+    reg: &str,
+    topic: &str,
+    schema: &str,
+    records: &str,
+    kek: &str,
+    extra: &[&str],
+) {
+    let mut args = vec![
+        "produce",
+        "--bootstrap",
+        bs,
+        "--registry",
+        reg,
+        "--topic",
+        topic,
+        "--schema",
+        schema,
+        "--records",
+        records,
+        "--kek-name",
+        kek,
+        "--secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    python("csfle_client.py", &args);
+}
+
+/// Reads `count` records through Confluent's deserializer and its executor.
+fn consume_py(
+    bs: &str,
+    reg: &str,
+    topic: &str,
+    count: &str,
+    secret: &str,
+    timeout: &str,
+) -> String {
+    python(
+        "csfle_client.py",
+        &[
+            "consume",
+            "--bootstrap",
+            bs,
+            "--registry",
+            reg,
+            "--topic",
+            topic,
+            "--count",
+            count,
+            "--secret",
+            secret,
+            "--timeout-seconds",
+            timeout,
+        ],
+    )
+}
+
 fn schema() -> String {
     repo()
         .join("tests/interop/csfle/payment.avsc")
@@ -113,27 +174,14 @@ fn confluent_encrypted_records_decrypt_through_fieldcrypt() {
         &[("payments", 2), ("plain.payments", 2), ("dlq.payments", 1)],
     );
     let (file, want) = records(60, dir.path());
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "payments",
-            "--schema",
-            &schema(),
-            "--records",
-            &file,
-            "--kek-name",
-            "kek1",
-            "--secret",
-            SECRET,
-            "--expiry-days",
-            "3",
-        ],
+    produce(
+        &bs,
+        &reg,
+        "payments",
+        &schema(),
+        &file,
+        "kek1",
+        &["--expiry-days", "3"],
     );
     let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
     cfg.kafka.group_id = "csfle-dec".into();
@@ -146,24 +194,7 @@ fn confluent_encrypted_records_decrypt_through_fieldcrypt() {
     }];
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
     // A plain Confluent consumer (no rules on the output schema) reads them back.
-    let out = python(
-        "csfle_client.py",
-        &[
-            "consume",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "plain.payments",
-            "--count",
-            "60",
-            "--secret",
-            "unused",
-            "--timeout-seconds",
-            "120",
-        ],
-    );
+    let out = consume_py(&bs, &reg, "plain.payments", "60", "unused", "120");
     stop.send(()).unwrap();
     let stats = run.join().unwrap().expect("pipeline stops cleanly");
     assert_eq!((stats.produced, stats.dead_lettered), (60, 0));
@@ -183,27 +214,14 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
     create_topics(&bs, &[("raw", 2), ("secure.raw", 2), ("dlq.raw", 1)]);
     let (file, want) = records(50, dir.path());
     // Plaintext in: the same client with an empty tag set encrypts nothing.
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "raw",
-            "--schema",
-            &schema(),
-            "--records",
-            &file,
-            "--kek-name",
-            "unused",
-            "--secret",
-            SECRET,
-            "--tags",
-            "NONE",
-        ],
+    produce(
+        &bs,
+        &reg,
+        "raw",
+        &schema(),
+        &file,
+        "unused",
+        &["--tags", "NONE"],
     );
     let raw = consume(&bs, "raw", 50, Duration::from_secs(30));
     let ssn = want[3]["ssn"].as_str().unwrap().to_string();
@@ -231,24 +249,7 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
     }];
     cfg.validate().unwrap();
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
-    let out = python(
-        "csfle_client.py",
-        &[
-            "consume",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "secure.raw",
-            "--count",
-            "50",
-            "--secret",
-            SECRET,
-            "--timeout-seconds",
-            "120",
-        ],
-    );
+    let out = consume_py(&bs, &reg, "secure.raw", "50", SECRET, "120");
     stop.send(()).unwrap();
     let stats = run.join().unwrap().expect("pipeline stops cleanly");
     assert_eq!((stats.produced, stats.dead_lettered), (50, 0));
@@ -302,50 +303,24 @@ fn deterministic_fields_encrypt_equally_in_both_implementations() {
     create_topics(&bs, &[("plainsiv", 1), ("siv", 1), ("dlq.plainsiv", 1)]);
     let (file, _) = records(5, dir.path());
     // Python writes SIV records to `siv`, creating the DEK of subject siv-value.
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "siv",
-            "--schema",
-            &schema(),
-            "--records",
-            &file,
-            "--kek-name",
-            "kek1",
-            "--secret",
-            SECRET,
-            "--algorithm",
-            "AES256_SIV",
-        ],
+    produce(
+        &bs,
+        &reg,
+        "siv",
+        &schema(),
+        &file,
+        "kek1",
+        &["--algorithm", "AES256_SIV"],
     );
     // The same records in clear to `plainsiv`...
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "plainsiv",
-            "--schema",
-            &schema(),
-            "--records",
-            &file,
-            "--kek-name",
-            "unused",
-            "--secret",
-            SECRET,
-            "--tags",
-            "NONE",
-        ],
+    produce(
+        &bs,
+        &reg,
+        "plainsiv",
+        &schema(),
+        &file,
+        "unused",
+        &["--tags", "NONE"],
     );
     // ...encrypted by fieldcrypt into `siv` too, with the DEK Python created.
     let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
@@ -374,24 +349,7 @@ fn deterministic_fields_encrypt_equally_in_both_implementations() {
     b.sort();
     assert_eq!(a, b);
     // And Python reads all ten.
-    let out = python(
-        "csfle_client.py",
-        &[
-            "consume",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "siv",
-            "--count",
-            "10",
-            "--secret",
-            SECRET,
-            "--timeout-seconds",
-            "60",
-        ],
-    );
+    let out = consume_py(&bs, &reg, "siv", "10", SECRET, "60");
     assert_eq!(consumed(&out).len(), 10);
 }
 
@@ -410,26 +368,7 @@ fn rekeying_from_confluents_format_to_fieldcrypts_and_back_is_exact() {
         ],
     );
     let (file, want) = records(40, dir.path());
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "orders",
-            "--schema",
-            &schema(),
-            "--records",
-            &file,
-            "--kek-name",
-            "kek1",
-            "--secret",
-            SECRET,
-        ],
-    );
+    produce(&bs, &reg, "orders", &schema(), &file, "kek1", &[]);
     let mut base = keys_on_disk(dir.path(), &bs, &["default"], &[]);
     base.schema_registry.url = Some(reg.clone());
     // fieldcrypt's policy encrypts what the tag marks (randomized).
@@ -460,24 +399,7 @@ fn rekeying_from_confluents_format_to_fieldcrypts_and_back_is_exact() {
     to_cf.validate().unwrap();
     let (stop1, run1) = start_pipeline(engine(&to_fc), to_fc.clone());
     let (stop2, run2) = start_pipeline(engine(&to_cf), to_cf.clone());
-    let out = python(
-        "csfle_client.py",
-        &[
-            "consume",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "cf.fc.orders",
-            "--count",
-            "40",
-            "--secret",
-            SECRET,
-            "--timeout-seconds",
-            "120",
-        ],
-    );
+    let out = consume_py(&bs, &reg, "cf.fc.orders", "40", SECRET, "120");
     stop1.send(()).unwrap();
     stop2.send(()).unwrap();
     let s1 = run1.join().unwrap().expect("first pipeline stops cleanly");
@@ -518,27 +440,14 @@ fn a_field_fieldcrypt_would_encrypt_but_the_rule_does_not_select_is_refused() {
         .collect();
     std::fs::write(&file, lines).unwrap();
     let schema = repo().join("tests/interop/csfle/marked.avsc");
-    python(
-        "csfle_client.py",
-        &[
-            "produce",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "marked",
-            "--schema",
-            &schema.display().to_string(),
-            "--records",
-            &file.display().to_string(),
-            "--kek-name",
-            "unused",
-            "--secret",
-            SECRET,
-            "--tags",
-            "NONE",
-        ],
+    produce(
+        &bs,
+        &reg,
+        "marked",
+        &schema.display().to_string(),
+        &file.display().to_string(),
+        "unused",
+        &["--tags", "NONE"],
     );
     let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
     cfg.kafka.group_id = "csfle-marked".into();
@@ -640,24 +549,7 @@ fn aws_kms_keks_work_both_ways_against_a_kms_emulator() {
         ..Default::default()
     }];
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
-    let out = python(
-        "csfle_client.py",
-        &[
-            "consume",
-            "--bootstrap",
-            &bs,
-            "--registry",
-            &reg,
-            "--topic",
-            "plain.awsin",
-            "--count",
-            "20",
-            "--secret",
-            "unused",
-            "--timeout-seconds",
-            "120",
-        ],
-    );
+    let out = consume_py(&bs, &reg, "plain.awsin", "20", "unused", "120");
     stop.send(()).unwrap();
     let stats = run.join().unwrap().expect("pipeline stops cleanly");
     assert_eq!((stats.produced, stats.dead_lettered), (20, 0));

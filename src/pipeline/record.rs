@@ -797,6 +797,9 @@ impl Transformer {
             let refused: Refused = (Code::PolicyError, format!("{label}: {m}"));
             refuse_for_good(cache, id, target, refused)
         };
+        // The writer schema's own ENCRYPT rules (Confluent's format coming in).
+        let writer_plan =
+            || CsflePlan::build(&schema.json, schema.rule_set.as_ref(), md, label, max_depth);
         let writer_rules = match crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md) {
             Ok(r) => !r.is_empty(),
             Err(m) if !is_key && self.mode == PipelineMode::Decrypt => return refuse(m),
@@ -868,13 +871,7 @@ impl Transformer {
             (PipelineMode::Encrypt, None) if !is_key && writer_rules => {
                 // Confluent's format in, fieldcrypt's out (re-keying): every field
                 // the ENCRYPT rules protect must be one fieldcrypt encrypts too.
-                let plan = match CsflePlan::build(
-                    &schema.json,
-                    schema.rule_set.as_ref(),
-                    md,
-                    label,
-                    max_depth,
-                ) {
+                let plan = match writer_plan() {
                     Ok(p) => p,
                     Err(m) => return refuse(m),
                 };
@@ -921,13 +918,7 @@ impl Transformer {
                 )
             }
             (PipelineMode::Decrypt, _) if !is_key && writer_rules => {
-                let plan = match CsflePlan::build(
-                    &schema.json,
-                    schema.rule_set.as_ref(),
-                    md,
-                    label,
-                    max_depth,
-                ) {
+                let plan = match writer_plan() {
                     Ok(p) => p,
                     Err(m) => return refuse(m),
                 };
