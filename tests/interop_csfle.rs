@@ -156,8 +156,10 @@ fn rule(algorithm: &str) -> ConfluentRule {
 }
 
 fn setup() -> (Broker, Registry, tempfile::TempDir) {
-    // The local-kms secret, as fieldcrypt reads it (the same for every test).
-    std::env::set_var("FIELDCRYPT_LOCAL_KMS_SECRET", SECRET);
+    // The local-kms secret, as fieldcrypt reads it (the same for every test), set
+    // once, before any test starts threads that read the environment.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("FIELDCRYPT_LOCAL_KMS_SECRET", SECRET));
     (
         Broker::start(),
         Registry::start(),
