@@ -33,8 +33,8 @@
 //! - [`loadgen`]: `fieldcrypt loadgen` and `check`: synthetic records at a target
 //!   rate, and a verifier of the target topic (missing, duplicates, unencrypted,
 //!   end-to-end latency).
-//! - [`observe`]: Prometheus metrics, events (log and count together) and the
-//!   `/metrics` + `/health` listener.
+//! - [`observe`]: Prometheus metrics, events (log and count together), readiness
+//!   as a `watch` components report into, and the `/metrics` + `/health` listener.
 //! - [`codes`]: every error code fieldcrypt reports (dead letters, metrics, logs).
 //! - [`backoff`]: exponential backoff with full jitter (KMS, registry, held records).
 //! - [`config`]: the TOML configuration, validated at start-up; each section's

@@ -3,7 +3,7 @@
 //! (dashboards and alerts depend on them) and listed in docs/OPERATIONS.md. No label
 //! ever carries a record value: labels are topics, partitions, modes and error codes.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus::{
@@ -43,11 +43,8 @@ pub struct Metrics {
     pub reserved_headers_dropped: prometheus::IntCounter,
     /// The DEK counters live in the key managers; they are copied in at scrape time.
     dek_sources: std::sync::Mutex<Vec<(&'static str, Arc<DekStats>)>>,
-    /// False after a KMS call failed for a retriable reason, until one succeeds.
-    pub kms_reachable: AtomicBool,
-    assigned: AtomicI64,
-    /// Records held by workers waiting for an unavailable KMS or registry.
-    stalled: AtomicI64,
+    /// Readiness, reported by message (see [`super::health`]).
+    pub health: super::health::HealthTx,
     /// Topics that have their own label value; past `max_topics` the rest share
     /// [`OTHER_TOPIC`], so regex routes over many topics cannot grow the series
     /// without bound.
@@ -270,9 +267,7 @@ impl Metrics {
             ),
             registry: r,
             dek_sources: std::sync::Mutex::new(Vec::new()),
-            kms_reachable: AtomicBool::new(true),
-            assigned: AtomicI64::new(0),
-            stalled: AtomicI64::new(0),
+            health: Default::default(),
             topics: std::sync::RwLock::default(),
             max_topics: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_TOPICS),
         }
@@ -363,49 +358,36 @@ impl Metrics {
 
     /// Partitions assigned (+) or revoked (−).
     pub fn add_assigned(&self, delta: i64) {
-        let now = self.assigned.fetch_add(delta, Ordering::SeqCst) + delta;
-        self.assigned_partitions.set(now.max(0));
-        self.refresh_ready();
+        let h = self
+            .health
+            .update(|h| h.assigned = (h.assigned + delta).max(0));
+        self.assigned_partitions.set(h.assigned);
+        self.ready.set(i64::from(h.ready()));
     }
 
     /// Forgets every assignment (the consumer left the group).
     pub fn clear_assigned(&self) {
-        self.assigned.store(0, Ordering::SeqCst);
+        let h = self.health.update(|h| h.assigned = 0);
         self.assigned_partitions.set(0);
-        self.refresh_ready();
+        self.ready.set(i64::from(h.ready()));
     }
 
     /// Records whether the last KMS call reached the KMS.
     pub fn set_kms_reachable(&self, ok: bool) {
-        self.kms_reachable.store(ok, Ordering::SeqCst);
-        self.refresh_ready();
-    }
-
-    /// A worker starts (+1) or stops (−1) waiting for an unavailable KMS or registry.
-    pub fn add_stalled(&self, delta: i64) {
-        self.stalled.fetch_add(delta, Ordering::SeqCst);
-    }
-
-    /// Records are waiting for an unavailable KMS or registry: consumption pauses.
-    pub fn is_stalled(&self) -> bool {
-        self.stalled.load(Ordering::SeqCst) > 0
+        let h = self.health.update(|h| h.kms_reachable = ok);
+        self.ready.set(i64::from(h.ready()));
     }
 
     /// Consumption paused (or resumed) for an outage.
     pub fn set_paused(&self, paused: bool) {
+        let h = self.health.update(|h| h.paused = paused);
         self.paused.set(i64::from(paused));
-        self.refresh_ready();
+        self.ready.set(i64::from(h.ready()));
     }
 
     /// Ready: partitions assigned, the KMS reachable, consumption not paused.
     pub fn is_ready(&self) -> bool {
-        self.assigned.load(Ordering::SeqCst) > 0
-            && self.kms_reachable.load(Ordering::SeqCst)
-            && self.paused.get() == 0
-    }
-
-    fn refresh_ready(&self) {
-        self.ready.set(i64::from(self.is_ready()));
+        self.health.get().ready()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,8 +1,10 @@
 //! Observability: the Prometheus metrics ([`metrics`]), the named events that log
-//! and count together ([`events`]), and the HTTP listener that serves the metrics
-//! with the liveness and readiness probes ([`server`]).
+//! and count together ([`events`]), readiness as a `watch` of [`health`], and the
+//! HTTP listener that serves the metrics with the liveness and readiness probes
+//! ([`server`]).
 
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod server;
 

@@ -112,20 +112,14 @@ fn respond(req: &Request<Incoming>, m: &Metrics) -> Response<Full<Bytes>> {
             m.render(),
         ),
         (&Method::GET, "/health/live") => (StatusCode::OK, "text/plain", "live\n".into()),
-        (&Method::GET, "/health/ready") => {
-            if m.is_ready() {
-                (StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                let why = if m.assigned_partitions.get() == 0 {
-                    "not ready: no partitions assigned\n"
-                } else if m.paused.get() == 1 {
-                    "not ready: consumption paused, the KMS or Schema Registry is unavailable\n"
-                } else {
-                    "not ready: KMS unreachable\n"
-                };
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why.into())
-            }
-        }
+        (&Method::GET, "/health/ready") => match m.health.get().why_not() {
+            None => (StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         (_, "/metrics" | "/health/live" | "/health/ready") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
