@@ -196,15 +196,20 @@ pub struct Transformer {
     csfle: Option<Arc<CsfleKeys>>,
 }
 
-/// Refuses schema id `id` for `target` for good (ids never change): later records
-/// of it are dead letters at once.
-fn refuse_for_good<T>(cache: &FramedCache, id: u32, target: &str, refused: Refused) -> Step<T> {
+/// Keeps what schema id `id` on its way to `target` became (ids never change).
+fn remember(cache: &FramedCache, id: u32, target: &str, f: Result<Arc<Framed>, Refused>) {
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(id)
         .or_default()
-        .insert(target.to_string(), Err(refused.clone()));
+        .insert(target.to_string(), f);
+}
+
+/// Refuses schema id `id` for `target` for good: later records of it are dead
+/// letters at once.
+fn refuse_for_good<T>(cache: &FramedCache, id: u32, target: &str, refused: Refused) -> Step<T> {
+    remember(cache, id, target, Err(refused.clone()));
     record(refused.0, refused.1)
 }
 
@@ -763,12 +768,7 @@ impl Transformer {
             "new schema: plan built and output schema registered"
         );
         let f = Arc::new(Framed { codec, out_id });
-        cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_default()
-            .insert(target.to_string(), Ok(f.clone()));
+        remember(cache, id, target, Ok(f.clone()));
         Ok(f)
     }
 
@@ -953,12 +953,7 @@ impl Transformer {
             "new schema: plan built and output schema registered"
         );
         let f = Arc::new(Framed { codec, out_id });
-        cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_default()
-            .insert(target.to_string(), Ok(f.clone()));
+        remember(cache, id, target, Ok(f.clone()));
         Ok(Some(f))
     }
 

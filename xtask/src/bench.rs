@@ -144,21 +144,7 @@ pub fn main(a: Args) -> Result<()> {
             .args(["keys", "init", "--config"])
             .arg(&keys),
     )?;
-    for (purpose, domain) in [("deterministic", "default"), ("blind-index", "email")] {
-        proc::run(
-            Command::new(&fc)
-                .args([
-                    "keys",
-                    "create",
-                    "--purpose",
-                    purpose,
-                    "--domain",
-                    domain,
-                    "--config",
-                ])
-                .arg(&keys),
-        )?;
-    }
+    proc::create_keys(&fc, &keys)?;
 
     let mut runs = Vec::new();
     for schema in &a.schemas {

@@ -135,21 +135,7 @@ pub fn main(a: Args) -> Result<()> {
             registry.url()
         ),
     )?;
-    for (purpose, domain) in [("deterministic", "default"), ("blind-index", "email")] {
-        proc::run(
-            Command::new(&fc)
-                .args([
-                    "keys",
-                    "create",
-                    "--purpose",
-                    purpose,
-                    "--domain",
-                    domain,
-                    "--config",
-                ])
-                .arg(&cfg),
-        )?;
-    }
+    proc::create_keys(&fc, &cfg)?;
     let schema = root.join("schemas/customer_cdc.avsc");
     proc::run(
         Command::new(&fc)

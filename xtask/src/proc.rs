@@ -208,3 +208,22 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Creates the deterministic key of domain `default` and the blind-index key of
+/// domain `email` in the keyset `config` names (`fieldcrypt keys create`).
+pub fn create_keys(fieldcrypt: &Path, config: &Path) -> Result<()> {
+    for (purpose, domain) in [("deterministic", "default"), ("blind-index", "email")] {
+        run(Command::new(fieldcrypt)
+            .args([
+                "keys",
+                "create",
+                "--purpose",
+                purpose,
+                "--domain",
+                domain,
+                "--config",
+            ])
+            .arg(config))?;
+    }
+    Ok(())
+}
