@@ -31,4 +31,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy (the product, the test harness, xtask)"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
+# `--all-targets` compiles examples as test harnesses, which are not placed in
+# target/release/examples/; tests/examples.rs runs the real example binaries, so
+# build them first.
+cargo build --release --examples --quiet
 cargo test --release --all-targets

@@ -1,8 +1,8 @@
 //! The runnable `examples/` as a user runs them: `encrypt_datum` on its own, and
 //! `decrypt_kafka_record` against a real broker (tansu), reading records the engine
 //! encrypted with their `fieldcrypt.dek` headers, and printing values equal to the
-//! source records. The example binaries are built by `cargo test --all-targets`
-//! (or `cargo build --examples`).
+//! source records. `scripts/test.sh` builds the example binaries first; run alone,
+//! the test builds the one it needs with `cargo build --example`.
 
 mod common;
 
@@ -19,16 +19,26 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        // `cargo test --all-targets` compiles examples as test harnesses, which
+        // are not placed in examples/; build the real binary with this profile.
+        let release = profile_dir.file_name().is_some_and(|p| p == "release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "--example", name]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
     assert!(
         path.exists(),
-        "{} is not built: run cargo test --all-targets (or cargo build --examples with this profile)",
+        "{} is not built: run cargo build --examples with this profile",
         path.display()
     );
     path
