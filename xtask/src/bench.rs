@@ -66,6 +66,17 @@ pub struct Args {
     /// counted, its sampling overhead in fieldcrypt is).
     #[arg(long)]
     perf: bool,
+    /// Extra librdkafka properties for every run, floor included (KEY=VALUE,
+    /// repeatable), e.g. `--kafka-property queued.max.messages.kbytes=32768`.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+fn property(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -300,12 +311,17 @@ fn one_run(
     let metrics_port = fieldcrypt_harness::broker::free_port();
     let addr = format!("127.0.0.1:{metrics_port}");
     let cfg = out.join(format!("run-{tag}.toml"));
+    let extra: String = a
+        .kafka_properties
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
     std::fs::write(
         &cfg,
         format!(
             "# cargo xtask bench-pipeline: {schema}, {}, round {round}\n\
              [kafka]\nbootstrap_servers = \"{bs}\"\ngroup_id = \"bench-{tag}\"\nclient_id = \"fieldcrypt-bench\"\n\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n{extra}\
              [metrics]\nlisten = \"{addr}\"\n\
              [kms]\nkek_file = {:?}\n[keyset]\nfile = {:?}\n\
              [[routes]]\nsource = \"{source}\"\ntarget = \"{target}\"\nvalue_schema = {:?}\n",
