@@ -13,6 +13,8 @@
 //! 4. Re-keying CSFLE → fieldcrypt's format → CSFLE through two pipelines, exact.
 //! 5. A field fieldcrypt's policy encrypts but the rule does not select: refused.
 //! 6. aws-kms KEKs against moto, both ways (the Python client's AWS driver).
+//! 7. `encrypt.dek.expiry.days`: a DEK older than the rule allows is followed by
+//!    a new version, which fieldcrypt's ciphertexts name and Python decrypts.
 
 mod common;
 
@@ -618,4 +620,118 @@ fn aws_kms_keks_work_both_ways_against_a_kms_emulator() {
         "/dek-registry/v1/keks/awskek2",
     );
     assert!(kek.contains("aws-kms") && kek.contains(&arn), "{kek}");
+}
+
+/// The versions of a subject's AES256_GCM DEK under kek1, from the DEK Registry.
+fn dek_versions(registry: &Registry, subject: &str) -> Vec<u32> {
+    let (status, body) = http_get(
+        &format!("127.0.0.1:{}", registry.port),
+        &format!("/dek-registry/v1/keks/kek1/deks/{subject}/versions?algorithm=AES256_GCM"),
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The DEK version in the prefix of a Payment's `ssn` ciphertext (Confluent
+/// framing, then id as a zigzag long, then ssn as a base64 string).
+fn ssn_dek_version(payload: &[u8]) -> u32 {
+    use base64::Engine as _;
+    fn varint(b: &[u8], at: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = b[*at];
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    let mut at = 5;
+    varint(payload, &mut at); // id
+    let len = (varint(payload, &mut at) >> 1) as usize;
+    let ct = base64::engine::general_purpose::STANDARD
+        .decode(&payload[at..at + len])
+        .expect("ssn holds base64");
+    assert_eq!(ct[0], 0, "a versioned ciphertext starts with 0x00");
+    u32::from_be_bytes(ct[1..5].try_into().unwrap())
+}
+
+#[test]
+fn an_expired_dek_is_followed_by_a_new_version_that_confluents_client_reads() {
+    setup();
+    let registry = Registry::start_with(&["--dek-age-days", "10"]);
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (bs, reg) = (broker.bootstrap(), registry.url());
+    create_topics(&bs, &[("rot", 1), ("secure.rot", 1), ("dlq.rot", 1)]);
+    // Python writes first to the target with a 3-day expiry: its DEK is stored
+    // 10 days old.
+    let (early, early_want) = records(5, dir.path());
+    produce(
+        &bs,
+        &reg,
+        "secure.rot",
+        &schema(),
+        &early,
+        "kek1",
+        &["--expiry-days", "3"],
+    );
+    let before = dek_versions(&registry, "secure.rot-value");
+    let newest_before = *before.iter().max().expect("Python created a DEK");
+    // Plaintext in, encrypted by fieldcrypt under the same rule.
+    let (file, want) = records(30, dir.path());
+    produce(
+        &bs,
+        &reg,
+        "rot",
+        &schema(),
+        &file,
+        "unused",
+        &["--tags", "NONE"],
+    );
+    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
+    cfg.kafka.group_id = "csfle-rot".into();
+    cfg.schema_registry.url = Some(reg.clone());
+    cfg.routes = vec![RouteConfig {
+        source: "rot".into(),
+        target: "secure.${topic}".into(),
+        format: Format::Confluent,
+        confluent: Some(ConfluentRule {
+            dek_expiry_days: 3,
+            ..rule("AES256_GCM")
+        }),
+        ..Default::default()
+    }];
+    cfg.validate().unwrap();
+    let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
+    let out = consume_py(&bs, &reg, "secure.rot", "35", SECRET, "120");
+    stop.send(()).unwrap();
+    let stats = run.join().unwrap().expect("pipeline stops cleanly");
+    assert_eq!((stats.produced, stats.dead_lettered), (30, 0));
+    // fieldcrypt found the latest DEK expired and created the next version...
+    let after = dek_versions(&registry, "secure.rot-value");
+    let newest = *after.iter().max().unwrap();
+    assert_eq!(
+        newest,
+        newest_before + 1,
+        "before {before:?}, after {after:?}"
+    );
+    // ...and every record it wrote names that version (the topic has one
+    // partition: Python's 5 records come first).
+    let secure = consume(&bs, "secure.rot", 35, Duration::from_secs(30));
+    assert_eq!(secure.len(), 35);
+    for m in &secure[5..] {
+        let payload = rdkafka::Message::payload(m).unwrap();
+        assert_eq!(ssn_dek_version(payload), newest);
+    }
+    // Python's client decrypts both writers' records, old version and new.
+    // (Records of the same id are equal, so the id orders them fully.)
+    let key = |v: &serde_json::Value| v["id"].as_i64();
+    let mut all: Vec<serde_json::Value> = early_want.into_iter().chain(want).collect();
+    all.sort_by_key(key);
+    let mut got = consumed(&out);
+    got.sort_by_key(key);
+    assert_eq!(got, all);
 }

@@ -60,7 +60,8 @@ as Confluent's DekRegistryResource answers it, under /dek-registry/v1:
                                                       that version's Dek
 
 "ts" is the store time in ms (the Python client treats a DEK without one as expired
-on every write when encrypt.dek.expiry.days is set). ?algorithm= is one of
+on every write when encrypt.dek.expiry.days is set); --dek-age-days N stores DEKs
+N days in the past, so a test can see a writer rotate an expired DEK. ?algorithm= is one of
 AES128_GCM, AES256_GCM (the default), AES256_SIV (else 404); ?deleted= is true
 for "true" in any case. Creating a KEK or DEK that exists is 409/40971, as the
 server does (the clients then read it back); ?rewrap=true on a DEK create
@@ -737,7 +738,8 @@ class DekRegistry:
     "version","algorithm","encryptedKeyMaterial","ts","deleted"?}; "ts" is the
     store time in ms and "deleted" only appears (true) on a deleted key."""
 
-    def __init__(self):
+    def __init__(self, dek_age_ms=0):
+        self.dek_age_ms = dek_age_ms
         self.lock = threading.Lock()
         self.keks = {}  # name -> {"name","kmsType","kmsKeyId","kmsProps","doc","shared","deleted","ts"}
         self.deks = {}  # (kek, subject, algorithm, version) -> {... "encryptedKeyMaterial","deleted","ts"}
@@ -907,7 +909,8 @@ class DekRegistry:
             else:
                 raise invalid_key("encryptedKeyMaterial")
             dek = {"kekName": kek_name, "subject": subject, "version": version, "algorithm": algorithm,
-                   "encryptedKeyMaterial": material, "deleted": deleted, "ts": now_ms()}
+                   "encryptedKeyMaterial": material, "deleted": deleted,
+                   "ts": now_ms() - self.dek_age_ms}
             self.deks[key] = dek
             return self._dek_entity(dek)
 
@@ -1122,6 +1125,9 @@ def main(argv=None):
                     help="answer POST /dek-registry/v1/keks/{kek}/deks/{subject} with 405, as "
                          "Schema Registry releases from before mid-2025 do (7.7.4 and older in the 7.7 "
                          "line), so clients use POST .../keks/{kek}/deks")
+    ap.add_argument("--dek-age-days", type=float, default=0,
+                    help="store every new DEK's ts this many days in the past (tests of "
+                         "encrypt.dek.expiry.days rotation)")
     ap.add_argument("--exit-with-parent", action="store_true",
                     help="exit when the parent process goes away (e.g. a pyenv shim killed by a test)")
     args = ap.parse_args(argv)
@@ -1130,7 +1136,7 @@ def main(argv=None):
 
     server = Server((args.host, args.port), Handler)
     server.registry = Registry()
-    server.dek_registry = DekRegistry()
+    server.dek_registry = DekRegistry(int(args.dek_age_days * 86_400_000))
     server.legacy_dek_create = args.legacy_dek_create
     server.basic_auth = args.basic_auth
     port = server.server_address[1]
