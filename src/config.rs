@@ -338,6 +338,15 @@ impl Config {
                 format!("must be from 1 to {MAX_DEPTH_CEILING} (default {DEFAULT_MAX_DEPTH})"),
             ));
         }
+        self.check_keys()?;
+        self.check_schema_settings()?;
+        self.check_kafka()?;
+        self.check_routes()?;
+        self.check_rules()
+    }
+
+    /// Data keys: one KEK per DEK scope, KEK references that resolve, the keyset file, DEK limits.
+    fn check_keys(&self) -> Result<(), ConfigError> {
         let mut scope_keks: HashMap<String, (usize, Option<&str>)> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             let scope = r.dek_scope();
@@ -386,6 +395,11 @@ impl Config {
         if self.dek.cache_capacity == 0 {
             return Err(invalid("dek.cache_capacity", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// Schema rewriting: the blind-index suffix, domain names, index length, tag policies.
+    fn check_schema_settings(&self) -> Result<(), ConfigError> {
         let suffix = &self.schema.blind_index_suffix;
         if suffix.is_empty()
             || !suffix
@@ -423,6 +437,11 @@ impl Config {
         for (tag, p) in &self.tags {
             check_policy(&format!("tags.{tag}"), p)?;
         }
+        Ok(())
+    }
+
+    /// Kafka: the group, the properties fieldcrypt manages itself, exactly-once's needs.
+    fn check_kafka(&self) -> Result<(), ConfigError> {
         if self.kafka.group_id.is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
         }
@@ -460,6 +479,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Routes: their patterns, formats, modes and where their schemas come from.
+    fn check_routes(&self) -> Result<(), ConfigError> {
         crate::kafka::route::Router::new(&self.routes)
             .map_err(|e| invalid("routes", e.to_string()))?;
         for (i, r) in self.routes.iter().enumerate() {
@@ -504,6 +528,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Config rules: a record, field paths and a valid policy each.
+    fn check_rules(&self) -> Result<(), ConfigError> {
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("rules[{i}]");
             if r.record.is_empty() {
