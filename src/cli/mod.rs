@@ -93,49 +93,7 @@ enum Command {
     /// events, or Debezium-style change events for envelope schemas), and with
     /// --verify read the route's target topic at the same time and report missing,
     /// duplicated and unencrypted records and end-to-end latency.
-    Loadgen {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Source topic to produce to (a route's source, for --verify).
-        #[arg(long)]
-        topic: String,
-        /// Avro schema of the records (default: the route's value_schema).
-        #[arg(long)]
-        schema: Option<PathBuf>,
-        /// Records per second (0: as fast as possible).
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Stop after this many records (tombstones included).
-        #[arg(long, conflicts_with = "duration")]
-        count: Option<u64>,
-        /// Stop after this many seconds (default 10 unless --count is given).
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Distinct record keys (and people behind names and e-mails), so
-        /// deterministic encryption and blind indexes see repeats.
-        #[arg(long, default_value_t = 1000)]
-        keys: u64,
-        /// Change events (inserts, updates, deletes with tombstones): auto = when
-        /// the schema is a Debezium-style envelope.
-        #[arg(long, value_enum, default_value_t = CdcChoice::Auto)]
-        cdc: CdcChoice,
-        /// Random seed (same seed, same keys, operations and values; timestamps
-        /// are the clock's).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Read the route's target topic while producing and check every record.
-        #[arg(long)]
-        verify: bool,
-        /// Seconds the verifier waits for missing records after producing ends.
-        #[arg(long, default_value_t = 60.0)]
-        verify_timeout: f64,
-        /// Write the summary as JSON to this file.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Run id carried in each record's header (default: random).
-        #[arg(long)]
-        run_id: Option<String>,
-    },
+    Loadgen(LoadgenArgs),
     /// Verify a finished load run: read the route's target topic from the
     /// beginning and report missing, duplicated and unencrypted records of the run.
     Check {
@@ -272,7 +230,7 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Run { .. }
             | Command::Forward { .. }
-            | Command::Loadgen { .. }
+            | Command::Loadgen(_)
             | Command::Check { .. }
             | Command::EncryptFile { .. }
             | Command::DecryptFile { .. }
@@ -361,79 +319,22 @@ async fn run(cmd: Command) -> Result<()> {
             schema,
             schema_paths,
             output_schema,
-        } => {
-            let cfg = load_config(config.as_deref())?;
-            let json = read_schema_with(&schema, &references(&cfg, &schema_paths)?)?;
-            let plan = fieldcrypt::schema::plan::EncryptPlan::build(
-                &json,
-                &schema.display().to_string(),
-                &cfg.plan_config(),
-            )?;
-            print!("{}", plan.table());
-            let det = sorted(plan.deterministic_domains());
-            let idx = sorted(plan.index_domains());
-            if !det.is_empty() || !idx.is_empty() {
-                println!(
-                    "\nkeys needed: deterministic [{}], blind-index [{}]",
-                    det.join(", "),
-                    idx.join(", ")
-                );
-            }
-            if let Some(out) = output_schema {
-                let text = serde_json::to_string_pretty(&plan.output_json)? + "\n";
-                std::fs::write(&out, text)
-                    .with_context(|| format!("cannot write {}", out.display()))?;
-                println!("output schema written to {}", out.display());
-            }
-            Ok(())
-        }
+        } => plan(
+            config.as_deref(),
+            &schema,
+            &schema_paths,
+            output_schema.as_deref(),
+        ),
         Command::EncryptFile {
             config,
             input,
             output,
-        } => {
-            stop_file_commands_on_signal();
-            let engine = Engine::start(load_config(config.as_deref())?).await?;
-            let bar = ProgressView::new(&input);
-            let report = encrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
-            bar.finish();
-            let report = report?;
-            eprintln!(
-                "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
-                 with {} data key(s) in {:.2}s ({:.0} records/s) -> {}",
-                report.records,
-                report.fields.randomized,
-                report.fields.deterministic,
-                report.fields.indexes,
-                report.fields.nulls,
-                report.deks,
-                report.elapsed.as_secs_f64(),
-                report.records_per_sec(),
-                output.display()
-            );
-            Ok(())
-        }
+        } => encrypt_file_cmd(config.as_deref(), &input, &output).await,
         Command::DecryptFile {
             config,
             input,
             output,
-        } => {
-            stop_file_commands_on_signal();
-            let engine = Engine::start(load_config(config.as_deref())?).await?;
-            let bar = ProgressView::new(&input);
-            let report = decrypt_file(&engine, &input, &output, &mut |b, r| bar.update(b, r)).await;
-            bar.finish();
-            let report = report?;
-            eprintln!(
-                "decrypted {} records ({} fields) in {:.2}s ({:.0} records/s) -> {}",
-                report.records,
-                report.fields.randomized + report.fields.deterministic,
-                report.elapsed.as_secs_f64(),
-                report.records_per_sec(),
-                output.display()
-            );
-            Ok(())
-        }
+        } => decrypt_file_cmd(config.as_deref(), &input, &output).await,
         Command::Run { config } => {
             let cfg = load_config(config.as_deref())?;
             if cfg.routes.is_empty() {
@@ -457,56 +358,7 @@ async fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Loadgen {
-            config,
-            topic,
-            schema,
-            rate,
-            count,
-            duration,
-            keys,
-            cdc,
-            seed,
-            verify,
-            verify_timeout,
-            report,
-            run_id,
-        } => {
-            let cfg = load_config(config.as_deref())?;
-            let limit = match (count, duration) {
-                (Some(n), _) => Limit::Count(n),
-                (None, d) => Limit::Duration(seconds("--duration", d.unwrap_or(10.0))?),
-            };
-            if !(rate.is_finite() && (rate == 0.0 || (0.001..=1e8).contains(&rate))) {
-                bail!(
-                    "--rate must be 0 (as fast as possible) or from 0.001 to 100000000 records per second (got {rate})"
-                );
-            }
-            if keys == 0 {
-                bail!("--keys must be at least 1");
-            }
-            let spec = LoadSpec {
-                topic,
-                schema,
-                rate,
-                limit,
-                keys,
-                cdc: match cdc {
-                    CdcChoice::Auto => None,
-                    CdcChoice::On => Some(true),
-                    CdcChoice::Off => Some(false),
-                },
-                seed,
-                verify,
-                verify_timeout: seconds("--verify-timeout", verify_timeout)?,
-                run_id: run_id.unwrap_or_else(loadgen::new_run_id),
-            };
-            eprintln!("loadgen: run {} to {}", spec.run_id, spec.topic);
-            let live = Arc::new(loadgen::Live::default());
-            let work = loadgen::run(&cfg, &spec, live.clone());
-            let r = with_progress(live, true, verify, work).await?;
-            finish_report(&r, report.as_deref())
-        }
+        Command::Loadgen(args) => loadgen_cmd(args).await,
         Command::Check {
             config,
             topic,
@@ -560,6 +412,180 @@ async fn run(cmd: Command) -> Result<()> {
             seconds,
         } => bench(config.as_deref(), &schema, records, rounds, seconds).await,
     }
+}
+
+/// `fieldcrypt loadgen`'s options.
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Source topic to produce to (a route's source, for --verify).
+    #[arg(long)]
+    topic: String,
+    /// Avro schema of the records (default: the route's value_schema).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Records per second (0: as fast as possible).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Stop after this many records (tombstones included).
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Stop after this many seconds (default 10 unless --count is given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Distinct record keys (and people behind names and e-mails), so
+    /// deterministic encryption and blind indexes see repeats.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Change events (inserts, updates, deletes with tombstones): auto = when
+    /// the schema is a Debezium-style envelope.
+    #[arg(long, value_enum, default_value_t = CdcChoice::Auto)]
+    cdc: CdcChoice,
+    /// Random seed (same seed, same keys, operations and values; timestamps
+    /// are the clock's).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Read the route's target topic while producing and check every record.
+    #[arg(long)]
+    verify: bool,
+    /// Seconds the verifier waits for missing records after producing ends.
+    #[arg(long, default_value_t = 60.0)]
+    verify_timeout: f64,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Run id carried in each record's header (default: random).
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+/// `fieldcrypt plan`: what a schema's records become, and the keys they need.
+fn plan(
+    config: Option<&Path>,
+    schema: &Path,
+    schema_paths: &[PathBuf],
+    output_schema: Option<&Path>,
+) -> Result<()> {
+    let cfg = load_config(config)?;
+    let json = read_schema_with(schema, &references(&cfg, schema_paths)?)?;
+    let plan = fieldcrypt::schema::plan::EncryptPlan::build(
+        &json,
+        &schema.display().to_string(),
+        &cfg.plan_config(),
+    )?;
+    print!("{}", plan.table());
+    let det = sorted(plan.deterministic_domains());
+    let idx = sorted(plan.index_domains());
+    if !det.is_empty() || !idx.is_empty() {
+        println!(
+            "\nkeys needed: deterministic [{}], blind-index [{}]",
+            det.join(", "),
+            idx.join(", ")
+        );
+    }
+    if let Some(out) = output_schema {
+        let text = serde_json::to_string_pretty(&plan.output_json)? + "\n";
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("output schema written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `fieldcrypt encrypt-file`: an Avro container file, encrypted, with a progress view.
+async fn encrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
+    stop_file_commands_on_signal();
+    let engine = Engine::start(load_config(config)?).await?;
+    let bar = ProgressView::new(&input);
+    let report = encrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
+    bar.finish();
+    let report = report?;
+    eprintln!(
+        "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
+         with {} data key(s) in {:.2}s ({:.0} records/s) -> {}",
+        report.records,
+        report.fields.randomized,
+        report.fields.deterministic,
+        report.fields.indexes,
+        report.fields.nulls,
+        report.deks,
+        report.elapsed.as_secs_f64(),
+        report.records_per_sec(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// `fieldcrypt decrypt-file`: the reverse of `encrypt-file`.
+async fn decrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
+    stop_file_commands_on_signal();
+    let engine = Engine::start(load_config(config)?).await?;
+    let bar = ProgressView::new(&input);
+    let report = decrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
+    bar.finish();
+    let report = report?;
+    eprintln!(
+        "decrypted {} records ({} fields) in {:.2}s ({:.0} records/s) -> {}",
+        report.records,
+        report.fields.randomized + report.fields.deterministic,
+        report.elapsed.as_secs_f64(),
+        report.records_per_sec(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// `fieldcrypt loadgen`: produce (and with --verify check) a load run.
+async fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
+    let LoadgenArgs {
+        config,
+        topic,
+        schema,
+        rate,
+        count,
+        duration,
+        keys,
+        cdc,
+        seed,
+        verify,
+        verify_timeout,
+        report,
+        run_id,
+    } = a;
+    let cfg = load_config(config.as_deref())?;
+    let limit = match (count, duration) {
+        (Some(n), _) => Limit::Count(n),
+        (None, d) => Limit::Duration(seconds("--duration", d.unwrap_or(10.0))?),
+    };
+    if !(rate.is_finite() && (rate == 0.0 || (0.001..=1e8).contains(&rate))) {
+        bail!(
+            "--rate must be 0 (as fast as possible) or from 0.001 to 100000000 records per second (got {rate})"
+        );
+    }
+    if keys == 0 {
+        bail!("--keys must be at least 1");
+    }
+    let spec = LoadSpec {
+        topic,
+        schema,
+        rate,
+        limit,
+        keys,
+        cdc: match cdc {
+            CdcChoice::Auto => None,
+            CdcChoice::On => Some(true),
+            CdcChoice::Off => Some(false),
+        },
+        seed,
+        verify,
+        verify_timeout: seconds("--verify-timeout", verify_timeout)?,
+        run_id: run_id.unwrap_or_else(loadgen::new_run_id),
+    };
+    eprintln!("loadgen: run {} to {}", spec.run_id, spec.topic);
+    let live = Arc::new(loadgen::Live::default());
+    let work = loadgen::run(&cfg, &spec, live.clone());
+    let r = with_progress(live, true, verify, work).await?;
+    finish_report(&r, report.as_deref())
 }
 
 fn seconds(flag: &str, s: f64) -> Result<Duration> {
