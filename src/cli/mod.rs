@@ -496,7 +496,7 @@ fn plan(
 async fn encrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
     stop_file_commands_on_signal();
     let engine = Engine::start(load_config(config)?).await?;
-    let bar = ProgressView::new(&input);
+    let bar = ProgressView::new(input);
     let report = encrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
     bar.finish();
     let report = report?;
@@ -520,7 +520,7 @@ async fn encrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) ->
 async fn decrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
     stop_file_commands_on_signal();
     let engine = Engine::start(load_config(config)?).await?;
-    let bar = ProgressView::new(&input);
+    let bar = ProgressView::new(input);
     let report = decrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
     bar.finish();
     let report = report?;
