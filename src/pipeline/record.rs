@@ -161,6 +161,15 @@ struct Framed {
 /// A schema id refused for good (ids never change): code and message.
 type Refused = (Code, String);
 
+/// A Confluent-format codec for a writer schema, with the rule set and the schema
+/// its output is registered with.
+type CsfleChoice = (Codec, Option<Arc<Json>>, Json);
+
+/// A writer schema refused by policy, named by its label.
+fn policy_error(label: &str, m: impl std::fmt::Display) -> Refused {
+    (Code::PolicyError, format!("{label}: {m}"))
+}
+
 /// (schema id → target topic → codec, or why the schema is refused), for keys or
 /// values of one route.
 type FramedCache = Mutex<HashMap<u32, HashMap<String, Result<Arc<Framed>, Refused>>>>;
@@ -791,149 +800,29 @@ impl Transformer {
         let Some(reg) = &self.registry else {
             return Ok(None);
         };
-        let max_depth = self.engine.config().schema.max_depth;
         let md = schema.metadata.as_ref();
-        let refuse = |m: String| -> Step<Option<Arc<Framed>>> {
-            let refused: Refused = (Code::PolicyError, format!("{label}: {m}"));
-            refuse_for_good(cache, id, target, refused)
-        };
-        // The writer schema's own ENCRYPT rules (Confluent's format coming in).
-        let writer_plan =
-            || CsflePlan::build(&schema.json, schema.rule_set.as_ref(), md, label, max_depth);
         let writer_rules = match crate::csfle::rules::encrypt_rules(schema.rule_set.as_ref(), md) {
             Ok(r) => !r.is_empty(),
-            Err(m) if !is_key && self.mode == PipelineMode::Decrypt => return refuse(m),
+            Err(m) if !is_key && self.mode == PipelineMode::Decrypt => {
+                return refuse_for_good(cache, id, target, policy_error(label, m));
+            }
             Err(_) => false,
         };
-        let (codec, out_rules, out_json) = match (self.mode, &rc.confluent) {
+        let chosen = match (self.mode, &rc.confluent) {
             (PipelineMode::Encrypt, Some(rules)) if !is_key => {
-                // fieldcrypt's own format in: decrypt it first (re-keying).
-                let from =
-                    if !writer_rules && crate::schema::plan::is_encrypted_schema(&schema.json) {
-                        match self.engine.decryptor(&schema.json, label) {
-                            Ok(d) => Some(d),
-                            Err(e) => return refuse(e.to_string()),
-                        }
-                    } else {
-                        None
-                    };
-                let base = from
-                    .as_ref()
-                    .map_or_else(|| schema.json.clone(), |d| d.plan().original_json.clone());
-                let mut plan = match CsflePlan::build(&base, Some(rules), md, label, max_depth) {
-                    Ok(p) => p,
-                    Err(m) => return refuse(m),
-                };
-                // What fieldcrypt's own policy (markings, tags, rules) would
-                // encrypt must be encrypted here too, or it would go out in clear.
-                let ours = match self.engine.encrypt_plan(&base, label) {
-                    Ok(p) => p,
-                    Err(e) => return refuse(e.to_string()),
-                };
-                let unselected: Vec<String> = ours
-                    .floor()
-                    .into_keys()
-                    .filter(|ctx| !plan.selected.iter().any(|(n, _)| n == ctx))
-                    .collect();
-                if !unselected.is_empty() {
-                    return refuse(format!(
-                        "fieldcrypt's policy encrypts {} but the route's Confluent rule does not select it (tag the field with one of the rule's tags): it would go out in clear",
-                        unselected.join(", ")
-                    ));
-                }
-                if let Some(missing) = required_in_clear(&rc.require, &plan) {
-                    let refused: Refused = (
-                        Code::PolicyDowngrade,
-                        format!("{label} leaves in clear what the route requires: {missing}"),
-                    );
-                    return refuse_for_good(cache, id, target, refused);
-                }
-                // Blind indexes fieldcrypt's policy puts on these fields are
-                // written as extra bytes fields, which Confluent's clients read
-                // as they are.
-                let out = match self
-                    .engine
-                    .encryptor(&base, label)
-                    .map_err(|e| e.to_string())
-                    .and_then(|enc| plan.with_indexes(&enc, &base))
-                {
-                    Ok(o) => o,
-                    Err(m) => return refuse(m),
-                };
-                let subject: Arc<str> = self.strategy.subject(target, false, &base).into();
-                let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
-                let codec = match from {
-                    Some(dec) => Codec::FieldcryptToCsfle(dec, csfle, subject),
-                    None => Codec::CsfleEncrypt(csfle, subject),
-                };
-                (codec, Some(rules.clone()), out)
+                self.csfle_out(rc, schema, label, target, rules, writer_rules)
             }
             (PipelineMode::Encrypt, None) if !is_key && writer_rules => {
-                // Confluent's format in, fieldcrypt's out (re-keying): every field
-                // the ENCRYPT rules protect must be one fieldcrypt encrypts too.
-                let plan = match writer_plan() {
-                    Ok(p) => p,
-                    Err(m) => return refuse(m),
-                };
-                let enc = match self.engine.encryptor(&schema.json, label) {
-                    Ok(e) => e,
-                    Err(e) => return refuse(e.to_string()),
-                };
-                let floor = enc.plan().floor();
-                let exposed: Vec<&str> = plan
-                    .selected
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .filter(|n| !floor.contains_key(*n))
-                    .collect();
-                if !exposed.is_empty() {
-                    return refuse(format!(
-                        "re-keying from Confluent's format would leave {} in clear: fieldcrypt's policy does not encrypt it (map its tag in [tags], or mark it sensitive)",
-                        exposed.join(", ")
-                    ));
-                }
-                let subject = self.strategy.subject(source, false, &schema.json);
-                // The same floor as fieldcrypt's own encrypting path.
-                let below = self.below_floor(rc, reg, &subject, &enc, false).await?;
-                if !below.is_empty() {
-                    let refused: Refused = (
-                        Code::PolicyDowngrade,
-                        format!(
-                            "{label} leaves in clear what the route requires or an earlier version of subject {subject} encrypts: {}",
-                            below.join(", ")
-                        ),
-                    );
-                    return refuse_for_good(cache, id, target, refused);
-                }
-                let out = enc.plan().output_json.clone();
-                (
-                    Codec::CsfleToFieldcrypt(
-                        Arc::new(CsfleCodec::new(Arc::new(plan))),
-                        subject.into(),
-                        Arc::default(),
-                        enc,
-                    ),
-                    None,
-                    out,
-                )
+                self.csfle_rekey_in(rc, reg, schema, label, source).await?
             }
             (PipelineMode::Decrypt, _) if !is_key && writer_rules => {
-                let plan = match writer_plan() {
-                    Ok(p) => p,
-                    Err(m) => return refuse(m),
-                };
-                let subject = self.strategy.subject(source, false, &schema.json);
-                (
-                    Codec::CsfleDecrypt(
-                        Arc::new(CsfleCodec::new(Arc::new(plan))),
-                        subject.into(),
-                        Arc::default(),
-                    ),
-                    None,
-                    schema.json.clone(),
-                )
+                self.csfle_decrypt_in(schema, label, source)
             }
             _ => return Ok(None),
+        };
+        let (codec, out_rules, out_json) = match chosen {
+            Ok(c) => c,
+            Err(refused) => return refuse_for_good(cache, id, target, refused),
         };
         let subject = self.strategy.subject(target, is_key, &out_json);
         let out_id = reg
@@ -955,6 +844,155 @@ impl Transformer {
         let f = Arc::new(Framed { codec, out_id });
         remember(cache, id, target, Ok(f.clone()));
         Ok(Some(f))
+    }
+
+    /// The writer schema's own ENCRYPT rules as a plan (Confluent's format in).
+    fn writer_plan(
+        &self,
+        schema: &crate::registry::RegisteredSchema,
+        label: &str,
+    ) -> Result<CsflePlan, Refused> {
+        CsflePlan::build(
+            &schema.json,
+            schema.rule_set.as_ref(),
+            schema.metadata.as_ref(),
+            label,
+            self.engine.config().schema.max_depth,
+        )
+        .map_err(|m| policy_error(label, m))
+    }
+
+    /// Encrypting into Confluent's format with the route's `rules`: plaintext in,
+    /// or fieldcrypt's own format in (decrypted first: re-keying). Refused when
+    /// fieldcrypt's policy or the route's `require` wants a field the rules leave
+    /// in clear.
+    fn csfle_out(
+        &self,
+        rc: &RouteCodecs,
+        schema: &crate::registry::RegisteredSchema,
+        label: &str,
+        target: &str,
+        rules: &Arc<Json>,
+        writer_rules: bool,
+    ) -> Result<CsfleChoice, Refused> {
+        let from = if !writer_rules && crate::schema::plan::is_encrypted_schema(&schema.json) {
+            let dec = self
+                .engine
+                .decryptor(&schema.json, label)
+                .map_err(|e| policy_error(label, e.to_string()))?;
+            Some(dec)
+        } else {
+            None
+        };
+        let base = from
+            .as_ref()
+            .map_or_else(|| schema.json.clone(), |d| d.plan().original_json.clone());
+        let max_depth = self.engine.config().schema.max_depth;
+        let md = schema.metadata.as_ref();
+        let mut plan = CsflePlan::build(&base, Some(rules), md, label, max_depth)
+            .map_err(|m| policy_error(label, m))?;
+        // What fieldcrypt's own policy (markings, tags, rules) would encrypt must
+        // be encrypted here too, or it would go out in clear.
+        let ours = self
+            .engine
+            .encrypt_plan(&base, label)
+            .map_err(|e| policy_error(label, e.to_string()))?;
+        let unselected: Vec<String> = ours
+            .floor()
+            .into_keys()
+            .filter(|ctx| !plan.selected.iter().any(|(n, _)| n == ctx))
+            .collect();
+        if !unselected.is_empty() {
+            return Err(policy_error(label, format!(
+                "fieldcrypt's policy encrypts {} but the route's Confluent rule does not select it (tag the field with one of the rule's tags): it would go out in clear",
+                unselected.join(", ")
+            )));
+        }
+        if let Some(missing) = required_in_clear(&rc.require, &plan) {
+            return Err((
+                Code::PolicyDowngrade,
+                format!("{label} leaves in clear what the route requires: {missing}"),
+            ));
+        }
+        // Blind indexes fieldcrypt's policy puts on these fields are written as
+        // extra bytes fields, which Confluent's clients read as they are.
+        let out = self
+            .engine
+            .encryptor(&base, label)
+            .map_err(|e| e.to_string())
+            .and_then(|enc| plan.with_indexes(&enc, &base))
+            .map_err(|m| policy_error(label, m))?;
+        let subject: Arc<str> = self.strategy.subject(target, false, &base).into();
+        let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
+        let codec = match from {
+            Some(dec) => Codec::FieldcryptToCsfle(dec, csfle, subject),
+            None => Codec::CsfleEncrypt(csfle, subject),
+        };
+        Ok((codec, Some(rules.clone()), out))
+    }
+
+    /// Confluent's format in, fieldcrypt's out (re-keying): every field the ENCRYPT
+    /// rules protect must be one fieldcrypt encrypts too, and the route's floor
+    /// holds as on fieldcrypt's own encrypting path.
+    async fn csfle_rekey_in(
+        &self,
+        rc: &RouteCodecs,
+        reg: &SchemaRegistry,
+        schema: &crate::registry::RegisteredSchema,
+        label: &str,
+        source: &str,
+    ) -> Step<Result<CsfleChoice, Refused>> {
+        let plan = match self.writer_plan(schema, label) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        let enc = match self.engine.encryptor(&schema.json, label) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(policy_error(label, e.to_string()))),
+        };
+        let floor = enc.plan().floor();
+        let exposed: Vec<&str> = plan
+            .selected
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !floor.contains_key(*n))
+            .collect();
+        if !exposed.is_empty() {
+            return Ok(Err(policy_error(label, format!(
+                "re-keying from Confluent's format would leave {} in clear: fieldcrypt's policy does not encrypt it (map its tag in [tags], or mark it sensitive)",
+                exposed.join(", ")
+            ))));
+        }
+        let subject = self.strategy.subject(source, false, &schema.json);
+        let below = self.below_floor(rc, reg, &subject, &enc, false).await?;
+        if !below.is_empty() {
+            return Ok(Err((
+                Code::PolicyDowngrade,
+                format!(
+                    "{label} leaves in clear what the route requires or an earlier version of subject {subject} encrypts: {}",
+                    below.join(", ")
+                ),
+            )));
+        }
+        let out = enc.plan().output_json.clone();
+        let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
+        let codec = Codec::CsfleToFieldcrypt(csfle, subject.into(), Arc::default(), enc);
+        Ok(Ok((codec, None, out)))
+    }
+
+    /// Decrypting Confluent's format: the writer's rules say what to decrypt; the
+    /// output schema is the writer's (Confluent's format keeps field types).
+    fn csfle_decrypt_in(
+        &self,
+        schema: &crate::registry::RegisteredSchema,
+        label: &str,
+        source: &str,
+    ) -> Result<CsfleChoice, Refused> {
+        let plan = self.writer_plan(schema, label)?;
+        let subject = self.strategy.subject(source, false, &schema.json);
+        let csfle = Arc::new(CsfleCodec::new(Arc::new(plan)));
+        let codec = Codec::CsfleDecrypt(csfle, subject.into(), Arc::default());
+        Ok((codec, None, schema.json.clone()))
     }
 
     /// The fields the writer schema `enc` leaves in clear that the route's
