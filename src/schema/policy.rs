@@ -181,21 +181,47 @@ pub fn select(
     schema: &str,
     cfg: &SelectionConfig,
 ) -> Result<Selection, SchemaError> {
-    let mut sel = Selection::new();
-    let perr = |path: String, msg: String| SchemaError::Policy {
-        schema: schema.to_string(),
-        path,
-        msg,
+    let mut s = Selector {
+        tree,
+        schema,
+        cfg,
+        sel: Selection::new(),
     };
-    let put = |sel: &mut Selection,
-               key: (NodeId, usize),
-               policy: FieldPolicy,
-               source: Source,
-               path: String|
-     -> Result<(), SchemaError> {
-        if let Some(prev) = sel.get(&key) {
+    s.field_markings()?;
+    s.named_type_markings()?;
+    s.config_rules()?;
+    Ok(s.sel)
+}
+
+/// What [`select`] has chosen so far, and what it reads.
+struct Selector<'a> {
+    tree: &'a SchemaTree,
+    schema: &'a str,
+    cfg: &'a SelectionConfig,
+    sel: Selection,
+}
+
+impl Selector<'_> {
+    fn perr(&self, path: String, msg: String) -> SchemaError {
+        SchemaError::Policy {
+            schema: self.schema.to_string(),
+            path,
+            msg,
+        }
+    }
+
+    /// Selects field `key` with `policy`; a second, different policy for the same
+    /// field is a conflict the user must resolve.
+    fn put(
+        &mut self,
+        key: (NodeId, usize),
+        policy: FieldPolicy,
+        source: Source,
+        path: String,
+    ) -> Result<(), SchemaError> {
+        if let Some(prev) = self.sel.get(&key) {
             if prev.policy != policy {
-                return Err(perr(
+                return Err(self.perr(
                     path,
                     format!(
                         "conflicting policies: {} says {}, {} says {}; make them agree or remove one",
@@ -208,183 +234,191 @@ pub fn select(
             }
             return Ok(());
         }
-        sel.insert(key, Selected { policy, source });
+        self.sel.insert(key, Selected { policy, source });
         Ok(())
-    };
+    }
 
-    for (id, node) in tree.nodes.iter().enumerate() {
-        let Node::Record(r) = node else { continue };
-        for (i, f) in r.fields.iter().enumerate() {
-            let path = format!("{}.{}", r.fullname, f.name);
-            if f.json.contains_key("fieldcrypt") {
-                return Err(perr(
-                    path,
-                    "the schema is already encrypted by fieldcrypt (the field carries a \
-                     \"fieldcrypt\" attribute); decrypt it first"
-                        .into(),
-                ));
-            }
-            if let Some(v) = f.json.get("sensitive") {
-                if let Some(spec) = attribute_policy(v).map_err(|m| perr(path.clone(), m))? {
-                    if spec.domain.is_some() && spec.mode != Some(Mode::Deterministic) {
-                        return Err(perr(
-                            path,
-                            "\"domain\" names a deterministic key but the mode is not \"deterministic\"; \
-                             add \"mode\": \"deterministic\" or remove the domain"
-                                .into(),
-                        ));
-                    }
-                    put(
-                        &mut sel,
-                        (id, i),
-                        resolve(&spec, cfg),
-                        Source::Attribute,
-                        path.clone(),
-                    )?;
+    /// `"sensitive"` and `"confluent:tags"` on field objects and on their
+    /// unnamed type objects.
+    fn field_markings(&mut self) -> Result<(), SchemaError> {
+        let (tree, cfg) = (self.tree, self.cfg);
+        for (id, node) in tree.nodes.iter().enumerate() {
+            let Node::Record(r) = node else { continue };
+            for (i, f) in r.fields.iter().enumerate() {
+                let path = format!("{}.{}", r.fullname, f.name);
+                if f.json.contains_key("fieldcrypt") {
+                    return Err(self.perr(
+                        path,
+                        "the schema is already encrypted by fieldcrypt (the field carries a \
+                         \"fieldcrypt\" attribute); decrypt it first"
+                            .into(),
+                    ));
                 }
-            }
-            if let Some(tags) = f.json.get("confluent:tags") {
-                let tags = tags.as_array().ok_or_else(|| {
-                    perr(
-                        path.clone(),
-                        "\"confluent:tags\" must be an array of strings".into(),
-                    )
-                })?;
-                for t in tags {
-                    let t = t.as_str().ok_or_else(|| {
-                        perr(
-                            path.clone(),
-                            "\"confluent:tags\" must be an array of strings".into(),
-                        )
-                    })?;
-                    if let Some(spec) = cfg.tags.get(t) {
-                        put(
-                            &mut sel,
+                if let Some(v) = f.json.get("sensitive") {
+                    if let Some(spec) =
+                        attribute_policy(v).map_err(|m| self.perr(path.clone(), m))?
+                    {
+                        if spec.domain.is_some() && spec.mode != Some(Mode::Deterministic) {
+                            return Err(self.perr(
+                                path,
+                                "\"domain\" names a deterministic key but the mode is not \"deterministic\"; \
+                                 add \"mode\": \"deterministic\" or remove the domain"
+                                    .into(),
+                            ));
+                        }
+                        self.put(
                             (id, i),
-                            resolve(spec, cfg),
-                            Source::Tag(t.into()),
+                            resolve(&spec, cfg),
+                            Source::Attribute,
                             path.clone(),
                         )?;
                     }
                 }
-            }
-            // Markings on the field's own (unnamed) type objects, where Kafka Connect
-            // and Debezium put their parameters: they mean the field.
-            if let Some(ty) = f.json.get("type") {
-                let mut found = Vec::new();
-                anonymous_markings(ty, &mut found);
-                for m in found {
-                    for (spec, source) in
-                        marking_policies(m, cfg, None).map_err(|e| perr(path.clone(), e))?
-                    {
-                        put(&mut sel, (id, i), resolve(&spec, cfg), source, path.clone())?;
+                if let Some(tags) = f.json.get("confluent:tags") {
+                    let tags = tags.as_array().ok_or_else(|| {
+                        self.perr(
+                            path.clone(),
+                            "\"confluent:tags\" must be an array of strings".into(),
+                        )
+                    })?;
+                    for t in tags {
+                        let t = t.as_str().ok_or_else(|| {
+                            self.perr(
+                                path.clone(),
+                                "\"confluent:tags\" must be an array of strings".into(),
+                            )
+                        })?;
+                        if let Some(spec) = cfg.tags.get(t) {
+                            self.put(
+                                (id, i),
+                                resolve(spec, cfg),
+                                Source::Tag(t.into()),
+                                path.clone(),
+                            )?;
+                        }
+                    }
+                }
+                // Markings on the field's own (unnamed) type objects, where Kafka Connect
+                // and Debezium put their parameters: they mean the field.
+                if let Some(ty) = f.json.get("type") {
+                    let mut found = Vec::new();
+                    anonymous_markings(ty, &mut found);
+                    for m in found {
+                        for (spec, source) in marking_policies(m, cfg, None)
+                            .map_err(|e| self.perr(path.clone(), e))?
+                        {
+                            self.put((id, i), resolve(&spec, cfg), source, path.clone())?;
+                        }
                     }
                 }
             }
         }
+        Ok(())
     }
 
-    // Markings on named types mean the one field that uses the type; a type used
-    // by several fields (or the top-level record) is ambiguous and refused.
-    for (name, marks) in named_markings(tree) {
-        let Some(&node) = tree.names.get(&name) else {
-            continue;
-        };
-        let users = fields_using(tree, node);
-        let names: Vec<String> = users
-            .iter()
-            .map(|&(r, i)| {
-                let rec = tree
-                    .record(r)
-                    .map(|x| x.fullname.clone())
-                    .unwrap_or_default();
-                let f = tree
-                    .record(r)
-                    .map(|x| x.fields[i].name.clone())
-                    .unwrap_or_default();
-                format!("{rec}.{f}")
-            })
-            .collect();
-        if node == tree.root || users.len() != 1 {
-            let msg = if node == tree.root {
-                "the marking is on the schema's top-level type, which no field holds; mark its \
-                 fields instead (\"sensitive\" on each field object)"
-                    .to_string()
-            } else if users.is_empty() {
-                "the marked type is not the type of any field, so the marking would protect \
-                 nothing; move it to the fields that need it"
-                    .to_string()
-            } else {
-                format!(
-                    "the marking on named type {name} is ambiguous: the type is used by {} fields \
-                     ({}), and each would be encrypted whole; put the marking on each field object \
-                     that should be encrypted instead, and remove it from the type",
-                    names.len(),
-                    names.join(", ")
-                )
+    /// Markings on named types.
+    fn named_type_markings(&mut self) -> Result<(), SchemaError> {
+        let (tree, cfg) = (self.tree, self.cfg);
+        // Markings on named types mean the one field that uses the type; a type used
+        // by several fields (or the top-level record) is ambiguous and refused.
+        for (name, marks) in named_markings(tree) {
+            let Some(&node) = tree.names.get(&name) else {
+                continue;
             };
-            return Err(perr(name.clone(), msg));
-        }
-        for m in marks {
-            for (spec, source) in
-                marking_policies(&m, cfg, Some(&name)).map_err(|e| perr(names[0].clone(), e))?
-            {
-                put(
-                    &mut sel,
-                    users[0],
-                    resolve(&spec, cfg),
-                    source,
-                    names[0].clone(),
-                )?;
+            let users = fields_using(tree, node);
+            let names: Vec<String> = users
+                .iter()
+                .map(|&(r, i)| {
+                    let rec = tree
+                        .record(r)
+                        .map(|x| x.fullname.clone())
+                        .unwrap_or_default();
+                    let f = tree
+                        .record(r)
+                        .map(|x| x.fields[i].name.clone())
+                        .unwrap_or_default();
+                    format!("{rec}.{f}")
+                })
+                .collect();
+            if node == tree.root || users.len() != 1 {
+                let msg = if node == tree.root {
+                    "the marking is on the schema's top-level type, which no field holds; mark its \
+                     fields instead (\"sensitive\" on each field object)"
+                        .to_string()
+                } else if users.is_empty() {
+                    "the marked type is not the type of any field, so the marking would protect \
+                     nothing; move it to the fields that need it"
+                        .to_string()
+                } else {
+                    format!(
+                        "the marking on named type {name} is ambiguous: the type is used by {} fields \
+                         ({}), and each would be encrypted whole; put the marking on each field object \
+                         that should be encrypted instead, and remove it from the type",
+                        names.len(),
+                        names.join(", ")
+                    )
+                };
+                return Err(self.perr(name.clone(), msg));
+            }
+            for m in marks {
+                for (spec, source) in marking_policies(&m, cfg, Some(&name))
+                    .map_err(|e| self.perr(names[0].clone(), e))?
+                {
+                    self.put(users[0], resolve(&spec, cfg), source, names[0].clone())?;
+                }
             }
         }
+        Ok(())
     }
 
-    for (ri, rule) in cfg.rules.iter().enumerate() {
-        let Some(&start) = tree.names.get(&rule.record) else {
-            if cfg.unmatched_rules == Unmatched::Error {
-                let mut records: Vec<&str> = tree
-                    .nodes
-                    .iter()
-                    .filter_map(|n| match n {
-                        Node::Record(r) => Some(r.fullname.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                records.sort_unstable();
-                return Err(SchemaError::Other {
-                    schema: schema.into(),
-                    msg: format!(
-                        "rule #{} names record \"{}\", which this schema does not contain \
-                         (records here: {}); fix the name, or set schema.unmatched_rules = \"ignore\" \
-                         if the config serves several schemas",
-                        ri + 1,
-                        rule.record,
-                        records.join(", ")
-                    ),
-                });
-            }
-            continue;
-        };
-        for fpath in &rule.fields {
-            let keys = resolve_path(tree, start, fpath).map_err(|m| {
-                perr(
-                    format!("{}.{}", rule.record, fpath),
-                    format!("rule #{}: {m}", ri + 1),
-                )
-            })?;
-            for key in keys {
-                put(
-                    &mut sel,
-                    key,
-                    resolve(&rule.policy(), cfg),
-                    Source::Rule(ri),
-                    format!("{}.{}", rule.record, fpath),
-                )?;
+    /// The config's `[[rules]]`.
+    fn config_rules(&mut self) -> Result<(), SchemaError> {
+        let (tree, cfg, schema) = (self.tree, self.cfg, self.schema);
+        for (ri, rule) in cfg.rules.iter().enumerate() {
+            let Some(&start) = tree.names.get(&rule.record) else {
+                if cfg.unmatched_rules == Unmatched::Error {
+                    let mut records: Vec<&str> = tree
+                        .nodes
+                        .iter()
+                        .filter_map(|n| match n {
+                            Node::Record(r) => Some(r.fullname.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    records.sort_unstable();
+                    return Err(SchemaError::Other {
+                        schema: schema.into(),
+                        msg: format!(
+                            "rule #{} names record \"{}\", which this schema does not contain \
+                             (records here: {}); fix the name, or set schema.unmatched_rules = \"ignore\" \
+                             if the config serves several schemas",
+                            ri + 1,
+                            rule.record,
+                            records.join(", ")
+                        ),
+                    });
+                }
+                continue;
+            };
+            for fpath in &rule.fields {
+                let keys = resolve_path(tree, start, fpath).map_err(|m| {
+                    self.perr(
+                        format!("{}.{}", rule.record, fpath),
+                        format!("rule #{}: {m}", ri + 1),
+                    )
+                })?;
+                for key in keys {
+                    self.put(
+                        key,
+                        resolve(&rule.policy(), cfg),
+                        Source::Rule(ri),
+                        format!("{}.{}", rule.record, fpath),
+                    )?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(sel)
 }
 
 /// Policies from one type object's `"sensitive"` and `"confluent:tags"`.
