@@ -26,7 +26,7 @@ use crate::avro::binary::Cursor;
 use crate::avro::container::{write_header, BlockWriter, ContainerError, ContainerReader};
 use crate::crypto::format::KeyId;
 use crate::engine::{EncryptFailure, Engine, EngineError};
-use crate::keys::{KmsError, WrappedDek, WrappedKey};
+use crate::keys::{WrappedDek, WrappedKey};
 use crate::schema::parse_schema_json;
 use crate::schema::plan::is_encrypted_schema;
 use crate::transform::decrypt::DekSet;
@@ -130,6 +130,44 @@ struct DekEntry {
     wrapped: String,
 }
 
+impl DekMeta {
+    /// The entry for each DEK a file's records used, in id order.
+    fn of<'a>(used: impl Iterator<Item = &'a WrappedDek>) -> DekMeta {
+        let mut deks: Vec<&WrappedDek> = used.collect();
+        deks.sort_by_key(|d| d.id);
+        DekMeta {
+            v: 1,
+            deks: deks
+                .into_iter()
+                .map(|d| DekEntry {
+                    id: hex::encode(d.id),
+                    scope: d.scope.clone(),
+                    kek: d.wrapped.kek.clone(),
+                    wrapped: base64::engine::general_purpose::STANDARD.encode(&d.wrapped.blob),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl DekEntry {
+    /// The wrapped DEK this entry describes; `None` when its id or blob is damaged.
+    fn wrapped_dek(&self) -> Option<WrappedDek> {
+        let id: KeyId = hex::decode(&self.id).ok()?.try_into().ok()?;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(&self.wrapped)
+            .ok()?;
+        Some(WrappedDek {
+            id,
+            scope: self.scope.clone(),
+            wrapped: WrappedKey {
+                kek: self.kek.clone(),
+                blob,
+            },
+        })
+    }
+}
+
 /// Counts bytes read, for progress.
 struct Counting<R> {
     inner: R,
@@ -161,6 +199,22 @@ fn open_input(path: &Path) -> Result<ContainerReader<Counting<BufReader<File>>>,
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// An engine failure (schema, plan, KMS) about the file at `path`.
+fn engine_err<E: Into<EngineError>>(path: &Path) -> impl Fn(E) -> FileError + '_ {
+    move |e| FileError::Engine {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    }
+}
+
+/// A damaged container at `path`.
+fn container_err(path: &Path) -> impl Fn(ContainerError) -> FileError + '_ {
+    move |source| FileError::Container {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn out_dir(output: &Path) -> PathBuf {
@@ -232,10 +286,7 @@ pub async fn encrypt_file(
             "already encrypted by fieldcrypt (it has fieldcrypt.deks metadata)".into(),
         ));
     }
-    let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
-        path: input.to_path_buf(),
-        source: Box::new(e.into()),
-    })?;
+    let schema = parse_schema_json(&reader.schema).map_err(engine_err(input))?;
     if is_encrypted_schema(&schema) {
         return Err(invalid(
             "its schema is already an encrypted (fieldcrypt) schema".into(),
@@ -245,10 +296,7 @@ pub async fn encrypt_file(
     let label = "its schema";
     let enc = engine
         .encryptor(&schema, label)
-        .map_err(|source| FileError::Engine {
-            path: input.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        .map_err(engine_err(input))?;
 
     let dir = out_dir(output);
     let body = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
@@ -262,15 +310,8 @@ pub async fn encrypt_file(
 
     let mut used: HashMap<KeyId, WrappedDek> = HashMap::new();
     let mut report = FileReport::default();
-    let kms_err = |e: KmsError| FileError::Engine {
-        path: input.to_path_buf(),
-        source: Box::new(e.into()),
-    };
     let mut block_index = 0u64;
-    while let Some(block) = reader.next_block().map_err(|source| FileError::Container {
-        path: input.to_path_buf(),
-        source,
-    })? {
+    while let Some(block) = reader.next_block().map_err(container_err(input))? {
         check_interrupted(output)?;
         let min = enc.plan().tree.min_size(enc.plan().tree.root);
         block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
@@ -281,7 +322,7 @@ pub async fn encrypt_file(
                 .encrypt_next(&enc, FILE_SCOPE, &mut cur, &mut out)
                 .await
                 .map_err(|e| match e {
-                    EncryptFailure::Kms(e) => kms_err(e),
+                    EncryptFailure::Kms(e) => engine_err(input)(e),
                     EncryptFailure::Record(source) => FileError::Record {
                         path: input.to_path_buf(),
                         index: report.records,
@@ -310,20 +351,7 @@ pub async fn encrypt_file(
     report.deks = used.len();
 
     let mut metadata = output_metadata(&enc.plan().output_json, &reader);
-    let mut deks: Vec<&WrappedDek> = used.values().collect();
-    deks.sort_by_key(|d| d.id);
-    let meta = DekMeta {
-        v: 1,
-        deks: deks
-            .into_iter()
-            .map(|d| DekEntry {
-                id: hex::encode(d.id),
-                scope: d.scope.clone(),
-                kek: d.wrapped.kek.clone(),
-                wrapped: base64::engine::general_purpose::STANDARD.encode(&d.wrapped.blob),
-            })
-            .collect(),
-    };
+    let meta = DekMeta::of(used.values());
     metadata.push((META_FORMAT.into(), b"1".to_vec()));
     metadata.push((
         META_DEKS.into(),
@@ -435,42 +463,17 @@ pub async fn decrypt_file(
     }
     let mut deks = DekSet::new();
     for e in &meta.deks {
-        let bad = || invalid(format!("fieldcrypt.deks entry {} is damaged", e.id));
-        let id: KeyId = hex::decode(&e.id)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(bad)?;
-        let blob = base64::engine::general_purpose::STANDARD
-            .decode(&e.wrapped)
-            .map_err(|_| bad())?;
-        let w = WrappedDek {
-            id,
-            scope: e.scope.clone(),
-            wrapped: WrappedKey {
-                kek: e.kek.clone(),
-                blob,
-            },
-        };
-        let key = engine
-            .unwrap_dek(&w)
-            .await
-            .map_err(|source| FileError::Engine {
-                path: input.to_path_buf(),
-                source: Box::new(EngineError::Kms(source)),
-            })?;
-        deks.insert(id, key);
+        let w = e
+            .wrapped_dek()
+            .ok_or_else(|| invalid(format!("fieldcrypt.deks entry {} is damaged", e.id)))?;
+        let key = engine.unwrap_dek(&w).await.map_err(engine_err(input))?;
+        deks.insert(w.id, key);
     }
-    let schema = parse_schema_json(&reader.schema).map_err(|e| FileError::Engine {
-        path: input.to_path_buf(),
-        source: Box::new(e.into()),
-    })?;
+    let schema = parse_schema_json(&reader.schema).map_err(engine_err(input))?;
     let dec = engine
         // The error already names the file.
         .decryptor(&schema, "its schema")
-        .map_err(|source| FileError::Engine {
-            path: input.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        .map_err(engine_err(input))?;
 
     let dir = out_dir(output);
     let mut tmp = Staged::new_in(&dir).map_err(io_err(&dir))?;
@@ -486,10 +489,7 @@ pub async fn decrypt_file(
         write_header(&mut w, &metadata, &sync).map_err(io_err(output))?;
         let mut blocks = BlockWriter::new(w, reader.codec(), sync);
         let mut block_index = 0u64;
-        while let Some(block) = reader.next_block().map_err(|source| FileError::Container {
-            path: input.to_path_buf(),
-            source,
-        })? {
+        while let Some(block) = reader.next_block().map_err(container_err(input))? {
             check_interrupted(output)?;
             let min = dec.plan().tree.min_size(dec.plan().tree.root);
             block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
