@@ -329,12 +329,12 @@ async fn run(cmd: Command) -> Result<()> {
             config,
             input,
             output,
-        } => encrypt_file_cmd(config.as_deref(), &input, &output).await,
+        } => file_cmd(config.as_deref(), &input, &output, true).await,
         Command::DecryptFile {
             config,
             input,
             output,
-        } => decrypt_file_cmd(config.as_deref(), &input, &output).await,
+        } => file_cmd(config.as_deref(), &input, &output, false).await,
         Command::Run { config } => {
             let cfg = load_config(config.as_deref())?;
             if cfg.routes.is_empty() {
@@ -492,46 +492,42 @@ fn plan(
     Ok(())
 }
 
-/// `fieldcrypt encrypt-file`: an Avro container file, encrypted, with a progress view.
-async fn encrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
+/// `fieldcrypt encrypt-file` and `decrypt-file`: an Avro container file
+/// transformed into another, with a progress view and a summary.
+async fn file_cmd(
+    config: Option<&Path>,
+    input: &Path,
+    output: &Path,
+    encrypting: bool,
+) -> Result<()> {
     stop_file_commands_on_signal();
     let engine = Engine::start(load_config(config)?).await?;
     let bar = ProgressView::new(input);
-    let report = encrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
+    let mut progress = |b, r| bar.update(b, r);
+    let report = if encrypting {
+        encrypt_file(&engine, input, output, &mut progress).await
+    } else {
+        decrypt_file(&engine, input, output, &mut progress).await
+    };
     bar.finish();
-    let report = report?;
-    eprintln!(
-        "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
-         with {} data key(s) in {:.2}s ({:.0} records/s) -> {}",
-        report.records,
-        report.fields.randomized,
-        report.fields.deterministic,
-        report.fields.indexes,
-        report.fields.nulls,
-        report.deks,
-        report.elapsed.as_secs_f64(),
-        report.records_per_sec(),
+    let r = report?;
+    let rate = format!(
+        "in {:.2}s ({:.0} records/s) -> {}",
+        r.elapsed.as_secs_f64(),
+        r.records_per_sec(),
         output.display()
     );
-    Ok(())
-}
-
-/// `fieldcrypt decrypt-file`: the reverse of `encrypt-file`.
-async fn decrypt_file_cmd(config: Option<&Path>, input: &Path, output: &Path) -> Result<()> {
-    stop_file_commands_on_signal();
-    let engine = Engine::start(load_config(config)?).await?;
-    let bar = ProgressView::new(input);
-    let report = decrypt_file(&engine, input, output, &mut |b, r| bar.update(b, r)).await;
-    bar.finish();
-    let report = report?;
-    eprintln!(
-        "decrypted {} records ({} fields) in {:.2}s ({:.0} records/s) -> {}",
-        report.records,
-        report.fields.randomized + report.fields.deterministic,
-        report.elapsed.as_secs_f64(),
-        report.records_per_sec(),
-        output.display()
-    );
+    let f = &r.fields;
+    if encrypting {
+        eprintln!(
+            "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
+             with {} data key(s) {rate}",
+            r.records, f.randomized, f.deterministic, f.indexes, f.nulls, r.deks
+        );
+    } else {
+        let fields = f.randomized + f.deterministic;
+        eprintln!("decrypted {} records ({fields} fields) {rate}", r.records);
+    }
     Ok(())
 }
 
