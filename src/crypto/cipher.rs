@@ -4,17 +4,15 @@
 //! ciphertext (see [`super::format`]) to an output buffer without allocating.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use aes_siv::siv::Aes256Siv;
 use rand::RngCore;
 
 use super::format::{
     associated_data, Algorithm, Header, KeyId, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN, SIV_IV_LEN,
 };
+use super::siv::Siv;
 use super::CryptoError;
 
 thread_local! {
@@ -138,12 +136,11 @@ impl RandomizedKey {
     }
 }
 
-/// A deterministic-mode key: AES-256-SIV (512-bit key). The cipher needs `&mut` per
-/// message, so each key keeps a small pool of instances, one per core, picked
-/// without contention in the common case.
+/// A deterministic-mode key: AES-256-SIV (512-bit key), both key schedules
+/// expanded once ([`super::siv`]); shared by threads without a lock.
 pub struct DeterministicKey {
     id: KeyId,
-    pool: Box<[Mutex<Aes256Siv>]>,
+    siv: Siv,
 }
 
 impl std::fmt::Debug for DeterministicKey {
@@ -152,48 +149,15 @@ impl std::fmt::Debug for DeterministicKey {
     }
 }
 
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
-}
-
 impl DeterministicKey {
     /// Builds the cipher from 64 key bytes (MAC key, then encryption key).
     pub fn new(id: KeyId, key: &[u8]) -> Result<Self, CryptoError> {
-        use aes_siv::KeyInit as _;
-        if key.len() != 64 {
-            return Err(CryptoError::KeyLength("AES-256-SIV"));
-        }
-        let n = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 64);
-        let pool = (0..n)
-            .map(|_| {
-                Aes256Siv::new_from_slice(key)
-                    .map(Mutex::new)
-                    .map_err(|_| CryptoError::KeyLength("AES-256-SIV"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(DeterministicKey {
-            id,
-            pool: pool.into_boxed_slice(),
-        })
+        let siv = Siv::new(key).ok_or(CryptoError::KeyLength("AES-256-SIV"))?;
+        Ok(DeterministicKey { id, siv })
     }
 
     pub fn id(&self) -> &KeyId {
         &self.id
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Aes256Siv) -> R) -> R {
-        let n = self.pool.len();
-        let start = SLOT.with(|s| *s) % n;
-        for i in 0..n {
-            if let Ok(mut siv) = self.pool[(start + i) % n].try_lock() {
-                return f(&mut siv);
-            }
-        }
-        let mut siv = self.pool[start].lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut siv)
     }
 
     /// Appends the deterministic ciphertext of `plaintext` for `context` to `out`.
@@ -210,7 +174,6 @@ impl DeterministicKey {
         }
         .to_bytes();
         out.reserve(plaintext.len() + Algorithm::Aes256Siv.overhead());
-        let start = out.len();
         out.extend_from_slice(&header);
         let iv_at = out.len();
         out.extend_from_slice(&[0u8; SIV_IV_LEN]);
@@ -219,19 +182,10 @@ impl DeterministicKey {
         let iv = AD.with(|ad| {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&header, context, &mut ad);
-            // One header is far below the 126-header limit; fail closed all the same.
-            self.with(|siv| siv.encrypt_in_place_detached([&*ad], &mut out[body..]))
+            self.siv.seal(&[ad], &mut out[body..])
         });
-        match iv {
-            Ok(iv) => {
-                out[iv_at..body].copy_from_slice(&iv);
-                Ok(())
-            }
-            Err(_) => {
-                out.truncate(start);
-                Err(CryptoError::Malformed("AES-SIV refused the message".into()))
-            }
-        }
+        out[iv_at..body].copy_from_slice(&iv);
+        Ok(())
     }
 
     /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
@@ -250,14 +204,13 @@ impl DeterministicKey {
         if header.key_id != self.id {
             return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
         }
-        let iv = aes_siv::Tag::clone_from_slice(&ct[HEADER_LEN..HEADER_LEN + SIV_IV_LEN]);
+        let iv = &ct[HEADER_LEN..HEADER_LEN + SIV_IV_LEN];
         let start = out.len();
         out.extend_from_slice(&ct[HEADER_LEN + SIV_IV_LEN..]);
         let ok = AD.with(|ad| {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&ct[..HEADER_LEN], context, &mut ad);
-            self.with(|siv| siv.decrypt_in_place_detached([&*ad], &mut out[start..], &iv))
-                .is_ok()
+            self.siv.open(&[ad], &mut out[start..], iv).is_ok()
         });
         if !ok {
             out.truncate(start);

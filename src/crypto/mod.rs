@@ -8,6 +8,7 @@
 pub mod blind_index;
 pub mod cipher;
 pub mod format;
+pub mod siv;
 
 use thiserror::Error;
 

@@ -19,13 +19,12 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
 
+use crate::crypto::siv::Siv;
 use aes_gcm::aead::consts::{U12, U16};
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
-use aes_siv::siv::Aes256Siv;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rand::RngCore;
@@ -174,11 +173,13 @@ impl FromStr for Algorithm {
 }
 
 /// The cipher of a DEK, key schedule expanded once.
+// One per DEK, so the variants' sizes (round keys, all of them) do not matter,
+// and boxing would add an indirection per field.
+#[allow(clippy::large_enum_variant)]
 enum Cipher {
     Gcm128(Aes128Gcm),
     Gcm256(Aes256Gcm),
-    /// aes-siv needs `&mut self` per message.
-    Siv(Mutex<Aes256Siv>),
+    Siv(Siv),
 }
 
 /// A CSFLE data encryption key: its algorithm, the raw key (zeroized on drop, kept
@@ -261,17 +262,19 @@ impl Dek {
     }
 
     fn from_key(algorithm: Algorithm, key: Zeroizing<Vec<u8>>) -> Result<Dek, CsfleError> {
-        let wrong = |_| CsfleError::KeyProto {
+        let wrong = || CsfleError::KeyProto {
             algorithm: algorithm.name(),
             reason: "wrong key length".into(),
         };
         let cipher = match algorithm {
-            Algorithm::Aes128Gcm => Cipher::Gcm128(Aes128Gcm::new_from_slice(&key).map_err(wrong)?),
-            Algorithm::Aes256Gcm => Cipher::Gcm256(Aes256Gcm::new_from_slice(&key).map_err(wrong)?),
-            Algorithm::Aes256Siv => Cipher::Siv(Mutex::new(
-                // Key split as RFC 5297: first half CMAC (S2V) key, second half CTR key.
-                Aes256Siv::new_from_slice(&key).map_err(wrong)?,
-            )),
+            Algorithm::Aes128Gcm => {
+                Cipher::Gcm128(Aes128Gcm::new_from_slice(&key).map_err(|_| wrong())?)
+            }
+            Algorithm::Aes256Gcm => {
+                Cipher::Gcm256(Aes256Gcm::new_from_slice(&key).map_err(|_| wrong())?)
+            }
+            // Key split as RFC 5297: first half CMAC (S2V) key, second half CTR key.
+            Algorithm::Aes256Siv => Cipher::Siv(Siv::new(&key).ok_or_else(wrong)?),
         };
         Ok(Dek {
             algorithm,
@@ -335,15 +338,9 @@ impl Dek {
                 let siv_at = out.len();
                 out.extend_from_slice(&[0u8; SIV_LEN]);
                 out.extend_from_slice(plaintext);
-                let mut siv = c.lock().unwrap_or_else(PoisonError::into_inner);
-                match siv.encrypt_in_place_detached(SIV_HEADERS, &mut out[siv_at + SIV_LEN..]) {
-                    Ok(tag) => {
-                        out[siv_at..siv_at + SIV_LEN].copy_from_slice(&tag);
-                        Ok(())
-                    }
-                    // Only more than 126 headers are refused; fail closed all the same.
-                    Err(_) => Err(CsfleError::Encrypt("AES-SIV refused the message")),
-                }
+                let tag = c.seal(&SIV_HEADERS, &mut out[siv_at + SIV_LEN..]);
+                out[siv_at..siv_at + SIV_LEN].copy_from_slice(&tag);
+                Ok(())
             }
         };
         if sealed.is_err() {
@@ -382,13 +379,8 @@ impl Dek {
             Cipher::Siv(c) => {
                 let (siv_tag, ct) = body.split_at(SIV_LEN);
                 let mut pt = Zeroizing::new(ct.to_vec());
-                let mut siv = c.lock().unwrap_or_else(PoisonError::into_inner);
-                siv.decrypt_in_place_detached(
-                    SIV_HEADERS,
-                    &mut pt,
-                    aes_siv::Tag::from_slice(siv_tag),
-                )
-                .map_err(|_| CsfleError::Authentication)?;
+                c.open(&SIV_HEADERS, &mut pt, siv_tag)
+                    .map_err(|_| CsfleError::Authentication)?;
                 Ok(pt)
             }
         }
