@@ -157,6 +157,29 @@ fn rule(algorithm: &str) -> ConfluentRule {
     }
 }
 
+/// A registry-mode config (keys on disk under `dir`) whose one route encrypts
+/// `source` into `target` in Confluent's format under `rule`.
+fn confluent_cfg(
+    dir: &std::path::Path,
+    bs: &str,
+    reg: &str,
+    group: &str,
+    (source, target): (&str, &str),
+    rule: ConfluentRule,
+) -> fieldcrypt::config::Config {
+    let mut cfg = keys_on_disk(dir, bs, &["default"], &["pii"]);
+    cfg.kafka.group_id = group.into();
+    cfg.schema_registry.url = Some(reg.into());
+    cfg.routes = vec![RouteConfig {
+        source: source.into(),
+        target: target.into(),
+        format: Format::Confluent,
+        confluent: Some(rule),
+        ..Default::default()
+    }];
+    cfg
+}
+
 fn setup() -> (Broker, Registry, tempfile::TempDir) {
     // The local-kms secret, as fieldcrypt reads it (the same for every test), set
     // once, before any test starts threads that read the environment.
@@ -232,8 +255,14 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
     assert!(raw
         .iter()
         .any(|m| String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap()).contains(&ssn)));
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &["pii"]);
-    cfg.kafka.group_id = "csfle-enc".into();
+    let mut cfg = confluent_cfg(
+        dir.path(),
+        &bs,
+        &reg,
+        "csfle-enc",
+        ("raw", "secure.${topic}"),
+        rule("AES256_GCM"),
+    );
     // fieldcrypt's policy for the tag adds blind indexes: they become extra bytes
     // fields beside the Confluent-encrypted ones.
     cfg.tags.insert(
@@ -243,14 +272,6 @@ fn fieldcrypt_confluent_format_decrypts_in_confluents_client() {
             ..Default::default()
         },
     );
-    cfg.schema_registry.url = Some(reg.clone());
-    cfg.routes = vec![RouteConfig {
-        source: "raw".into(),
-        target: "secure.${topic}".into(),
-        format: Format::Confluent,
-        confluent: Some(rule("AES256_GCM")),
-        ..Default::default()
-    }];
     cfg.validate().unwrap();
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
     let out = consume_py(&bs, &reg, "secure.raw", "50", SECRET, "120");
@@ -327,16 +348,14 @@ fn deterministic_fields_encrypt_equally_in_both_implementations() {
         &["--tags", "NONE"],
     );
     // ...encrypted by fieldcrypt into `siv` too, with the DEK Python created.
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
-    cfg.kafka.group_id = "csfle-siv".into();
-    cfg.schema_registry.url = Some(reg.clone());
-    cfg.routes = vec![RouteConfig {
-        source: "plainsiv".into(),
-        target: "siv".into(),
-        format: Format::Confluent,
-        confluent: Some(rule("AES256_SIV")),
-        ..Default::default()
-    }];
+    let cfg = confluent_cfg(
+        dir.path(),
+        &bs,
+        &reg,
+        "csfle-siv",
+        ("plainsiv", "siv"),
+        rule("AES256_SIV"),
+    );
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
     let all = consume(&bs, "siv", 10, Duration::from_secs(120));
     stop.send(()).unwrap();
@@ -453,16 +472,14 @@ fn a_field_fieldcrypt_would_encrypt_but_the_rule_does_not_select_is_refused() {
         "unused",
         &["--tags", "NONE"],
     );
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
-    cfg.kafka.group_id = "csfle-marked".into();
-    cfg.schema_registry.url = Some(reg.clone());
-    cfg.routes = vec![RouteConfig {
-        source: "marked".into(),
-        target: "secure.${topic}".into(),
-        format: Format::Confluent,
-        confluent: Some(rule("AES256_GCM")),
-        ..Default::default()
-    }];
+    let cfg = confluent_cfg(
+        dir.path(),
+        &bs,
+        &reg,
+        "csfle-marked",
+        ("marked", "secure.${topic}"),
+        rule("AES256_GCM"),
+    );
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
     let dead = consume(&bs, "dlq.marked", 5, Duration::from_secs(60));
     stop.send(()).unwrap();
@@ -691,19 +708,17 @@ fn an_expired_dek_is_followed_by_a_new_version_that_confluents_client_reads() {
         "unused",
         &["--tags", "NONE"],
     );
-    let mut cfg = keys_on_disk(dir.path(), &bs, &["default"], &[]);
-    cfg.kafka.group_id = "csfle-rot".into();
-    cfg.schema_registry.url = Some(reg.clone());
-    cfg.routes = vec![RouteConfig {
-        source: "rot".into(),
-        target: "secure.${topic}".into(),
-        format: Format::Confluent,
-        confluent: Some(ConfluentRule {
+    let cfg = confluent_cfg(
+        dir.path(),
+        &bs,
+        &reg,
+        "csfle-rot",
+        ("rot", "secure.${topic}"),
+        ConfluentRule {
             dek_expiry_days: 3,
             ..rule("AES256_GCM")
-        }),
-        ..Default::default()
-    }];
+        },
+    );
     cfg.validate().unwrap();
     let (stop, run) = start_pipeline(engine(&cfg), cfg.clone());
     let out = consume_py(&bs, &reg, "secure.rot", "35", SECRET, "120");
