@@ -6,8 +6,18 @@
 
 use std::fmt;
 
+/// The class of a record code: `None` for infrastructure codes.
+macro_rules! class_of {
+    () => {
+        None
+    };
+    ($c:ident) => {
+        Some(Class::$c)
+    };
+}
+
 macro_rules! codes {
-    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident; )*) => {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident $(/ $class:ident)?; )*) => {
         /// Every error code fieldcrypt reports.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Code {
@@ -28,6 +38,13 @@ macro_rules! codes {
             pub const fn kind(self) -> Kind {
                 match self { $(Code::$variant => Kind::$kind,)* }
             }
+
+            /// A record code's class: the `class` label of
+            /// `fieldcrypt_dead_letters_total` (a small fixed set, so every
+            /// series can exist from start-up).
+            pub const fn class(self) -> Option<Class> {
+                match self { $(Code::$variant => class_of!($($class)?),)* }
+            }
         }
     };
 }
@@ -42,56 +59,97 @@ pub enum Kind {
     Infrastructure,
 }
 
+/// What kind of problem a record code is, for dead-letter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// The bytes do not fit: framing, headers, schema, nesting.
+    Format,
+    /// Where the schema comes from: unknown ids, registrations, routing.
+    Schema,
+    /// What the encryption policy allows: downgrades, nothing to encrypt, keys.
+    Policy,
+    /// Keys and ciphertexts: DEK headers, authentication, unknown keys.
+    Crypto,
+    /// What the brokers refused: size, validity, timestamps.
+    Delivery,
+}
+
+impl Class {
+    /// Every class, in the order docs list them.
+    pub const ALL: [Class; 5] = [
+        Class::Format,
+        Class::Schema,
+        Class::Policy,
+        Class::Crypto,
+        Class::Delivery,
+    ];
+
+    /// The class as it appears in the `class` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Class::Format => "format",
+            Class::Schema => "schema",
+            Class::Policy => "policy",
+            Class::Crypto => "crypto",
+            Class::Delivery => "delivery",
+        }
+    }
+}
+
 codes! {
     /// The value does not match its schema.
-    SchemaMismatch = "schema_mismatch", Record;
+    SchemaMismatch = "schema_mismatch", Record/Format;
     /// Values nested deeper than `schema.max_depth`.
-    TooDeep = "too_deep", Record;
+    TooDeep = "too_deep", Record/Format;
     /// The value is not Confluent-framed.
-    BadFraming = "bad_framing", Record;
+    BadFraming = "bad_framing", Record/Format;
     /// The key is not Confluent-framed.
-    BadKeyFraming = "bad_key_framing", Record;
+    BadKeyFraming = "bad_key_framing", Record/Format;
     /// The registry does not know the record's schema id.
-    UnknownSchemaId = "unknown_schema_id", Record;
+    UnknownSchemaId = "unknown_schema_id", Record/Schema;
     /// The registry refused the output schema (or it is not registered with
     /// `auto_register = false`).
-    SchemaRejected = "schema_rejected", Record;
+    SchemaRejected = "schema_rejected", Record/Schema;
     /// The schema's encryption policy is invalid, or a key it needs is missing.
-    PolicyError = "policy_error", Record;
+    PolicyError = "policy_error", Record/Policy;
     /// The writer schema leaves in clear what its subject (or `require`) encrypts.
-    PolicyDowngrade = "policy_downgrade", Record;
+    PolicyDowngrade = "policy_downgrade", Record/Policy;
     /// A record key field with a randomized policy.
-    RandomizedKeyField = "randomized_key_field", Record;
+    RandomizedKeyField = "randomized_key_field", Record/Policy;
     /// A header name that cannot be read exactly.
-    BadHeader = "bad_header", Record;
+    BadHeader = "bad_header", Record/Format;
     /// The output exceeds the topic's or the producer's size limit.
-    RecordTooLarge = "record_too_large", Record;
+    RecordTooLarge = "record_too_large", Record/Delivery;
     /// The brokers refused the record as invalid.
-    InvalidRecord = "invalid_record", Record;
+    InvalidRecord = "invalid_record", Record/Delivery;
     /// The brokers refused the record's timestamp.
-    InvalidTimestamp = "invalid_timestamp", Record;
+    InvalidTimestamp = "invalid_timestamp", Record/Delivery;
     /// More randomized fields than one DEK may encrypt.
-    DekExhausted = "dek_exhausted", Record;
+    DekExhausted = "dek_exhausted", Record/Crypto;
     /// A ciphertext failed authentication.
-    AuthenticationFailed = "authentication_failed", Record;
+    AuthenticationFailed = "authentication_failed", Record/Crypto;
     /// A field does not hold a fieldcrypt ciphertext.
-    MalformedCiphertext = "malformed_ciphertext", Record;
+    MalformedCiphertext = "malformed_ciphertext", Record/Crypto;
     /// A ciphertext names a key that is not available.
-    UnknownKey = "unknown_key", Record;
+    UnknownKey = "unknown_key", Record/Crypto;
     /// A `fieldcrypt.dek` header cannot be read.
-    BadDekHeader = "bad_dek_header", Record;
+    BadDekHeader = "bad_dek_header", Record/Crypto;
     /// A `fieldcrypt.dek` header's scope is not accepted by the route.
-    DekScopeRefused = "dek_scope_refused", Record;
+    DekScopeRefused = "dek_scope_refused", Record/Crypto;
     /// A known DEK id with another scope, KEK or wrapped key.
-    DekBindingMismatch = "dek_binding_mismatch", Record;
+    DekBindingMismatch = "dek_binding_mismatch", Record/Crypto;
     /// A wrapped DEK did not unwrap.
-    DekUnwrapFailed = "dek_unwrap_failed", Record;
+    DekUnwrapFailed = "dek_unwrap_failed", Record/Crypto;
     /// A decrypted value does not match the field's original schema.
-    PlaintextMismatch = "plaintext_mismatch", Record;
+    PlaintextMismatch = "plaintext_mismatch", Record/Format;
     /// No route for the record's topic (a bug: subscriptions come from routes).
-    NoRoute = "no_route", Record;
+    NoRoute = "no_route", Record/Schema;
     /// No Schema Registry configured for a framed record.
-    NoRegistry = "no_registry", Record;
+    NoRegistry = "no_registry", Record/Schema;
+    /// The writer schema encrypts nothing (the route does not allow that).
+    NothingToEncrypt = "nothing_to_encrypt", Record/Policy;
+    /// A decrypting route got a schema with nothing encrypted in it.
+    NotEncrypted = "not_encrypted", Record/Policy;
     /// The KMS could not be reached (counted once per retry of a held record).
     KmsUnavailable = "kms_unavailable", Infrastructure;
     /// The KMS refused (access denied, a disabled key, bad configuration).
@@ -156,17 +214,29 @@ mod tests {
         let expected: Vec<(String, String)> = Code::ALL
             .iter()
             .map(|c| {
-                let kind = match c.kind() {
-                    Kind::Record => "record",
-                    Kind::Infrastructure => "infrastructure",
+                let kind = match (c.kind(), c.class()) {
+                    (Kind::Record, Some(class)) => format!("record ({})", class.as_str()),
+                    (Kind::Record, None) => "record".to_string(),
+                    (Kind::Infrastructure, _) => "infrastructure".to_string(),
                 };
-                (c.as_str().to_string(), kind.to_string())
+                (c.as_str().to_string(), kind)
             })
             .collect();
         assert_eq!(
             table, expected,
             "docs/OPERATIONS.md's code table and codes::Code disagree"
         );
+    }
+
+    #[test]
+    fn every_record_code_has_a_class_and_no_infrastructure_code_has_one() {
+        for c in Code::ALL {
+            assert_eq!(
+                c.class().is_some(),
+                c.kind() == Kind::Record,
+                "{c}: record codes are classed for the dead-letter counter"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::keys::{
 };
 use crate::observe::Metrics;
 use crate::schema::plan::{DecryptPlan, EncryptPlan};
+use crate::schema::policy::MetadataTags;
 use crate::schema::SchemaError;
 use crate::transform::{Counts, Decryptor, Encryptor, TransformError, TransformErrorKind};
 
@@ -99,10 +100,9 @@ impl<T> Default for PlanCache<T> {
 impl<T> PlanCache<T> {
     fn get_or_build<E>(
         &self,
-        schema: &serde_json::Value,
+        key: String,
         build: impl FnOnce() -> Result<T, E>,
     ) -> Result<Arc<T>, E> {
-        let key = schema.to_string();
         if let Some(t) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(t.clone());
         }
@@ -270,7 +270,17 @@ impl Engine {
         schema: &serde_json::Value,
         label: &str,
     ) -> Result<Arc<EncryptPlan>, SchemaError> {
-        EncryptPlan::build(schema, label, &self.config.plan_config()).map(Arc::new)
+        self.encrypt_plan_tagged(schema, &[], label)
+    }
+
+    /// The plan for a registered schema whose `metadata.tags` give fields tags.
+    pub fn encrypt_plan_tagged(
+        &self,
+        schema: &serde_json::Value,
+        metadata: &MetadataTags,
+        label: &str,
+    ) -> Result<Arc<EncryptPlan>, SchemaError> {
+        EncryptPlan::build_tagged(schema, metadata, label, &self.config.plan_config()).map(Arc::new)
     }
 
     /// The encryptor for a writer schema, built on first use and cached.
@@ -279,8 +289,23 @@ impl Engine {
         schema: &serde_json::Value,
         label: &str,
     ) -> Result<Arc<Encryptor>, EngineError> {
-        self.encryptors.get_or_build(schema, || {
-            let plan = self.encrypt_plan(schema, label)?;
+        self.encryptor_tagged(schema, &[], label)
+    }
+
+    /// The encryptor for a registered writer schema with its `metadata.tags`.
+    pub fn encryptor_tagged(
+        &self,
+        schema: &serde_json::Value,
+        metadata: &MetadataTags,
+        label: &str,
+    ) -> Result<Arc<Encryptor>, EngineError> {
+        let key = if metadata.is_empty() {
+            schema.to_string()
+        } else {
+            format!("{schema}\u{0}{metadata:?}")
+        };
+        self.encryptors.get_or_build(key, || {
+            let plan = self.encrypt_plan_tagged(schema, metadata, label)?;
             Ok(Encryptor::new(plan, &self.keys)?)
         })
     }
@@ -291,7 +316,7 @@ impl Engine {
         schema: &serde_json::Value,
         label: &str,
     ) -> Result<Arc<Decryptor>, EngineError> {
-        self.decryptors.get_or_build(schema, || {
+        self.decryptors.get_or_build(schema.to_string(), || {
             let plan = Arc::new(DecryptPlan::build_with_depth(
                 schema,
                 label,

@@ -171,6 +171,18 @@ pub struct SchemaReference {
 struct VersionBody {
     json: Json,
     references: Vec<SchemaReference>,
+    rule_set: Option<Json>,
+    metadata: Option<Json>,
+}
+
+/// One registered version of a subject, standing alone (references resolved).
+#[derive(Debug, Clone)]
+pub struct SubjectVersion {
+    pub json: Json,
+    /// Confluent data-contract `ruleSet`, if the version has one.
+    pub rule_set: Option<Json>,
+    /// Confluent data-contract `metadata`, if the version has one.
+    pub metadata: Option<Json>,
 }
 
 /// Most schema references followed for one schema (all levels): a bound against
@@ -355,7 +367,12 @@ impl SchemaRegistry {
                 )
                 .await?;
             let (json, references) = parse_schema_body(&body, &what)?;
-            Ok(Arc::new(VersionBody { json, references }))
+            Ok(Arc::new(VersionBody {
+                json,
+                references,
+                rule_set: body.get("ruleSet").filter(|v| !v.is_null()).cloned(),
+                metadata: body.get("metadata").filter(|v| !v.is_null()).cloned(),
+            }))
         };
         if version < 0 {
             return fetch.await;
@@ -389,12 +406,23 @@ impl SchemaRegistry {
         }
     }
 
-    /// A subject's version as one self-contained schema (references resolved).
-    pub async fn subject_schema(&self, subject: &str, version: i64) -> Result<Json, RegistryError> {
+    /// A subject's version as one self-contained schema (references resolved),
+    /// with its rule set and metadata.
+    pub async fn subject_schema(
+        &self,
+        subject: &str,
+        version: i64,
+    ) -> Result<SubjectVersion, RegistryError> {
         let body = self.version(subject, version).await?;
         let what = format!("subject {subject} version {version}");
-        self.resolve_references(body.json.clone(), &body.references, &what)
-            .await
+        let json = self
+            .resolve_references(body.json.clone(), &body.references, &what)
+            .await?;
+        Ok(SubjectVersion {
+            json,
+            rule_set: body.rule_set.clone(),
+            metadata: body.metadata.clone(),
+        })
     }
 
     /// The schema with its references' named types defined in it: each referenced

@@ -56,6 +56,15 @@ pub struct RouteConfig {
     /// the encryption policy of a subject only grows.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// Let records whose schema encrypts nothing through (encrypting) or records
+    /// with nothing encrypted in them (decrypting). Default false: such a schema
+    /// is refused — at start-up for a `value_schema`, as dead letters
+    /// (`nothing_to_encrypt`, `not_encrypted`) for a registry schema — because it
+    /// is most often a mistake (a misspelled rule or marking). Set it on a regex
+    /// route over tables of which only some hold sensitive fields; what passes
+    /// this way is counted in `fieldcrypt_unencrypted_records_total`.
+    #[serde(default)]
+    pub allow_unencrypted: bool,
     /// The ciphertext format this route writes: `fieldcrypt` (default) or
     /// `confluent` (Confluent's client-side field level encryption, which any
     /// Confluent deserializer with its field-encryption executor decrypts; needs

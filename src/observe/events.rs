@@ -52,11 +52,3 @@ pub fn resumed(m: &Metrics, waited_ms: u64) {
     m.set_paused(false);
     tracing::info!(waited_ms, "consumption resumed");
 }
-
-/// The consumer reported an error (it goes on).
-pub fn consume_error(m: &Metrics, error: &dyn Display) {
-    m.errors
-        .with_label_values(&[Code::KafkaConsume.as_str()])
-        .inc();
-    tracing::warn!(error = %error, "consume error");
-}

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub bytes_produced: IntCounterVec,
     pub fields: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    /// Records passed to the target with nothing encrypted (`allow_unencrypted`).
+    pub unencrypted_records: IntCounterVec,
     pub errors: IntCounterVec,
     pub transform_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
@@ -32,6 +34,8 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
     pub paused: IntGauge,
+    /// 1 while librdkafka reports a broker up (0 before the first report).
+    pub brokers_reachable: IntGauge,
     pub transactions: IntCounterVec,
     pub rebalances: IntCounterVec,
     dek_hits: IntCounterVec,
@@ -83,6 +87,19 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::unprepared();
+        // Every code's series exists from the start, at 0, so an alert on
+        // increase() sees the first error.
+        for c in crate::codes::Code::ALL {
+            m.errors.with_label_values(&[c.as_str()]);
+        }
+        for kind in ["assign", "revoke"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    fn unprepared() -> Self {
         let r = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
@@ -135,8 +152,16 @@ impl Metrics {
                 r,
                 counter(
                     "fieldcrypt_dead_letters_total",
-                    "Records acknowledged on a dead-letter topic, by source topic and error code.",
-                    &["topic", "code"]
+                    "Records acknowledged on a dead-letter topic, by source topic and error class (format, schema, policy, crypto, delivery; fieldcrypt_errors_total has the codes).",
+                    &["topic", "class"]
+                )
+            ),
+            unencrypted_records: reg!(
+                r,
+                counter(
+                    "fieldcrypt_unencrypted_records_total",
+                    "Records passed to the target with nothing encrypted because their route sets allow_unencrypted, by source topic.",
+                    &["topic"]
                 )
             ),
             errors: reg!(
@@ -197,6 +222,13 @@ impl Metrics {
                 IntGauge::new(
                     "fieldcrypt_paused",
                     "1 while consumption is paused because the KMS or the Schema Registry is unavailable."
+                )
+            ),
+            brokers_reachable: reg!(
+                r,
+                IntGauge::new(
+                    "fieldcrypt_brokers_reachable",
+                    "1 while the Kafka client reports at least one broker up, 0 when none is (or before the first report)."
                 )
             ),
             reserved_headers_dropped: reg!(
@@ -307,41 +339,44 @@ impl Metrics {
         }
     }
 
-    /// Drops every series labelled with this topic (its partitions were revoked),
-    /// and frees its place under `metrics.max_topics`.
-    pub fn forget_topic(&self, topic: &str) {
+    /// Creates a route's series at 0 (before its first record): records and
+    /// bytes consumed, records passed unencrypted and dead letters of every
+    /// class for the source topic; records and bytes produced for the target.
+    /// They stay for the life of the process, through rebalances, so counters
+    /// never restart at the first event of a new assignment.
+    pub fn prepare_route(&self, source: &str, target: Option<&str>) {
+        let s = self.topic_label(source);
+        self.records_consumed.with_label_values(&[s]);
+        self.bytes_consumed.with_label_values(&[s]);
+        self.unencrypted_records.with_label_values(&[s]);
+        for class in crate::codes::Class::ALL {
+            self.dead_letters.with_label_values(&[s, class.as_str()]);
+        }
+        if let Some(t) = target {
+            let t = self.topic_label(t);
+            self.records_produced.with_label_values(&[t]);
+            self.bytes_produced.with_label_values(&[t]);
+        }
+    }
+
+    /// A source topic's partitions were revoked: its lag gauges go (another
+    /// instance reports them now); its counters stay.
+    pub fn revoked_topic(&self, topic: &str) {
         use prometheus::core::Collector;
         type Labels<'a> = std::collections::HashMap<&'a str, &'a str>;
-        let removers: [&dyn Fn(&Labels<'_>); 4] = [
-            &|l| drop(self.records_consumed.remove(l)),
-            &|l| drop(self.bytes_consumed.remove(l)),
-            &|l| drop(self.dead_letters.remove(l)),
-            &|l| drop(self.consumer_lag.remove(l)),
-        ];
-        let families = [
-            self.records_consumed.collect(),
-            self.bytes_consumed.collect(),
-            self.dead_letters.collect(),
-            self.consumer_lag.collect(),
-        ];
-        for (remove, fams) in removers.iter().zip(families) {
-            for fam in fams {
-                for m in fam.get_metric() {
-                    let labels: Labels<'_> = m
-                        .get_label()
-                        .iter()
-                        .map(|l| (l.name(), l.value()))
-                        .collect();
-                    if labels.get("topic") == Some(&topic) {
-                        remove(&labels);
-                    }
+        let label = self.topic_label(topic);
+        for fam in self.consumer_lag.collect() {
+            for m in fam.get_metric() {
+                let labels: Labels<'_> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.get("topic") == Some(&label) {
+                    let _ = self.consumer_lag.remove(&labels);
                 }
             }
         }
-        self.topics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(topic);
     }
 
     pub fn count_fields(&self, operation: &str, c: &Counts) {
@@ -383,6 +418,23 @@ impl Metrics {
         let h = self.health.update(|h| h.paused = paused);
         self.paused.set(i64::from(paused));
         self.ready.set(i64::from(h.ready()));
+    }
+
+    /// The brokers answer (or not).
+    pub fn set_brokers_reachable(&self, up: bool) {
+        let h = self.health.update(|h| h.brokers = Some(up));
+        self.brokers_reachable.set(i64::from(up));
+        self.ready.set(i64::from(h.ready()));
+    }
+
+    /// `kafka.bootstrap_servers`, for readiness messages.
+    pub fn set_bootstrap(&self, bootstrap: &str) {
+        self.health.update(|h| h.bootstrap = bootstrap.to_string());
+    }
+
+    /// The source topics that do not exist (empty: all do).
+    pub fn set_missing_topics(&self, missing: Vec<String>) {
+        self.health.update(|h| h.missing_topics = missing);
     }
 
     /// Ready: partitions assigned, the KMS reachable, consumption not paused.
@@ -453,16 +505,12 @@ mod tests {
     }
 
     #[test]
-    fn topic_labels_are_capped_and_forgotten_on_revoke() {
+    fn topic_labels_are_capped() {
         let m = Metrics::new();
         m.set_max_topics(2);
         for t in ["a", "b", "c", "d"] {
             let l = m.topic_label(t);
             m.records_consumed.with_label_values(&[l]).inc();
-            m.dead_letters
-                .with_label_values(&[l, "schema_mismatch"])
-                .inc();
-            m.consumer_lag.with_label_values(&[l, "0"]).set(5);
         }
         let text = m.render();
         assert!(
@@ -470,13 +518,46 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("topic=\"c\""));
-        m.forget_topic("a");
+        assert_eq!(m.topic_label("d"), OTHER_TOPIC);
+    }
+
+    #[test]
+    fn series_exist_at_zero_before_the_first_event_and_survive_a_revoke() {
+        let m = Metrics::new();
+        let text = m.render();
+        for c in crate::codes::Code::ALL {
+            assert!(
+                text.contains(&format!("fieldcrypt_errors_total{{code=\"{c}\"}} 0")),
+                "{c}: {text}"
+            );
+        }
+        m.prepare_route("orders", Some("secure.orders"));
+        let text = m.render();
+        for class in crate::codes::Class::ALL {
+            assert!(
+                text.contains(&format!(
+                    "fieldcrypt_dead_letters_total{{class=\"{}\",topic=\"orders\"}} 0",
+                    class.as_str()
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("fieldcrypt_records_consumed_total{topic=\"orders\"} 0"));
+        assert!(text.contains("fieldcrypt_unencrypted_records_total{topic=\"orders\"} 0"));
+        assert!(text.contains("fieldcrypt_records_produced_total{topic=\"secure.orders\"} 0"));
+        m.dead_letters
+            .with_label_values(&["orders", "format"])
+            .inc();
+        m.consumer_lag.with_label_values(&["orders", "0"]).set(5);
+        m.revoked_topic("orders");
         let text = m.render();
         assert!(
-            !text.contains("topic=\"a\""),
-            "every series of a goes: {text}"
+            text.contains("fieldcrypt_dead_letters_total{class=\"format\",topic=\"orders\"} 1"),
+            "counters survive a revoke: {text}"
         );
-        assert_eq!(m.topic_label("c"), "c", "a's place is free again");
-        assert_eq!(m.topic_label("d"), OTHER_TOPIC);
+        assert!(
+            !text.contains("fieldcrypt_consumer_lag{"),
+            "lag is another instance's to report now: {text}"
+        );
     }
 }

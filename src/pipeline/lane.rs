@@ -130,10 +130,12 @@ struct LateDeadLetter {
     message: String,
 }
 
-/// Counters per source topic, fetched once (a label lookup per record is too slow).
+/// Counters per topic, fetched once (a label lookup per record is too slow).
 struct TopicCounters {
     records: prometheus::IntCounter,
     bytes: prometheus::IntCounter,
+    /// Source topics: records passed with nothing encrypted (`allow_unencrypted`).
+    unencrypted: Option<prometheus::IntCounter>,
 }
 
 /// Everything a lane owns except its consumer (which records borrow from).
@@ -258,6 +260,7 @@ impl Lane {
                     m = stream.next(), if stalled || taking => match m {
                         Some(Ok(m)) if stalled => put_back(&consumer, &m)?,
                         Some(Ok(m)) => {
+                            consumer.context().kafka.consumed();
                             s.take(&consumer, &m).await?;
                             // Take what is already fetched without going back
                             // through select: its cost is per wake-up, not per record.
@@ -267,12 +270,12 @@ impl Lane {
                                 }
                                 match stream.next().now_or_never() {
                                     Some(Some(Ok(m))) => s.take(&consumer, &m).await?,
-                                    Some(Some(Err(e))) => events::consume_error(&s.metrics, &e),
+                                    Some(Some(Err(e))) => consumer.context().kafka.consume_error(&e),
                                     _ => break,
                                 }
                             }
                         }
-                        Some(Err(e)) => events::consume_error(&s.metrics, &e),
+                        Some(Err(e)) => consumer.context().kafka.consume_error(&e),
                         None => return Ok(()),
                     },
                 }
@@ -293,6 +296,26 @@ impl Lane {
         result.and(drained)?;
         Ok(std::mem::take(&mut s.stats))
     }
+}
+
+/// `topic[0,1,2], other[3]`: a partition list for a log line.
+fn partition_list(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic
+            .entry(e.topic().to_string())
+            .or_default()
+            .push(e.partition());
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, mut ps)| {
+            ps.sort_unstable();
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{t}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An owned copy of a record (only for one held through an outage).
@@ -355,6 +378,7 @@ impl LaneState {
             let c = TopicCounters {
                 records: self.metrics.records_consumed.with_label_values(&[label]),
                 bytes: self.metrics.bytes_consumed.with_label_values(&[label]),
+                unencrypted: Some(self.metrics.unencrypted_records.with_label_values(&[label])),
             };
             self.topics.insert(t.clone(), (t, c));
         }
@@ -420,8 +444,18 @@ impl LaneState {
                         payload,
                         headers,
                         counts,
+                        unencrypted,
                     }) => {
                         self.fields += counts;
+                        if unencrypted {
+                            if let Some(c) = self
+                                .topics
+                                .get(&*topic)
+                                .and_then(|(_, c)| c.unencrypted.as_ref())
+                            {
+                                c.inc();
+                            }
+                        }
                         Out {
                             to_dead_letter: false,
                             key: key.map_or(Key::Original, Key::New),
@@ -575,6 +609,7 @@ impl LaneState {
                             TopicCounters {
                                 records: self.metrics.records_produced.with_label_values(&[label]),
                                 bytes: self.metrics.bytes_produced.with_label_values(&[label]),
+                                unencrypted: None,
                             }
                         });
                     c.records.inc();
@@ -582,9 +617,10 @@ impl LaneState {
                 }
                 Some(code) => {
                     self.stats.dead_lettered += 1;
+                    let class = code.class().map_or("delivery", crate::codes::Class::as_str);
                     self.metrics
                         .dead_letters
-                        .with_label_values(&[self.metrics.topic_label(&f.topic), code.as_str()])
+                        .with_label_values(&[self.metrics.topic_label(&f.topic), class])
                         .inc();
                 }
             }
@@ -726,9 +762,18 @@ impl LaneState {
     ) -> Result<(), PipelineError> {
         match &ev {
             Event::Assign(tpl) => {
+                let mut topics = std::collections::BTreeSet::new();
+                for e in tpl.elements() {
+                    topics.insert(e.topic().to_string());
+                }
+                for t in &topics {
+                    // The topic's series exist at 0 before its first record.
+                    let target = self.destination(t).ok().map(|d| d.target.clone());
+                    self.metrics.prepare_route(t, target.as_deref());
+                }
                 tracing::info!(
-                    lane = self.id,
-                    partitions = tpl.count(),
+                    worker = self.id,
+                    partitions = %partition_list(tpl),
                     "partitions assigned"
                 );
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -742,8 +787,8 @@ impl LaneState {
             }
             Event::Revoke(tpl) => {
                 tracing::info!(
-                    lane = self.id,
-                    partitions = tpl.count(),
+                    worker = self.id,
+                    partitions = %partition_list(tpl),
                     "partitions revoked"
                 );
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
@@ -773,14 +818,13 @@ impl LaneState {
                     topics.insert(e.topic().to_string());
                 }
                 for t in topics {
-                    self.topics.remove(t.as_str());
-                    self.metrics.forget_topic(&t);
+                    self.metrics.revoked_topic(&t);
                 }
                 self.metrics.add_assigned(-(tpl.count() as i64));
                 self.assigned = self.assigned.saturating_sub(tpl.count());
                 rebalance::complete(consumer.as_ref(), &ev)?;
             }
-            Event::Error(e) => tracing::warn!(lane = self.id, error = %e, "rebalance error"),
+            Event::Error(e) => tracing::warn!(worker = self.id, error = %e, "rebalance error"),
         }
         Ok(())
     }
@@ -802,7 +846,7 @@ impl LaneState {
         let drained = self.inflight.len == 0;
         if !drained {
             tracing::warn!(
-                lane = self.id,
+                worker = self.id,
                 left = self.inflight.len,
                 "drain deadline reached; undelivered records will be read again"
             );

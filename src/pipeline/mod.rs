@@ -37,6 +37,7 @@ pub mod offsets;
 pub mod produce;
 pub mod rebalance;
 pub mod record;
+pub mod topics;
 pub mod transaction;
 
 use std::future::Future;
@@ -107,7 +108,27 @@ pub(crate) fn client_config(config: &Config, defaults: &[(&str, &str)]) -> Clien
     }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("client.id", &config.kafka.client_id);
+    c.set_log_level(crate::observe::kafka::log_level());
     c
+}
+
+/// A Kafka client that librdkafka would not create: when it refused one of the
+/// user's `kafka.properties`, the error names that key.
+pub(crate) fn client_error(config: &Config, e: KafkaError) -> PipelineError {
+    if let KafkaError::ClientCreation(msg) = &e {
+        if let Some(k) = config
+            .kafka
+            .properties
+            .keys()
+            .find(|k| msg.contains(&format!("\"{k}\"")) || msg.contains(k.as_str()))
+        {
+            return PipelineError::Setup(format!(
+                "config key kafka.properties.\"{k}\": librdkafka refused it: {msg} (its properties: https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md)"
+            ));
+        }
+        return PipelineError::Setup(format!("cannot create the Kafka client: {msg}"));
+    }
+    PipelineError::Kafka(e)
 }
 
 /// This instance's `transactional.id`.
@@ -122,7 +143,7 @@ fn transactional_id(config: &Config) -> String {
 }
 
 /// How many lanes: `pipeline.workers`, or one per two cores (at least one).
-fn lanes(config: &Config) -> usize {
+pub fn lanes(config: &Config) -> usize {
     match config.pipeline.workers {
         0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
         n => n,
@@ -146,8 +167,20 @@ pub async fn run(
         None => None,
     };
     let router = Arc::new(Router::new(&config.routes).map_err(|e| setup(e.to_string()))?);
+    let kafka = Arc::new(crate::observe::kafka::KafkaLog::new(
+        &config.kafka.bootstrap_servers,
+        metrics.clone(),
+    ));
+    for r in &config.routes {
+        // Literal routes' series exist from start-up; a regex route's topics get
+        // theirs when first assigned.
+        if !r.source.starts_with('^') {
+            let target = router.route(&r.source).ok().map(|d| d.target.clone());
+            metrics.prepare_route(&r.source, target.as_deref());
+        }
+    }
     let transformer = Arc::new(Transformer::new(engine.clone(), config, registry).map_err(setup)?);
-    let _server = if config.metrics.listen.is_empty() {
+    let server = if config.metrics.listen.is_empty() {
         None
     } else {
         Some(
@@ -162,6 +195,7 @@ pub async fn run(
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
     let cancel = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
+    let mut watch_client: Option<Arc<LaneProducer>> = None;
     for id in 0..n {
         let mut pc = client_config(config, &[("linger.ms", "5")]);
         pc.set("enable.idempotence", "true").set("acks", "all");
@@ -171,7 +205,13 @@ pub async fn run(
                 format!("{}-{id}", transactional_id(config)),
             );
         }
-        let producer: Arc<LaneProducer> = Arc::new(pc.create_with_context(AckContext::default())?);
+        let producer: Arc<LaneProducer> = Arc::new(
+            pc.create_with_context(AckContext::new(kafka.clone()))
+                .map_err(|e| client_error(config, e))?,
+        );
+        if id == 0 {
+            watch_client = Some(producer.clone());
+        }
         if eos {
             transaction::init(&producer).await?;
         }
@@ -188,7 +228,8 @@ pub async fn run(
         .set("enable.auto.offset.store", "false")
         // Records of aborted upstream transactions must never be encrypted and passed on.
         .set("isolation.level", "read_committed")
-        .create_with_context(LaneContext::new(events_tx, metrics.clone()))?;
+        .create_with_context(LaneContext::new(events_tx, metrics.clone(), kafka.clone()))
+        .map_err(|e| client_error(config, e))?;
         consumer.subscribe(&subs)?;
         let sender = Sender::new(
             producer,
@@ -209,22 +250,47 @@ pub async fn run(
         };
         running.spawn(lane.run(cancel.child_token()));
     }
+    let routes: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| format!("{} -> {}", r.source, r.target))
+        .collect();
     tracing::info!(
-        lanes = n,
+        version = env!("CARGO_PKG_VERSION"),
+        mode = transformer.operation(),
         delivery = if eos { "exactly-once" } else { "at-least-once" },
-        topics = ?subs,
-        "pipeline started"
+        workers = n,
+        group_id = %config.kafka.group_id,
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        routes = ?routes,
+        listen = %server.as_ref().map_or_else(|| "off".to_string(), |s| s.addr.to_string()),
+        "fieldcrypt {} started: {} {} route(s), {}, {n} worker(s); metrics and health on {}",
+        env!("CARGO_PKG_VERSION"),
+        transformer.operation(),
+        routes.len(),
+        if eos { "exactly-once" } else { "at-least-once" },
+        server.as_ref().map_or_else(|| "no listener".to_string(), |s| format!("http://{}", s.addr)),
     );
     tokio::pin!(shutdown);
     let mut stats = RunStats::default();
     let mut failure: Option<PipelineError> = None;
     let mut stopping = false;
+    let mut topic_watch = tokio::time::interval(topics::WATCH_INTERVAL);
+    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    progress_tick.reset();
+    let mut progress = Progress::new(&metrics);
     while !running.is_empty() {
         tokio::select! {
             _ = &mut shutdown, if !stopping => {
                 stopping = true;
                 cancel.cancel();
             }
+            _ = topic_watch.tick(), if !stopping => {
+                if let Some(client) = &watch_client {
+                    watch_topics(client.clone(), &config.routes, &kafka).await;
+                }
+            }
+            _ = progress_tick.tick(), if !stopping => progress.log(&metrics),
             Some(ended) = running.join_next() => {
                 match ended {
                     Ok(Ok(s)) => stats.add(&s),
@@ -242,13 +308,6 @@ pub async fn run(
         }
     }
     metrics.clear_assigned();
-    tracing::info!(
-        consumed = stats.consumed,
-        produced = stats.produced,
-        dead_lettered = stats.dead_lettered,
-        transactions = stats.transactions,
-        "pipeline stopped"
-    );
     match failure {
         Some(e) => {
             metrics
@@ -258,6 +317,89 @@ pub async fn run(
             Err(e)
         }
         None => Ok(stats),
+    }
+}
+
+/// How often a healthy pipeline says what it did.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The sum of a counter family over all its label values.
+fn total(c: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    c.collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The progress line: rates since the last one, from the metrics.
+struct Progress {
+    at: std::time::Instant,
+    consumed: u64,
+    produced: u64,
+    dead: u64,
+}
+
+impl Progress {
+    fn new(m: &crate::observe::Metrics) -> Self {
+        Progress {
+            at: std::time::Instant::now(),
+            consumed: total(&m.records_consumed),
+            produced: total(&m.records_produced),
+            dead: total(&m.dead_letters),
+        }
+    }
+
+    fn log(&mut self, m: &crate::observe::Metrics) {
+        let now = Progress::new(m);
+        let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-3);
+        let lag: i64 = {
+            use prometheus::core::Collector;
+            m.consumer_lag
+                .collect()
+                .iter()
+                .flat_map(|f| f.get_metric().iter())
+                .map(|g| g.get_gauge().get_value() as i64)
+                .sum()
+        };
+        let rate_in = (now.consumed - self.consumed) as f64 / secs;
+        let rate_out = (now.produced - self.produced) as f64 / secs;
+        let dead = now.dead - self.dead;
+        let assigned = m.assigned_partitions.get();
+        tracing::info!(
+            records_in_per_sec = rate_in.round() as u64,
+            records_out_per_sec = rate_out.round() as u64,
+            dead_letters = dead,
+            lag,
+            assigned_partitions = assigned,
+            "progress: {rate_in:.0} records/s in, {rate_out:.0} out, {dead} dead letters in the last {secs:.0} s; lag {lag}; {assigned} partition(s) assigned",
+        );
+        *self = now;
+    }
+}
+
+/// One look at the routes' topics (off the async threads): missing sources
+/// are named in the log and in readiness.
+async fn watch_topics(
+    client: Arc<LaneProducer>,
+    routes: &[crate::kafka::route::RouteConfig],
+    kafka: &crate::observe::kafka::KafkaLog,
+) {
+    let routes = routes.to_vec();
+    let r = tokio::task::spawn_blocking(move || {
+        topics::fetch(
+            rdkafka::producer::Producer::client(&*client),
+            &routes,
+            std::time::Duration::from_secs(10),
+        )
+    })
+    .await;
+    match r {
+        Ok(Ok(report)) => kafka.missing_topics(report.missing),
+        // Unreachable brokers are reported by the clients' own errors.
+        Ok(Err(e)) => tracing::debug!(error = %e, "topic metadata not available"),
+        Err(e) => tracing::debug!(error = %e, "topic metadata lookup did not run"),
     }
 }
 

@@ -30,12 +30,30 @@ pub struct Ack {
 }
 
 /// The producer's context: delivery reports, picked up by the lane.
-#[derive(Default)]
 pub struct AckContext {
     acks: Mutex<Vec<Ack>>,
+    /// Where the client's logs and errors go.
+    kafka: std::sync::Arc<crate::observe::kafka::KafkaLog>,
 }
 
-impl ClientContext for AckContext {}
+impl AckContext {
+    pub fn new(kafka: std::sync::Arc<crate::observe::kafka::KafkaLog>) -> Self {
+        AckContext {
+            acks: Mutex::default(),
+            kafka,
+        }
+    }
+}
+
+impl ClientContext for AckContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.kafka.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.kafka.error(&error, reason);
+    }
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = usize;

@@ -14,7 +14,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::observe::kafka::KafkaLog;
 use crate::observe::Metrics;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 
 /// A rebalance the lane must complete.
 #[derive(Debug)]
@@ -25,20 +28,40 @@ pub enum Event {
     Error(String),
 }
 
-/// The consumer's context: forwards rebalances to its lane and exports lag.
+/// The consumer's context: forwards rebalances to its lane, exports lag, and
+/// passes librdkafka's logs and errors to [`KafkaLog`].
 pub struct LaneContext {
     events: UnboundedSender<Event>,
     metrics: Arc<Metrics>,
+    /// Where the client's logs, errors and broker states go.
+    pub kafka: Arc<KafkaLog>,
 }
 
 impl LaneContext {
-    pub fn new(events: UnboundedSender<Event>, metrics: Arc<Metrics>) -> Self {
-        LaneContext { events, metrics }
+    pub fn new(
+        events: UnboundedSender<Event>,
+        metrics: Arc<Metrics>,
+        kafka: Arc<KafkaLog>,
+    ) -> Self {
+        LaneContext {
+            events,
+            metrics,
+            kafka,
+        }
     }
 }
 
 impl ClientContext for LaneContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.kafka.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.kafka.error(&error, reason);
+    }
+
     fn stats(&self, s: Statistics) {
+        self.kafka.stats(&s);
         for (topic, t) in &s.topics {
             let label = self.metrics.topic_label(topic);
             for (p, part) in &t.partitions {

@@ -46,6 +46,9 @@ pub enum Outcome {
         /// The headers to send (`None`: no headers at all).
         headers: Option<OwnedHeaders>,
         counts: Counts,
+        /// The schema has nothing to encrypt (or, decrypting, nothing encrypted)
+        /// and the route lets such records through (`allow_unencrypted`).
+        unencrypted: bool,
     },
     /// To the route's dead-letter topic, with this error.
     DeadLetter { code: Code, message: String },
@@ -152,6 +155,44 @@ enum Codec {
     FieldcryptToCsfle(Arc<Decryptor>, Arc<CsfleCodec>, Arc<str>),
 }
 
+impl Codec {
+    /// Nothing to do for a value: an encrypting plan that encrypts nothing, a
+    /// decrypting plan with nothing encrypted (Confluent's codecs always have
+    /// something: they exist only for schemas with ENCRYPT rules that select).
+    fn is_passthrough(&self) -> bool {
+        match self {
+            Codec::Encrypt(e) => e.plan().is_passthrough(),
+            Codec::Decrypt(d) => d.plan().is_passthrough(),
+            Codec::CsfleEncrypt(c, _) => c.plan().is_passthrough(),
+            Codec::CsfleDecrypt(..)
+            | Codec::CsfleToFieldcrypt(..)
+            | Codec::FieldcryptToCsfle(..) => false,
+        }
+    }
+}
+
+/// Adds a hint to a raw route's dead letter when the value looks Confluent-framed
+/// (magic byte 0 and a schema id): the topic's producers use a Schema Registry and
+/// the config has none.
+fn framing_hint(f: Failure, raw: bool, value: &[u8]) -> Failure {
+    match f {
+        Failure::Record(code @ (Code::SchemaMismatch | Code::TooDeep), msg)
+            if raw && value.len() >= 5 && value[0] == 0 =>
+        {
+            let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+            Failure::Record(
+                code,
+                format!(
+                    "{msg}; the value starts like a Confluent-framed record (magic byte 0, schema id {id}): \
+                     if the topic's producers use a Schema Registry, set [schema_registry] url in the config \
+                     instead of the route's value_schema"
+                ),
+            )
+        }
+        f => f,
+    }
+}
+
 /// A codec for one registry schema id, and the id of its output schema.
 struct Framed {
     codec: Codec,
@@ -182,6 +223,8 @@ struct RouteCodecs {
     require: Vec<String>,
     /// Accept writer schemas that encrypt less than earlier versions.
     allow_downgrade: bool,
+    /// Let schemas with nothing to encrypt (or nothing encrypted) through.
+    allow_unencrypted: bool,
     /// Decrypting: the DEK scopes this route's records may name.
     accepts: AcceptScopes,
     raw_value: Option<Codec>,
@@ -224,12 +267,16 @@ fn refuse_for_good<T>(cache: &FramedCache, id: u32, target: &str, refused: Refus
 
 /// The first of a route's `require` entries that a Confluent-format plan leaves
 /// in clear (field contexts, and `tag:NAME` for every field carrying the tag).
-fn required_in_clear(require: &[String], plan: &CsflePlan) -> Option<String> {
+fn required_in_clear(
+    require: &[String],
+    plan: &CsflePlan,
+    metadata: &crate::schema::policy::MetadataTags,
+) -> Option<String> {
     let encrypted = |ctx: &str| plan.selected.iter().any(|(n, _)| n == ctx);
     for r in require {
         match r.strip_prefix("tag:") {
             Some(tag) => {
-                for ctx in crate::schema::policy::fields_tagged(&plan.tree, tag) {
+                for ctx in crate::schema::policy::fields_tagged(&plan.tree, tag, metadata) {
                     if !encrypted(&ctx) {
                         return Some(format!("{ctx} (tag {tag})"));
                     }
@@ -280,8 +327,19 @@ impl Transformer {
                 })?;
                 let json = parse_schema_with(&text, &refs)
                     .map_err(|e| format!("routes[{i}].{key} {}: {e}", path.display()))?;
-                codec_for(&engine, mode, &json, &path.display().to_string(), is_key)
-                    .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))
+                let codec = codec_for(
+                    &engine,
+                    mode,
+                    &json,
+                    &[],
+                    &path.display().to_string(),
+                    is_key,
+                )
+                .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))?;
+                if !is_key {
+                    check_raw_value(&engine, i, r, &codec, path)?;
+                }
+                Ok::<_, String>(codec)
             };
             let (raw_value, raw_key) = if registry.is_some() {
                 (None, None)
@@ -312,6 +370,7 @@ impl Transformer {
                 scope: r.dek_scope(),
                 require: r.require.clone(),
                 allow_downgrade: r.allow_downgrade,
+                allow_unencrypted: r.allow_unencrypted,
                 accepts: AcceptScopes::for_route(r),
                 raw_value,
                 key_format: r.key_format,
@@ -398,6 +457,7 @@ impl Transformer {
                 payload: false,
                 headers,
                 counts: Counts::default(),
+                unencrypted: false,
             });
         };
         let (codec, datum) = self
@@ -412,15 +472,17 @@ impl Transformer {
                 out,
             )
             .await?;
+        let raw = rc.raw_value.is_some();
         let counts = match &codec {
-            Codec::Encrypt(enc) => {
-                self.encrypt_value(enc, rc, datum, out, &mut headers)
-                    .await?
-            }
+            Codec::Encrypt(enc) => self
+                .encrypt_value(enc, rc, datum, out, &mut headers)
+                .await
+                .map_err(|f| framing_hint(f, raw, value))?,
             Codec::Decrypt(dec) => {
                 let deks = self.dek_set(&hdrs, rc, msg.topic()).await?;
-                dec.decrypt(datum, &deks, out)
-                    .or_else(|e| record(e.code(), format!("value: {e}")))?
+                dec.decrypt(datum, &deks, out).or_else(|e| {
+                    record(e.code(), format!("value: {e}")).map_err(|f| framing_hint(f, raw, value))
+                })?
             }
             Codec::CsfleEncrypt(codec, subject) => {
                 self.csfle_encrypt(codec, subject, datum, out).await?
@@ -448,6 +510,7 @@ impl Transformer {
             payload: true,
             headers,
             counts,
+            unencrypted: codec.is_passthrough(),
         })
     }
 
@@ -701,6 +764,35 @@ impl Transformer {
         (out.count() > 0).then_some(out)
     }
 
+    /// Why a registry schema with nothing to encrypt (or nothing encrypted) is
+    /// refused, and the code.
+    fn nothing_refused(&self, codec: &Codec, label: &str) -> Refused {
+        match codec {
+            Codec::Encrypt(enc) => (
+                Code::NothingToEncrypt,
+                format!(
+                    "{label}: {}; its records would go out in clear. Mark the sensitive fields, or set allow_unencrypted = true on the route if this schema holds nothing sensitive",
+                    crate::schema::policy::why_nothing_selected(
+                        &enc.plan().tree,
+                        &self.engine.config().plan_config().selection
+                    )
+                ),
+            ),
+            Codec::CsfleEncrypt(..) => (
+                Code::NothingToEncrypt,
+                format!(
+                    "{label}: the route's Confluent rule selects no field (no field carries one of its confluent.tags); its records would go out in clear. Tag the sensitive fields, or set allow_unencrypted = true on the route"
+                ),
+            ),
+            _ => (
+                Code::NotEncrypted,
+                format!(
+                    "{label}: nothing in this schema is encrypted (no field carries a fieldcrypt attribute and it has no ENCRYPT rule), so there is nothing to decrypt: is the route reading the right topic? Set allow_unencrypted = true on the route to pass such records through"
+                ),
+            ),
+        }
+    }
+
     /// The codec for registry schema `id` on its way to `target`, built (and the
     /// output schema registered) on first sight.
     async fn framed(
@@ -738,8 +830,21 @@ impl Transformer {
         {
             return Ok(f);
         }
-        let codec = codec_for(&self.engine, self.mode, &schema.json, &label, is_key)
-            .or_else(|(c, m)| record(c, m))?;
+        let tags = crate::csfle::rules::metadata_tags(schema.metadata.as_ref())
+            .map_err(|m| Failure::Record(Code::PolicyError, format!("{label}: {m}")));
+        let codec = match tags.and_then(|tags| {
+            codec_for(&self.engine, self.mode, &schema.json, &tags, &label, is_key)
+                .map_err(|(c, m)| Failure::Record(c, m))
+        }) {
+            Ok(c) => c,
+            Err(Failure::Record(c, m)) => return refuse_for_good(cache, id, target, (c, m)),
+            Err(f) => return Err(f),
+        };
+        if !is_key && !rc.allow_unencrypted && codec.is_passthrough() {
+            let refused = self.nothing_refused(&codec, &label);
+            tracing::error!(schema_id = id, code = %refused.0, "writer schema refused: {}", refused.1);
+            return refuse_for_good(cache, id, target, refused);
+        }
         if let Codec::Encrypt(enc) = &codec {
             let subject = self.strategy.subject(source, is_key, &schema.json);
             let below = self.below_floor(rc, reg, &subject, enc, is_key).await?;
@@ -810,7 +915,16 @@ impl Transformer {
         };
         let chosen = match (self.mode, &rc.confluent) {
             (PipelineMode::Encrypt, Some(rules)) if !is_key => {
-                self.csfle_out(rc, schema, label, target, rules, writer_rules)
+                match self.csfle_out(rc, schema, label, target, rules, writer_rules) {
+                    Ok(c) => {
+                        let subject = self.strategy.subject(source, false, &schema.json);
+                        match self.csfle_below_floor(rc, reg, &subject, &c, rules).await? {
+                            Some(refused) => Err(refused),
+                            None => Ok(c),
+                        }
+                    }
+                    Err(r) => Err(r),
+                }
             }
             (PipelineMode::Encrypt, None) if !is_key && writer_rules => {
                 self.csfle_rekey_in(rc, reg, schema, label, source).await?
@@ -891,11 +1005,12 @@ impl Transformer {
         let md = schema.metadata.as_ref();
         let mut plan = CsflePlan::build(&base, Some(rules), md, label, max_depth)
             .map_err(|m| policy_error(label, m))?;
+        let tags = crate::csfle::rules::metadata_tags(md).map_err(|m| policy_error(label, m))?;
         // What fieldcrypt's own policy (markings, tags, rules) would encrypt must
         // be encrypted here too, or it would go out in clear.
         let ours = self
             .engine
-            .encrypt_plan(&base, label)
+            .encrypt_plan_tagged(&base, &tags, label)
             .map_err(|e| policy_error(label, e.to_string()))?;
         let unselected: Vec<String> = ours
             .floor()
@@ -908,7 +1023,7 @@ impl Transformer {
                 unselected.join(", ")
             )));
         }
-        if let Some(missing) = required_in_clear(&rc.require, &plan) {
+        if let Some(missing) = required_in_clear(&rc.require, &plan, &tags) {
             return Err((
                 Code::PolicyDowngrade,
                 format!("{label} leaves in clear what the route requires: {missing}"),
@@ -918,7 +1033,7 @@ impl Transformer {
         // extra bytes fields, which Confluent's clients read as they are.
         let out = self
             .engine
-            .encryptor(&base, label)
+            .encryptor_tagged(&base, &tags, label)
             .map_err(|e| e.to_string())
             .and_then(|enc| plan.with_indexes(&enc, &base))
             .map_err(|m| policy_error(label, m))?;
@@ -946,7 +1061,11 @@ impl Transformer {
             Ok(p) => p,
             Err(r) => return Ok(Err(r)),
         };
-        let enc = match self.engine.encryptor(&schema.json, label) {
+        let tags = match crate::csfle::rules::metadata_tags(schema.metadata.as_ref()) {
+            Ok(t) => t,
+            Err(m) => return Ok(Err(policy_error(label, m))),
+        };
+        let enc = match self.engine.encryptor_tagged(&schema.json, &tags, label) {
             Ok(e) => e,
             Err(e) => return Ok(Err(policy_error(label, e.to_string()))),
         };
@@ -995,6 +1114,74 @@ impl Transformer {
         Ok((codec, None, schema.json.clone()))
     }
 
+    /// A `format = "confluent"` route's policy floor: what the route's rule (or
+    /// fieldcrypt's own policy) encrypts in any earlier version of the source
+    /// `subject` must be encrypted by the chosen plan too, or the schema is a
+    /// downgrade. `None`: it holds.
+    async fn csfle_below_floor(
+        &self,
+        rc: &RouteCodecs,
+        reg: &SchemaRegistry,
+        subject: &str,
+        chosen: &CsfleChoice,
+        rules: &Json,
+    ) -> Step<Option<Refused>> {
+        if rc.allow_downgrade {
+            return Ok(None);
+        }
+        let plan = match &chosen.0 {
+            Codec::CsfleEncrypt(c, _) | Codec::FieldcryptToCsfle(_, c, _) => c.plan(),
+            _ => return Ok(None),
+        };
+        let max_depth = self.engine.config().schema.max_depth;
+        let mut floor = std::collections::BTreeSet::new();
+        for v in reg.subject_versions(subject).await? {
+            let version = match reg.subject_schema(subject, v).await {
+                Ok(x) => x,
+                Err(RegistryError::NotFound { .. }) => continue, // deleted meanwhile
+                Err(e) => return Err(e.into()),
+            };
+            let label = format!("subject {subject} version {v}");
+            let md = version.metadata.as_ref();
+            // What the route's rule selects in that version, and what fieldcrypt's
+            // own policy encrypts there; a version we cannot plan sets no floor.
+            if let Ok(p) = CsflePlan::build(&version.json, Some(rules), md, &label, max_depth) {
+                floor.extend(p.selected.into_iter().map(|(n, _)| n));
+            }
+            let tags = crate::csfle::rules::metadata_tags(md).unwrap_or_default();
+            if let Ok(p) = self
+                .engine
+                .encrypt_plan_tagged(&version.json, &tags, &label)
+            {
+                floor.extend(p.floor().into_keys());
+            }
+        }
+        let has = |ctx: &str| {
+            ctx.rsplit_once('.').is_some_and(|(rec, f)| {
+                plan.tree
+                    .names
+                    .get(rec)
+                    .and_then(|id| plan.tree.record(*id))
+                    .is_some_and(|r| r.fields.iter().any(|x| x.name == f))
+            })
+        };
+        let below: Vec<String> = floor
+            .into_iter()
+            .filter(|ctx| has(ctx) && !plan.selected.iter().any(|(n, _)| n == ctx))
+            .collect();
+        if below.is_empty() {
+            return Ok(None);
+        }
+        tracing::error!(subject, fields = %below.join(", "), "writer schema refused: it would encrypt less than its subject's earlier versions (policy_downgrade); its records go to the dead-letter topic");
+        Ok(Some((
+            Code::PolicyDowngrade,
+            format!(
+                "the writer schema leaves in clear what an earlier version of subject {subject} encrypts: {} (tag the fields with one of the route's confluent.tags, or set the route's allow_downgrade = true if this is deliberate)",
+                below.join(", ")
+            ),
+        )))
+    }
+
     /// The fields the writer schema `enc` leaves in clear that the route's
     /// `require` names or an earlier version of `subject` encrypts (its floor is
     /// the union of what every registered version encrypts).
@@ -1010,14 +1197,19 @@ impl Transformer {
         let mut floor = Floor::new();
         if !rc.allow_downgrade {
             for v in reg.subject_versions(subject).await? {
-                let json = match reg.subject_schema(subject, v).await {
-                    Ok(j) => j,
+                let version = match reg.subject_schema(subject, v).await {
+                    Ok(x) => x,
                     Err(RegistryError::NotFound { .. }) => continue, // deleted meanwhile
                     Err(e) => return Err(e),
                 };
                 let label = format!("subject {subject} version {v}");
+                let tags = crate::csfle::rules::metadata_tags(version.metadata.as_ref())
+                    .unwrap_or_default();
                 // A version we cannot plan (say, a conflicting marking) sets no floor.
-                if let Ok(p) = self.engine.encrypt_plan(&json, &label) {
+                if let Ok(p) = self
+                    .engine
+                    .encrypt_plan_tagged(&version.json, &tags, &label)
+                {
                     floor.extend(p.floor());
                 }
             }
@@ -1026,6 +1218,55 @@ impl Transformer {
             add_required(&rc.require, plan, &mut floor);
         }
         Ok(plan.below(&floor))
+    }
+}
+
+/// A raw route's value schema, checked at start-up: encrypting, it must encrypt
+/// something; decrypting, it must be an encrypted schema (the output of `fieldcrypt
+/// plan --output-schema`), not the plain one — unless the route allows
+/// unencrypted records.
+fn check_raw_value(
+    engine: &Engine,
+    i: usize,
+    r: &crate::kafka::route::RouteConfig,
+    codec: &Codec,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    if r.allow_unencrypted || !codec.is_passthrough() {
+        return Ok(());
+    }
+    let cfg = engine.config();
+    match codec {
+        Codec::Encrypt(enc) => Err(format!(
+            "routes[{i}].value_schema {}: {}, so every record would go to the target in clear. \
+             Mark the sensitive fields (\"sensitive\": true), map their confluent:tags under [tags.NAME], \
+             or select them with [[rules]] (check the output of `{}`); if this route really carries \
+             nothing sensitive, set allow_unencrypted = true on it",
+            path.display(),
+            crate::schema::policy::why_nothing_selected(
+                &enc.plan().tree,
+                &cfg.plan_config().selection
+            ),
+            cfg.command("plan", &crate::config::shell_word(&path.to_string_lossy())),
+        )),
+        _ => {
+            let out = path.with_extension("encrypted.avsc");
+            Err(format!(
+                "routes[{i}].value_schema {}: nothing in this schema is encrypted, so it is not what an \
+                 encrypting fieldcrypt writes; a decrypting route takes the encrypted (output) schema, \
+                 which `{}` writes from the plain one (or set allow_unencrypted = true on the route \
+                 if its records are not encrypted)",
+                path.display(),
+                cfg.command(
+                    "plan",
+                    &format!(
+                        "{} --output-schema {}",
+                        crate::config::shell_word(&path.to_string_lossy()),
+                        crate::config::shell_word(&out.to_string_lossy())
+                    )
+                ),
+            ))
+        }
     }
 }
 
@@ -1065,13 +1306,14 @@ fn codec_for(
     engine: &Engine,
     mode: PipelineMode,
     json: &Json,
+    metadata: &crate::schema::policy::MetadataTags,
     label: &str,
     is_key: bool,
 ) -> Result<Codec, Refused> {
     match mode {
         PipelineMode::Encrypt => {
             let enc = engine
-                .encryptor(json, label)
+                .encryptor_tagged(json, metadata, label)
                 .map_err(|e| (Code::PolicyError, e.to_string()))?;
             if is_key && enc.needs_dek() {
                 let fields: Vec<String> = enc

@@ -110,14 +110,27 @@ pub struct EncryptPlan {
     pub output_json: Json,
     pub output_tree: SchemaTree,
     pub rows: Vec<PlanRow>,
+    /// The registry's `metadata.tags` patterns the plan was built with.
+    pub metadata_tags: Vec<(String, Vec<String>)>,
 }
 
 impl EncryptPlan {
     /// Builds the plan for `json`; `label` names the schema in errors.
     pub fn build(json: &Json, label: &str, cfg: &PlanConfig) -> Result<Self, SchemaError> {
+        Self::build_tagged(json, &[], label, cfg)
+    }
+
+    /// As [`build`](Self::build) for a registered schema whose `metadata.tags`
+    /// give fields tags (`metadata`: pattern, tags).
+    pub fn build_tagged(
+        json: &Json,
+        metadata: &super::policy::MetadataTags,
+        label: &str,
+        cfg: &PlanConfig,
+    ) -> Result<Self, SchemaError> {
         let mut tree = SchemaTree::compile(json)?;
         tree.max_depth = cfg.max_depth;
-        let selection = select(&tree, label, &cfg.selection)?;
+        let selection = select(&tree, label, &cfg.selection, metadata)?;
         let perr = |path: &str, msg: String| SchemaError::Policy {
             schema: label.into(),
             path: path.into(),
@@ -242,6 +255,7 @@ impl EncryptPlan {
             output_json,
             output_tree,
             rows,
+            metadata_tags: metadata.to_vec(),
         })
     }
 
@@ -325,7 +339,7 @@ impl EncryptPlan {
     /// (the field, its type, union branches, array items, map values, named
     /// types), by context.
     pub fn tagged(&self, tag: &str) -> Vec<String> {
-        super::policy::fields_tagged(&self.tree, tag)
+        super::policy::fields_tagged(&self.tree, tag, &self.metadata_tags)
     }
 
     /// Deterministic key domains the plan uses.

@@ -1,7 +1,10 @@
-//! Field selection: decides which fields are sensitive and how, from three sources —
+//! Field selection: decides which fields are sensitive and how, from four sources —
 //! the field's `"sensitive"` attribute, its `"confluent:tags"` mapped through config,
-//! and config rules naming a record and a field path (for generated schemas such as
-//! Debezium's). Conflicts and rules that match nothing are errors, never guesses.
+//! the registry's `metadata.tags` patterns (tags a registered schema gives fields
+//! without touching them), and config rules naming a record and a field path (for
+//! generated schemas such as Debezium's). Conflicts and rules that match nothing are
+//! errors, never guesses; so is an attribute that looks like a misspelled marking
+//! (`"sensitve"`, `"Sensitive"`), which would otherwise leave its field in clear.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -117,6 +120,8 @@ pub enum Source {
     /// or on the named type it uses (its full name).
     TypeAttribute(Option<String>),
     Tag(String),
+    /// A tag the registry's `metadata.tags` gives the field (by a pattern).
+    MetadataTag(String),
     Rule(usize),
 }
 
@@ -127,6 +132,7 @@ impl fmt::Display for Source {
             Source::TypeAttribute(None) => f.write_str("attribute on the type"),
             Source::TypeAttribute(Some(t)) => write!(f, "attribute on type {t}"),
             Source::Tag(t) => write!(f, "tag {t}"),
+            Source::MetadataTag(t) => write!(f, "tag {t} (from the schema's metadata.tags)"),
             Source::Rule(i) => write!(f, "rule #{}", i + 1),
         }
     }
@@ -175,18 +181,26 @@ fn attribute_policy(v: &Json) -> Result<Option<PolicySpec>, String> {
     }
 }
 
-/// Picks the sensitive fields of `tree`. `schema` names the schema in errors.
+/// Tags that a registered schema's `metadata.tags` gives fields: (Confluent
+/// wildcard pattern over `namespace.Record.field`, tags).
+pub type MetadataTags = [(String, Vec<String>)];
+
+/// Picks the sensitive fields of `tree`, with `metadata` the tags its registry
+/// metadata gives fields (empty for schema files). `schema` names it in errors.
 pub fn select(
     tree: &SchemaTree,
     schema: &str,
     cfg: &SelectionConfig,
+    metadata: &MetadataTags,
 ) -> Result<Selection, SchemaError> {
     let mut s = Selector {
         tree,
         schema,
         cfg,
+        metadata,
         sel: Selection::new(),
     };
+    s.misspelled_markings()?;
     s.field_markings()?;
     s.named_type_markings()?;
     s.config_rules()?;
@@ -198,6 +212,7 @@ struct Selector<'a> {
     tree: &'a SchemaTree,
     schema: &'a str,
     cfg: &'a SelectionConfig,
+    metadata: &'a MetadataTags,
     sel: Selection,
 }
 
@@ -235,6 +250,46 @@ impl Selector<'_> {
             return Ok(());
         }
         self.sel.insert(key, Selected { policy, source });
+        Ok(())
+    }
+
+    /// Attributes that look like a misspelled marking, on field objects, their
+    /// type objects and named types: an error naming the field and the spelling.
+    fn misspelled_markings(&self) -> Result<(), SchemaError> {
+        let tree = self.tree;
+        for node in &tree.nodes {
+            let Node::Record(r) = node else { continue };
+            for f in &r.fields {
+                let path = format!("{}.{}", r.fullname, f.name);
+                let mut objects = vec![&f.json];
+                if let Some(ty) = f.json.get("type") {
+                    type_objects(ty, &mut objects);
+                }
+                for o in objects {
+                    if let Some(m) = misspelled(o) {
+                        return Err(self.perr(path, m));
+                    }
+                }
+            }
+        }
+        let mut named: Vec<(&String, &serde_json::Map<String, Json>)> = tree
+            .named_attrs
+            .iter()
+            .filter_map(|(id, a)| {
+                let name = match tree.node(*id) {
+                    Node::Record(r) => &r.fullname,
+                    Node::Enum { name, .. } | Node::Fixed { name, .. } => name,
+                    _ => return None,
+                };
+                Some((name, a))
+            })
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, attrs) in named {
+            if let Some(m) = misspelled(attrs) {
+                return Err(self.perr(format!("type {name}"), m));
+            }
+        }
         Ok(())
     }
 
@@ -296,6 +351,16 @@ impl Selector<'_> {
                                 path.clone(),
                             )?;
                         }
+                    }
+                }
+                for t in metadata_tags_of(self.metadata, &path) {
+                    if let Some(spec) = cfg.tags.get(t) {
+                        self.put(
+                            (id, i),
+                            resolve(spec, cfg),
+                            Source::MetadataTag(t.into()),
+                            path.clone(),
+                        )?;
                     }
                 }
                 // Markings on the field's own (unnamed) type objects, where Kafka Connect
@@ -453,7 +518,7 @@ fn marking_policies(
 /// Fields carrying `confluent:tags` tag `tag` wherever selection honours a tag: on
 /// the field, on its type object, a union branch, array items or map values, or on
 /// a named type the field's type reaches; as `record.field`, sorted.
-pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str) -> Vec<String> {
+pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str, metadata: &MetadataTags) -> Vec<String> {
     let has = |m: &serde_json::Map<String, Json>| {
         m.get("confluent:tags")
             .and_then(Json::as_array)
@@ -467,8 +532,12 @@ pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str) -> Vec<String> {
             if let Some(ty) = f.json.get("type") {
                 anonymous_markings(ty, &mut marks);
             }
-            if has(&f.json) || marks.into_iter().any(has) {
-                out.insert(format!("{}.{}", r.fullname, f.name));
+            let full = format!("{}.{}", r.fullname, f.name);
+            if has(&f.json)
+                || marks.into_iter().any(has)
+                || metadata_tags_of(metadata, &full).contains(&tag)
+            {
+                out.insert(full);
             }
         }
     }
@@ -482,6 +551,126 @@ pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str) -> Vec<String> {
         }
     }
     out.into_iter().collect()
+}
+
+/// Why a schema selects nothing, for the error that refuses it: the rules that
+/// name records the schema does not have (the usual typo), and its records.
+pub fn why_nothing_selected(tree: &SchemaTree, cfg: &SelectionConfig) -> String {
+    let mut records: Vec<&str> = tree
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Record(r) => Some(r.fullname.as_str()),
+            _ => None,
+        })
+        .collect();
+    records.sort_unstable();
+    let unmatched: Vec<String> = cfg
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !tree.names.contains_key(&r.record))
+        .map(|(i, r)| format!("rule #{} names record \"{}\"", i + 1, r.record))
+        .collect();
+    let mut msg = String::from(
+        "no field is marked sensitive, tagged with a [tags] entry or selected by a rule",
+    );
+    if !unmatched.is_empty() {
+        msg.push_str(&format!(
+            "; {}, which this schema does not contain",
+            unmatched.join(", ")
+        ));
+    }
+    msg.push_str(&format!(" (records here: {})", records.join(", ")));
+    msg
+}
+
+/// The tags `metadata` patterns give the field `full` (`namespace.Record.field`).
+fn metadata_tags_of<'a>(metadata: &'a MetadataTags, full: &str) -> Vec<&'a str> {
+    metadata
+        .iter()
+        .filter(|(p, _)| crate::csfle::rules::wildcard_match(p, full))
+        .flat_map(|(_, t)| t.iter().map(String::as_str))
+        .collect()
+}
+
+/// The marking attributes, spelled as fieldcrypt reads them.
+const MARKINGS: [&str; 2] = ["sensitive", "confluent:tags"];
+
+/// An attribute of `o` that is not a marking but looks like a misspelled one
+/// (another case, or at most two edits away): the message saying so.
+fn misspelled(o: &serde_json::Map<String, Json>) -> Option<String> {
+    o.keys().find_map(|k| {
+        if MARKINGS.contains(&k.as_str()) {
+            return None;
+        }
+        let lower = k.to_ascii_lowercase();
+        MARKINGS
+            .iter()
+            .find(|m| edit_distance(&lower, m) <= 2)
+            .map(|m| {
+                format!(
+                    "attribute \"{k}\" looks like a misspelling of \"{m}\", which fieldcrypt would not \
+                     read, so the field would go out in clear; write \"{m}\" (exactly, in lower case)"
+                )
+            })
+    })
+}
+
+/// Edit distance with adjacent transpositions (optimal string alignment), on
+/// bytes; attribute names are short, so the table is small.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len().abs_diff(b.len()) > 2 {
+        return 3;
+    }
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            d[i * w + j] = if i == 0 {
+                j
+            } else if j == 0 {
+                i
+            } else {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut v = (d[(i - 1) * w + j] + 1)
+                    .min(d[i * w + j - 1] + 1)
+                    .min(d[(i - 1) * w + j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    v = v.min(d[(i - 2) * w + j - 2] + 1);
+                }
+                v
+            };
+        }
+    }
+    d[a.len() * w + b.len()]
+}
+
+/// Every object in a field's type that is not a named definition (those are
+/// checked by their own attributes): the type itself, union branches, array
+/// items, map values.
+fn type_objects<'a>(ty: &'a Json, out: &mut Vec<&'a serde_json::Map<String, Json>>) {
+    match ty {
+        Json::Array(branches) => branches.iter().for_each(|b| type_objects(b, out)),
+        Json::Object(o) => {
+            let t = o.get("type");
+            if matches!(
+                t.and_then(Json::as_str),
+                Some("record" | "error" | "enum" | "fixed")
+            ) {
+                return;
+            }
+            out.push(o);
+            for inner in [o.get("items"), o.get("values")].into_iter().flatten() {
+                type_objects(inner, out);
+            }
+            if let Some(inner @ (Json::Object(_) | Json::Array(_))) = t {
+                type_objects(inner, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn is_marked(m: &serde_json::Map<String, Json>) -> bool {
@@ -694,7 +883,7 @@ mod tests {
             domain: None,
             blind_index: None,
         });
-        let sel = select(&tree, "test", &c).unwrap();
+        let sel = select(&tree, "test", &c, &[]).unwrap();
         assert_eq!(
             names(&tree, &sel),
             vec![
@@ -725,7 +914,7 @@ mod tests {
             blind_index: None,
         });
         assert_eq!(
-            names(&tree, &select(&tree, "t", &c).unwrap()),
+            names(&tree, &select(&tree, "t", &c, &[]).unwrap()),
             vec!["A.email", "B.email"]
         );
     }
@@ -738,7 +927,7 @@ mod tests {
         let tree = SchemaTree::compile(&s).unwrap();
         let mut c = cfg();
         c.tags.insert("PII".into(), PolicySpec::default());
-        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        let e = select(&tree, "s.avsc", &c, &[]).unwrap_err().to_string();
         assert!(
             e.contains("conflicting") && e.contains("R.a") && e.contains("tag PII"),
             "{e}"
@@ -747,7 +936,9 @@ mod tests {
         let s = json!({"type": "record", "name": "R", "fields": [
             {"name": "a", "type": "string", "sensitive": {"mode": "scrambled"}}]});
         let tree = SchemaTree::compile(&s).unwrap();
-        let e = select(&tree, "s.avsc", &cfg()).unwrap_err().to_string();
+        let e = select(&tree, "s.avsc", &cfg(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("scrambled") && e.contains("R.a"), "{e}");
 
         let tree = SchemaTree::compile(&json!({"type": "record", "name": "R", "fields": [
@@ -761,14 +952,14 @@ mod tests {
             domain: None,
             blind_index: None,
         });
-        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        let e = select(&tree, "s.avsc", &c, &[]).unwrap_err().to_string();
         assert!(e.contains("Nope") && e.contains("records here: R"), "{e}");
         c.unmatched_rules = Unmatched::Ignore;
-        assert!(select(&tree, "s.avsc", &c).unwrap().is_empty());
+        assert!(select(&tree, "s.avsc", &c, &[]).unwrap().is_empty());
 
         c.rules[0].record = "R".into();
         c.rules[0].fields = vec!["b".into()];
-        let e = select(&tree, "s.avsc", &c).unwrap_err().to_string();
+        let e = select(&tree, "s.avsc", &c, &[]).unwrap_err().to_string();
         assert!(
             e.contains("no field \"b\"") && e.contains("fields: a"),
             "{e}"
@@ -788,7 +979,7 @@ mod tests {
         let tree = SchemaTree::compile(&s).unwrap();
         let mut c = cfg();
         c.tags.insert("PII".into(), PolicySpec::default());
-        let sel = select(&tree, "t", &c).unwrap();
+        let sel = select(&tree, "t", &c, &[]).unwrap();
         assert_eq!(
             names(&tree, &sel),
             vec!["R.card", "R.email", "R.phone", "R.tags"]
@@ -811,7 +1002,9 @@ mod tests {
             {"name": "work", "type": ["null", "Addr"]}
         ]});
         let tree = SchemaTree::compile(&s).unwrap();
-        let e = select(&tree, "t.avsc", &cfg()).unwrap_err().to_string();
+        let e = select(&tree, "t.avsc", &cfg(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("ambiguous") && e.contains("R.home") && e.contains("R.work"),
             "{e}"
@@ -819,7 +1012,9 @@ mod tests {
         let s = json!({"type": "record", "name": "R", "sensitive": true, "fields": [
             {"name": "a", "type": "string"}]});
         let tree = SchemaTree::compile(&s).unwrap();
-        let e = select(&tree, "t.avsc", &cfg()).unwrap_err().to_string();
+        let e = select(&tree, "t.avsc", &cfg(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("top-level"), "{e}");
     }
 }

@@ -163,6 +163,7 @@ fn produced(o: Outcome) -> (Option<Vec<u8>>, bool, Option<OwnedHeaders>, Counts)
             payload,
             headers,
             counts,
+            ..
         } => (key, payload, headers, counts),
         Outcome::DeadLetter { code, message } => panic!("dead letter {code:?}: {message}"),
     }

@@ -16,6 +16,9 @@ use crate::keys::keyset::IndexSettings;
 use crate::schema::plan::PlanConfig;
 use crate::schema::policy::{PolicySpec, Rule, SelectionConfig, Unmatched};
 
+pub mod env;
+mod paths;
+
 /// A config that cannot be used, naming the key at fault.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -28,6 +31,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, msg: String },
     #[error("config key {key}: {msg}")]
     Invalid { key: String, msg: String },
+    #[error("config file {path}: {source}")]
+    Env {
+        path: PathBuf,
+        source: env::EnvError,
+    },
 }
 
 fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -65,6 +73,10 @@ pub struct Config {
     pub schema_registry: SchemaRegistryConfig,
     /// The `/metrics` and `/health` listener (for `fieldcrypt run`).
     pub metrics: MetricsConfig,
+    /// The file this config was read from (`None`: the embedded defaults), so
+    /// that the commands a message suggests carry the same `--config`.
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
 }
 
 /// `[kafka]`
@@ -219,22 +231,72 @@ fn valid_domain(d: &str) -> bool {
 
 impl Config {
     /// Reads a config file, or the embedded defaults when `path` is `None`.
+    /// `${VAR}` and `${VAR:-default}` in string values come from the environment
+    /// ([`env`]); relative paths resolve against the file's directory.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let cfg = match path {
-            None => Config::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.to_path_buf(),
-                    msg: e.to_string(),
-                })?
-            }
+        Self::load_with_env(path, &env::process_env)
+    }
+
+    /// [`Config::load`] with another environment (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let Some(p) = path else {
+            let cfg = Config::default();
+            cfg.validate()?;
+            return Ok(cfg);
         };
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, p, lookup)?;
+        cfg.origin = Some(p.to_path_buf());
+        if let Some(dir) = p.parent() {
+            cfg.resolve_paths(dir);
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses the text of `path`, substituting the environment into its strings.
+    fn parse(
+        text: &str,
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |msg: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let substituted =
+            env::substitute_table(&mut table, lookup).map_err(|source| ConfigError::Env {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if !substituted {
+            // Straight from the text: errors then point at a line and column.
+            return toml::from_str(text).map_err(|e| parse_err(e.to_string()));
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| parse_err(e.to_string()))
+    }
+
+    /// A `fieldcrypt` command line to suggest in a message, with this config's
+    /// `--config` when it came from a file: `command("keys init", "")` gives
+    /// `fieldcrypt keys init --config deploy/encrypt.toml`.
+    pub fn command(&self, subcommand: &str, flags: &str) -> String {
+        let mut c = format!("fieldcrypt {subcommand}");
+        if let Some(p) = &self.origin {
+            c.push_str(" --config ");
+            c.push_str(&shell_word(&p.to_string_lossy()));
+        }
+        if !flags.is_empty() {
+            c.push(' ');
+            c.push_str(flags);
+        }
+        c
     }
 
     /// A `format = "confluent"` route: its rule is complete and usable, and what
@@ -597,6 +659,18 @@ impl Config {
                 .map(|(k, _)| k.clone())
                 .collect::<HashSet<_>>(),
         }
+    }
+}
+
+/// `s` as one shell word: as it is when it is plain, else single-quoted.
+pub fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
