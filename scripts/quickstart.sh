@@ -119,6 +119,22 @@ sum_metric() {
     END { printf "%d\n", total }'
 }
 
+# Waits until the instance with metrics port $1 (pid $3, log $2) is ready: it has
+# joined its consumer group and holds partitions (/health/ready answers 200).
+wait_ready() {
+  local port="$1" log="$2" pid="$3" deadline
+  deadline=$((SECONDS + WAIT_SECONDS))
+  until python3 -c 'import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2)' "http://127.0.0.1:$port/health/ready" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { log_tail "$log"; die "fieldcrypt (pid $pid) exited early"; }
+    if ((SECONDS >= deadline)); then
+      log_tail "$log"
+      die "fieldcrypt on port $port not ready within ${WAIT_SECONDS}s (see demo-out/$log)"
+    fi
+    sleep 0.3
+  done
+}
+
 # Waits until the instance with metrics port $2 (pid $4, log $3) has produced $1
 # records.
 wait_produced() {
@@ -217,6 +233,11 @@ PIDS+=("$ENC_PID")
 DEC_PID=$!
 PIDS+=("$DEC_PID")
 echo "started fieldcrypt run --config encrypt.toml (pid $ENC_PID) and --config decrypt.toml (pid $DEC_PID)"
+# Produce only once both have joined their groups, so the latency loadgen reports
+# is the pipeline's, not a group join's.
+wait_ready "$METRICS_PORT" fieldcrypt-encrypt.log "$ENC_PID"
+wait_ready "$DEC_METRICS_PORT" fieldcrypt-decrypt.log "$DEC_PID"
+echo "both instances joined their groups and hold partitions (/health/ready)"
 
 echo "== 5/7 fieldcrypt loadgen: $COUNT change events -> $SOURCE, verified in $TARGET without keys"
 if ! "$FC" loadgen --config encrypt.toml --topic "$SOURCE" --count "$COUNT" --rate 0 --keys 1000 \

@@ -5,6 +5,7 @@
 //! out of uses mid-record, and the encoded `fieldcrypt.dek` header live here once.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
@@ -122,6 +123,45 @@ pub async fn open_kek(config: &Config, kek: &str) -> Result<Arc<dyn Kms>, KmsErr
     crate::keys::provider::open_kek(&config.kms, kek).await
 }
 
+/// A local KEK file that does not exist: `keys init` when nothing depends on a
+/// KEK yet; otherwise which KEK the keyset needs back (a new one could never
+/// unwrap it).
+pub fn check_local_kek(config: &Config) -> Result<(), EngineError> {
+    let Some(path) = config.kms.kek_file() else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    let keyset = Keyset::load(&config.keyset.file)?;
+    let mut keks: Vec<&str> = keyset
+        .keys
+        .iter()
+        .filter(|k| k.kek.starts_with("local:"))
+        .map(|k| k.kek.as_str())
+        .collect();
+    keks.sort_unstable();
+    keks.dedup();
+    let msg = if keks.is_empty() {
+        format!(
+            "KEK file {} does not exist; create it with `{}`",
+            path.display(),
+            config.command("keys init", "")
+        )
+    } else {
+        format!(
+            "KEK file {} does not exist, and keyset {} holds keys wrapped by KEK {}: restore that \
+             KEK file to {} (from your secret store or backup); `fieldcrypt keys init` would create \
+             a new KEK that cannot unwrap them",
+            path.display(),
+            config.keyset.file.display(),
+            keks.join(" and "),
+            path.display()
+        )
+    };
+    Err(EngineError::Kms(KmsError::Config(msg)))
+}
+
 /// Opens the configured KMS as a key ring: the default KEK, each route's own KEK
 /// for its data keys, and the unwrap-only `decrypt_keks`.
 pub async fn open_kms(config: &Config) -> Result<Arc<dyn Kms>, KmsError> {
@@ -133,10 +173,28 @@ pub async fn open_kms(config: &Config) -> Result<Arc<dyn Kms>, KmsError> {
 }
 
 impl Engine {
-    /// Opens the KMS and unwraps the keyset.
+    /// Opens the KMS and unwraps the keyset. A missing or wrong local KEK is
+    /// explained against the keyset: which KEK its keys need, and the command
+    /// (with this config's `--config`) when a new KEK is the right answer.
     pub async fn start(config: Config) -> Result<Self, EngineError> {
+        check_local_kek(&config)?;
         let kms = open_kms(&config).await?;
-        Self::with_kms(config, kms).await
+        let kek = config.kms.kek_file().map(Path::to_path_buf);
+        Self::with_kms(config, kms).await.map_err(|e| match e {
+            EngineError::Keyset(KeysetError::Unwrap {
+                source: KmsError::WrongKek { expected, found },
+                ..
+            }) => EngineError::Kms(KmsError::Config(format!(
+                "the keyset's keys are wrapped by KEK {found}, but {} is KEK {expected}: point \
+                 kms.kek_file at the KEK file that wrapped them (`fieldcrypt keys list` shows each \
+                 key's KEK), or add that KEK to kms.decrypt_keks if the keyset was rewrapped",
+                kek.map_or_else(
+                    || "the configured KEK".to_string(),
+                    |p| format!("kms.kek_file {}", p.display())
+                ),
+            ))),
+            e => e,
+        })
     }
 
     /// As [`start`](Self::start) with a given KMS (tests, other providers).
@@ -152,7 +210,8 @@ impl Engine {
             kms.as_ref(),
             &config.index_settings(),
         )
-        .await?;
+        .await?
+        .with_commands(config.command("keys create", ""));
         let settings = config.dek_settings();
         let deks = DekManager::new(kms.clone(), Arc::new(SystemClock::default()), settings);
         let dek_cache = DekCache::new(kms.clone(), settings);

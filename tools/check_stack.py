@@ -162,6 +162,25 @@ def check_dockerfile(dockerfile, context):
         for src in args[:-1]:
             if not (context / src).exists():
                 problem(rel(dockerfile), f"{words[0]} source {src} does not exist in the build context")
+    # cargo resolves the whole workspace even to build one binary: every member
+    # must be in the image's build context.
+    copied = set()
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0].upper() == "COPY" and not any(w.startswith("--from") for w in words[1:]):
+            copied.update(w.rstrip("/") for w in words[1:-1] if not w.startswith("--"))
+    cargo = (context / "Cargo.toml").read_text()
+    m = re.search(r"members\s*=\s*\[([^\]]*)\]", cargo)
+    members = re.findall(r'"([^"]+)"', m.group(1)) if m else []
+    for member in members:
+        if member != "." and member not in copied:
+            problem(rel(dockerfile), f"workspace member {member}/ is not copied into the build stage (cargo would fail to load the workspace)")
+    ignored = [l.strip().rstrip("/") for l in (context / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    for member in members:
+        if member in ignored:
+            problem(".dockerignore", f"excludes workspace member {member}/, which the build needs")
+    if "CARGO_PROFILE_RELEASE_STRIP" not in text and "strip" not in text:
+        problem(rel(dockerfile), "the shipped binary is not stripped (the release profile keeps debug info)")
 
 
 # ---------------------------------------------------------------- fieldcrypt.toml

@@ -30,6 +30,11 @@ pub fn repo() -> PathBuf {
 /// hand a just-released port to the next `bind(0)`, and two parallel tests that got
 /// the same port would find each other's server (one test's fault proxy in front of
 /// another test's KMS emulator).
+///
+/// Not race-free against `wait_for_port`: the probe listener lives for a moment,
+/// and a child another thread forks in that moment holds a copy of it until its
+/// exec, so a connect to the port can succeed with nothing started yet (see
+/// `Registry::start_with`, which therefore lets its server pick the port).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +122,8 @@ impl Drop for Broker {
 pub struct Registry {
     child: Child,
     pub port: u16,
+    /// Holds the port file and the registry's stderr (`registry.log`).
+    _dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -125,24 +132,57 @@ impl Registry {
     }
 
     /// With extra arguments, e.g. `["--basic-auth", "user:password"]`.
+    ///
+    /// The registry binds port 0 itself and writes the bound port to a file once
+    /// it listens (`--port-file`, written after bind + listen); no `free_port` +
+    /// `wait_for_port`. That pair made this flaky (about 1 run in 7 of
+    /// tests/dek_registry.rs, first request `Connection refused`): `free_port`'s
+    /// probe socket is a *listening* socket for a moment, and a test thread that
+    /// spawns a child in that moment (fork/vfork) gives the child a copy of it,
+    /// open until the child's exec (CLOEXEC). A second test's `wait_for_port`
+    /// then connected to its port through that stray listener (strace: connect
+    /// to 43787 = 0 at 25.476, from 127.0.0.1:39598, while the other test's
+    /// vfork child cloned at 25.471 only exec'd at 25.483) and returned while
+    /// python3 (behind the pyenv shims, ~0.3 s) was still starting.
     pub fn start_with(extra: &[&str]) -> Registry {
-        let port = free_port();
+        let dir = tempfile::tempdir().expect("a temp dir for the test registry");
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("registry.log");
         let mut child = Command::new("python3")
             .arg(repo().join("tools/test_registry.py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--exit-with-parent",
-            ])
+            .args(["--host", "127.0.0.1", "--port", "0", "--exit-with-parent"])
+            .arg("--port-file")
+            .arg(&port_file)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the test registry's log"))
             .spawn()
             .expect("python3 runs the test registry");
-        wait_for_port(port, "test registry", &mut child);
-        Registry { child, port }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            // Written atomically (temp file + rename), so never seen half-written.
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                break text
+                    .trim()
+                    .parse::<u16>()
+                    .unwrap_or_else(|e| panic!("test registry port file {text:?}: {e}"));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("test registry exited early ({status}):\n{stderr}");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("test registry did not listen within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {

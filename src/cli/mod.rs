@@ -3,6 +3,8 @@
 //! and exit non-zero; nothing here prints field values or key material.
 
 mod display;
+mod log;
+mod validate;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use fieldcrypt::config::Config;
 use fieldcrypt::engine::{open_kek, open_kms, Engine};
-use fieldcrypt::file::{decrypt_file, encrypt_file};
+use fieldcrypt::file::{decrypt_file, encrypt_file_with};
 use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
 use fieldcrypt::loadgen::{self, Limit, LoadSpec};
@@ -25,21 +27,19 @@ use fieldcrypt::schema::model::SchemaTree;
 #[derive(Debug, Parser)]
 #[command(name = "fieldcrypt", version, about, long_about = None)]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace) or a tracing filter.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing filter
+    /// such as "info,librdkafka=debug". Default: FIELDCRYPT_LOG, then RUST_LOG,
+    /// then info for run (warn for the other commands).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    /// Format of everything written to stderr: pretty, or json (one object per line).
+    #[arg(long, global = true, value_enum, env = "FIELDCRYPT_LOG_FORMAT", default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
-}
+use log::LogFormat;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -49,7 +49,8 @@ enum Command {
     /// Show which fields a schema's records get encrypted and how, and write the
     /// derived output schema.
     Plan {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Avro schema file (.avsc).
         schema: PathBuf,
@@ -64,29 +65,57 @@ enum Command {
     },
     /// Encrypt an Avro container file.
     EncryptFile {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Write the output even if the schema encrypts nothing (it is then
+        /// plaintext); without it, such a file is an error.
+        #[arg(long)]
+        allow_unencrypted: bool,
+        /// The Avro container file to encrypt.
+        #[arg(value_name = "INPUT")]
         input: PathBuf,
+        /// Where the encrypted file goes (written only when complete; never INPUT).
+        #[arg(value_name = "OUTPUT")]
         output: PathBuf,
     },
     /// Decrypt an Avro container file written by `encrypt-file`.
     DecryptFile {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The encrypted Avro container file.
+        #[arg(value_name = "INPUT")]
         input: PathBuf,
+        /// Where the decrypted file goes (written only when complete; never INPUT).
+        #[arg(value_name = "OUTPUT")]
         output: PathBuf,
+    },
+    /// Check a config without running it: the config itself, the keys, each
+    /// route's schema and plan, and (with a metadata request only, never joining
+    /// the group) the brokers, topics and Schema Registry. One line per check;
+    /// exit status 0 only when every check passes.
+    Validate {
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Skip the checks that need the network (brokers, registry).
+        #[arg(long)]
+        offline: bool,
     },
     /// Run the Kafka stream processor (consume, encrypt or decrypt, produce) until
     /// SIGINT/SIGTERM, then drain in-flight records and commit.
     Run {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// The benchmark floor: forward the routes' records unchanged (consume, produce
     /// the same bytes, store offsets after delivery), serving the same /metrics.
     #[command(hide = true)]
     Forward {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Produce synthetic records to a route's source topic at a target rate (plain
@@ -97,7 +126,8 @@ enum Command {
     /// Verify a finished load run: read the route's target topic from the
     /// beginning and report missing, duplicated and unencrypted records of the run.
     Check {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// The run's source topic (its route gives the target topic).
         #[arg(long)]
@@ -120,6 +150,7 @@ enum Command {
     },
     /// Print records of an Avro container file as JSON lines (bytes as base64).
     Cat {
+        /// The Avro container file.
         file: PathBuf,
         /// Print at most this many records.
         #[arg(long, short = 'n')]
@@ -127,7 +158,8 @@ enum Command {
     },
     /// Write random records of a schema to an Avro container file.
     Sample {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Avro schema file (.avsc).
         #[arg(long)]
@@ -146,12 +178,15 @@ enum Command {
         /// Block codec: null, deflate, snappy, zstandard.
         #[arg(long, default_value = "deflate")]
         codec: String,
+        /// The Avro container file to write.
+        #[arg(value_name = "OUTPUT")]
         output: PathBuf,
     },
     /// Measure encrypt/decrypt throughput on one core against a plain apache-avro
     /// round trip of the same records. Uses a throwaway KEK and keyset.
     Bench {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Avro schema file (.avsc).
         #[arg(long, default_value = "schemas/customer.avsc")]
@@ -179,12 +214,14 @@ enum CdcChoice {
 enum KeysCommand {
     /// Create the local KEK file (32 random bytes, mode 0600). Refuses to overwrite.
     Init {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Create a deterministic or blind-index key (a new version if the domain exists).
     Create {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         #[arg(long, value_enum)]
         purpose: Purpose,
@@ -194,13 +231,15 @@ enum KeysCommand {
     },
     /// List the keyset's keys (ids and metadata only, never key material).
     List {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Add a new active version of a domain's deterministic and/or blind-index
     /// keys; older versions stay for decrypting older data.
     Rotate {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// Key domain to rotate.
         #[arg(long)]
@@ -212,7 +251,8 @@ enum KeysCommand {
     /// Re-encrypt every wrapped key of the keyset under another KEK (AWS
     /// ReEncrypt where possible). Data is not touched.
     Rewrap {
-        #[arg(long, short)]
+        /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+        #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
         /// The new KEK: AWS key id, alias/NAME or ARN; or a KEK file (local).
         #[arg(long)]
@@ -223,7 +263,18 @@ enum KeysCommand {
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    // `run` (and its floor) are long-lived: an operator wants to see them work.
+    let default_level = match cli.command {
+        Command::Run { .. } | Command::Forward { .. } => "info",
+        _ => "warn",
+    };
+    let env = |v: &str| std::env::var(v).ok();
+    let (spec, from) = log::filter_spec(cli.log.as_deref(), &env, default_level);
+    if let Err(e) = log::init(cli.log_format, &spec, from) {
+        // No subscriber is installed: the line is written as the format asks.
+        log::line(tracing::Level::ERROR, &e);
+        return ExitCode::FAILURE;
+    }
     // `run` transforms on several worker tasks; the other commands are one task.
     // File commands too: a signal must be seen while a block is being transformed.
     let rt = if matches!(
@@ -246,14 +297,17 @@ pub fn main() -> ExitCode {
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            log::line(
+                tracing::Level::ERROR,
+                &format!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            log::line(tracing::Level::ERROR, &report(&e));
             ExitCode::FAILURE
         }
     }
@@ -271,18 +325,6 @@ fn report(e: &anyhow::Error) -> String {
         }
     }
     msg
-}
-
-fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Pretty => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -327,14 +369,19 @@ async fn run(cmd: Command) -> Result<()> {
         ),
         Command::EncryptFile {
             config,
+            allow_unencrypted,
             input,
             output,
-        } => file_cmd(config.as_deref(), &input, &output, true).await,
+        } => {
+            let opts = fieldcrypt::file::EncryptOptions { allow_unencrypted };
+            file_cmd(config.as_deref(), &input, &output, Some(opts)).await
+        }
         Command::DecryptFile {
             config,
             input,
             output,
-        } => file_cmd(config.as_deref(), &input, &output, false).await,
+        } => file_cmd(config.as_deref(), &input, &output, None).await,
+        Command::Validate { config, offline } => validate::run(config.as_deref(), offline).await,
         Command::Run { config } => {
             let cfg = load_config(config.as_deref())?;
             if cfg.routes.is_empty() {
@@ -342,9 +389,12 @@ async fn run(cmd: Command) -> Result<()> {
             }
             let engine = Arc::new(Engine::start(cfg.clone()).await?);
             let stats = fieldcrypt::pipeline::run(engine, &cfg, shutdown_signal()).await?;
-            eprintln!(
-                "stopped: {} records consumed, {} produced, {} dead-lettered",
-                stats.consumed, stats.produced, stats.dead_lettered
+            log::line(
+                tracing::Level::INFO,
+                &format!(
+                    "stopped: {} records consumed, {} produced, {} dead-lettered, {} transactions",
+                    stats.consumed, stats.produced, stats.dead_lettered, stats.transactions
+                ),
             );
             Ok(())
         }
@@ -352,9 +402,12 @@ async fn run(cmd: Command) -> Result<()> {
             let cfg = load_config(config.as_deref())?;
             let metrics = Arc::new(fieldcrypt::observe::Metrics::new());
             let stats = fieldcrypt::pipeline::floor::run(&cfg, metrics, shutdown_signal()).await?;
-            eprintln!(
-                "stopped: {} records consumed, {} forwarded",
-                stats.consumed, stats.produced
+            log::line(
+                tracing::Level::INFO,
+                &format!(
+                    "stopped: {} records consumed, {} forwarded",
+                    stats.consumed, stats.produced
+                ),
             );
             Ok(())
         }
@@ -401,7 +454,10 @@ async fn run(cmd: Command) -> Result<()> {
             let c = fieldcrypt::avro::container::parse_codec(&codec)?;
             fieldcrypt::sample::write_file(&json, &tree, count, seed, c, &codec, &output)
                 .with_context(|| format!("cannot write {}", output.display()))?;
-            eprintln!("wrote {count} records to {}", output.display());
+            log::line(
+                tracing::Level::INFO,
+                &format!("wrote {count} records to {}", output.display()),
+            );
             Ok(())
         }
         Command::Bench {
@@ -417,7 +473,8 @@ async fn run(cmd: Command) -> Result<()> {
 /// `fieldcrypt loadgen`'s options.
 #[derive(Debug, clap::Args)]
 struct LoadgenArgs {
-    #[arg(long, short)]
+    /// The config file (TOML; default: the embedded defaults). Also FIELDCRYPT_CONFIG.
+    #[arg(long, short, env = "FIELDCRYPT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Source topic to produce to (a route's source, for --verify).
     #[arg(long)]
@@ -475,6 +532,16 @@ fn plan(
         &cfg.plan_config(),
     )?;
     print!("{}", plan.table());
+    if plan.is_passthrough() {
+        log::line(
+            tracing::Level::WARN,
+            &format!(
+                "warning: nothing in {} is encrypted: {}; encrypt-file and run refuse such a schema unless told to allow it",
+                schema.display(),
+                fieldcrypt::schema::policy::why_nothing_selected(&plan.tree, &cfg.plan_config().selection)
+            ),
+        );
+    }
     let det = sorted(plan.deterministic_domains());
     let idx = sorted(plan.index_domains());
     if !det.is_empty() || !idx.is_empty() {
@@ -483,6 +550,35 @@ fn plan(
             det.join(", "),
             idx.join(", ")
         );
+        // Which of them the keyset lacks, each with the command that creates it.
+        let ks = Keyset::load(&cfg.keyset.file)?;
+        let missing: Vec<String> = det
+            .iter()
+            .map(|d| (Purpose::Deterministic, d))
+            .chain(idx.iter().map(|d| (Purpose::BlindIndex, d)))
+            .filter(|(p, d)| ks.active(*p, d).is_none())
+            .map(|(p, d)| {
+                cfg.command(
+                    "keys create",
+                    &format!(
+                        "--purpose {p} --domain {}",
+                        fieldcrypt::config::shell_word(d)
+                    ),
+                )
+            })
+            .collect();
+        if missing.is_empty() {
+            println!("keyset {}: has them all", cfg.keyset.file.display());
+        } else {
+            println!(
+                "keyset {} lacks {} of them; create them with:",
+                cfg.keyset.file.display(),
+                missing.len()
+            );
+            for c in missing {
+                println!("  {c}");
+            }
+        }
     }
     if let Some(out) = output_schema {
         let text = serde_json::to_string_pretty(&plan.output_json)? + "\n";
@@ -498,14 +594,14 @@ async fn file_cmd(
     config: Option<&Path>,
     input: &Path,
     output: &Path,
-    encrypting: bool,
+    encrypting: Option<fieldcrypt::file::EncryptOptions>,
 ) -> Result<()> {
     stop_file_commands_on_signal();
     let engine = Engine::start(load_config(config)?).await?;
     let bar = ProgressView::new(input);
     let mut progress = |b, r| bar.update(b, r);
-    let report = if encrypting {
-        encrypt_file(&engine, input, output, &mut progress).await
+    let report = if let Some(opts) = encrypting {
+        encrypt_file_with(&engine, input, output, opts, &mut progress).await
     } else {
         decrypt_file(&engine, input, output, &mut progress).await
     };
@@ -518,16 +614,17 @@ async fn file_cmd(
         output.display()
     );
     let f = &r.fields;
-    if encrypting {
-        eprintln!(
+    let summary = if encrypting.is_some() {
+        format!(
             "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
              with {} data key(s) {rate}",
             r.records, f.randomized, f.deterministic, f.indexes, f.nulls, r.deks
-        );
+        )
     } else {
         let fields = f.randomized + f.deterministic;
-        eprintln!("decrypted {} records ({fields} fields) {rate}", r.records);
-    }
+        format!("decrypted {} records ({fields} fields) {rate}", r.records)
+    };
+    log::line(tracing::Level::INFO, &summary);
     Ok(())
 }
 
@@ -577,7 +674,10 @@ async fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
         verify_timeout: seconds("--verify-timeout", verify_timeout)?,
         run_id: run_id.unwrap_or_else(loadgen::new_run_id),
     };
-    eprintln!("loadgen: run {} to {}", spec.run_id, spec.topic);
+    log::line(
+        tracing::Level::INFO,
+        &format!("loadgen: run {} to {}", spec.run_id, spec.topic),
+    );
     let live = Arc::new(loadgen::Live::default());
     let work = loadgen::run(&cfg, &spec, live.clone());
     let r = with_progress(live, true, verify, work).await?;
@@ -607,17 +707,22 @@ async fn with_progress(
         producing,
         verifying,
         done.clone(),
+        |l: &str| log::line(tracing::Level::INFO, l),
     ));
     let stopper = {
         let live = live.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
-            eprintln!(
-                "loadgen: stopping (signal); reporting what was done; a second signal exits now"
+            log::line(
+                tracing::Level::WARN,
+                "loadgen: stopping (signal); reporting what was done; a second signal exits now",
             );
             live.stop.store(true, std::sync::atomic::Ordering::Relaxed);
             shutdown_signal().await;
-            eprintln!("loadgen: second signal: exiting without a report");
+            log::line(
+                tracing::Level::WARN,
+                "loadgen: second signal: exiting without a report",
+            );
             std::process::exit(130);
         })
     };
@@ -728,6 +833,26 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
                     cfg.kms.provider.kind().name()
                 );
             };
+            // A keyset whose keys a KEK wrapped needs that KEK back, not a new one.
+            let ks = Keyset::load(&cfg.keyset.file)?;
+            let local: std::collections::BTreeSet<&str> = ks
+                .keys
+                .iter()
+                .filter(|k| k.kek.starts_with("local:"))
+                .map(|k| k.kek.as_str())
+                .collect();
+            if !local.is_empty() && !kek_file.exists() {
+                bail!(
+                    "keyset {} holds {} key(s) wrapped by KEK {}; a new KEK could never unwrap them. \
+                     Restore that KEK file to {} from where you keep it (a secret store or backup; \
+                     `fieldcrypt keys list` shows which KEK wraps each key), or move the keyset aside \
+                     to start afresh with new keys",
+                    cfg.keyset.file.display(),
+                    ks.keys.len(),
+                    local.into_iter().collect::<Vec<_>>().join(" and "),
+                    kek_file.display()
+                );
+            }
             let p = LocalKms::init(kek_file)?;
             let kms = LocalKms::open(&p)?;
             println!(
@@ -743,6 +868,7 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
             domain,
         } => {
             let cfg = load_config(config.as_deref())?;
+            fieldcrypt::engine::check_local_kek(&cfg)?;
             let kms = open_kms(&cfg).await?;
             let mut ks = Keyset::load(&cfg.keyset.file)?;
             let e = ks.create(kms.as_ref(), purpose, &domain).await?;
@@ -763,8 +889,38 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
             purpose,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let kms = open_kms(&cfg).await?;
             let mut ks = Keyset::load(&cfg.keyset.file)?;
+            let has = |p: Purpose| ks.active(p, &domain).is_some();
+            let wanted: Vec<Purpose> = match purpose {
+                Some(p) => vec![p],
+                None => vec![Purpose::Deterministic, Purpose::BlindIndex],
+            };
+            if !wanted.iter().any(|p| has(*p)) {
+                let create: Vec<String> = wanted
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "`{}`",
+                            cfg.command(
+                                "keys create",
+                                &format!(
+                                    "--purpose {p} --domain {}",
+                                    fieldcrypt::config::shell_word(&domain)
+                                )
+                            )
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "keyset {} has no {} key for domain \"{domain}\" to rotate; create one with {}",
+                    cfg.keyset.file.display(),
+                    purpose.map_or("deterministic or blind-index".to_string(), |p| p
+                        .to_string()),
+                    create.join(" or ")
+                );
+            }
+            fieldcrypt::engine::check_local_kek(&cfg)?;
+            let kms = open_kms(&cfg).await?;
             let added = ks.rotate(kms.as_ref(), &domain, purpose).await?;
             ks.save(&cfg.keyset.file)?;
             for e in &added {
@@ -781,6 +937,7 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Rewrap { config, to_kek } => {
             let cfg = load_config(config.as_deref())?;
+            fieldcrypt::engine::check_local_kek(&cfg)?;
             let from = open_kms(&cfg).await?;
             let to = open_kek(&cfg, &to_kek).await?;
             let mut ks = Keyset::load(&cfg.keyset.file)?;
@@ -883,10 +1040,13 @@ async fn bench(
     }
     ks.save(&cfg.keyset.file)?;
     let engine = Engine::with_kms(cfg, kms).await?;
-    eprintln!(
-        "benchmarking {} ({} sensitive fields) ...",
-        schema.display(),
-        plan.rows.len()
+    log::line(
+        tracing::Level::INFO,
+        &format!(
+            "benchmarking {} ({} sensitive fields) ...",
+            schema.display(),
+            plan.rows.len()
+        ),
     );
     let report = fieldcrypt::bench::run(
         &engine,

@@ -268,11 +268,31 @@ fn same_file(input: &Path, output: &Path) -> bool {
     }
 }
 
-/// Encrypts `input` into `output`.
+/// How `encrypt-file` treats a schema with nothing to encrypt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncryptOptions {
+    /// Write the file even when its schema encrypts nothing (default: refuse,
+    /// since that is most often a misspelled rule or marking and the output
+    /// would be plaintext).
+    pub allow_unencrypted: bool,
+}
+
+/// Encrypts `input` into `output`; a schema with nothing to encrypt is refused.
 pub async fn encrypt_file(
     engine: &Engine,
     input: &Path,
     output: &Path,
+    progress: Progress<'_>,
+) -> Result<FileReport, FileError> {
+    encrypt_file_with(engine, input, output, EncryptOptions::default(), progress).await
+}
+
+/// [`encrypt_file`] with options.
+pub async fn encrypt_file_with(
+    engine: &Engine,
+    input: &Path,
+    output: &Path,
+    options: EncryptOptions,
     progress: Progress<'_>,
 ) -> Result<FileReport, FileError> {
     let started = Instant::now();
@@ -297,6 +317,19 @@ pub async fn encrypt_file(
     let enc = engine
         .encryptor(&schema, label)
         .map_err(engine_err(input))?;
+    if enc.plan().is_passthrough() && !options.allow_unencrypted {
+        return Err(invalid(format!(
+            "nothing in its schema would be encrypted ({}), so {} would be plaintext; mark the \
+             sensitive fields (\"sensitive\": true), map their confluent:tags under [tags.NAME] \
+             or select them with [[rules]] in the config given with --config; or pass \
+             --allow-unencrypted if the file holds nothing sensitive",
+            crate::schema::policy::why_nothing_selected(
+                &enc.plan().tree,
+                &engine.config().plan_config().selection
+            ),
+            output.display()
+        )));
+    }
 
     let dir = out_dir(output);
     let body = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;

@@ -263,7 +263,7 @@ impl Keyset {
         if purposes.is_empty() {
             let what = purpose.map_or("key".to_string(), |p| format!("{p} key"));
             return Err(KeysetError::Missing(format!(
-                "domain \"{domain}\" has no {what} to rotate; create one with `fieldcrypt keys create --domain {domain}`"
+                "domain \"{domain}\" has no {what} to rotate; create one with `fieldcrypt keys create --purpose deterministic --domain {domain}` or `fieldcrypt keys create --purpose blind-index --domain {domain}`"
             )));
         }
         let mut added = Vec::new();
@@ -347,6 +347,8 @@ pub struct KeyMaterial {
     deterministic_by_id: HashMap<KeyId, Arc<DeterministicKey>>,
     blind: HashMap<String, Arc<BlindIndexKey>>,
     keyset_path: PathBuf,
+    /// `fieldcrypt keys create [--config FILE]`, for messages.
+    keys_create: String,
 }
 
 impl KeyMaterial {
@@ -421,11 +423,71 @@ impl KeyMaterial {
         m
     }
 
+    /// Sets the `keys create` command line that messages about missing keys
+    /// suggest (with the config's `--config`).
+    pub fn with_commands(mut self, keys_create: String) -> Self {
+        self.keys_create = keys_create;
+        self
+    }
+
+    /// Every key of `deterministic` and `index` domains the keyset lacks, in
+    /// one error (one command per key), so a user fixes them in one go.
+    pub fn check_available<'a>(
+        &self,
+        deterministic: impl IntoIterator<Item = &'a String>,
+        index: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), KeysetError> {
+        let mut missing: Vec<(Purpose, &str)> = deterministic
+            .into_iter()
+            .filter(|d| !self.deterministic.contains_key(*d))
+            .map(|d| (Purpose::Deterministic, d.as_str()))
+            .chain(
+                index
+                    .into_iter()
+                    .filter(|d| !self.blind.contains_key(*d))
+                    .map(|d| (Purpose::BlindIndex, d.as_str())),
+            )
+            .collect();
+        missing.sort_by(|a, b| (a.0.to_string(), a.1).cmp(&(b.0.to_string(), b.1)));
+        match missing.as_slice() {
+            [] => Ok(()),
+            [(p, d)] => Err(self.missing(*p, d)),
+            many => {
+                let create = if self.keys_create.is_empty() {
+                    "fieldcrypt keys create"
+                } else {
+                    &self.keys_create
+                };
+                let cmds: Vec<String> = many
+                    .iter()
+                    .map(|(p, d)| {
+                        format!(
+                            "`{create} --purpose {p} --domain {}`",
+                            crate::config::shell_word(d)
+                        )
+                    })
+                    .collect();
+                Err(KeysetError::Missing(format!(
+                    "keyset {} lacks {} keys the schema needs; create them with {}",
+                    self.keyset_path.display(),
+                    many.len(),
+                    cmds.join(", ")
+                )))
+            }
+        }
+    }
+
     fn missing(&self, purpose: Purpose, domain: &str) -> KeysetError {
+        let create = if self.keys_create.is_empty() {
+            "fieldcrypt keys create"
+        } else {
+            &self.keys_create
+        };
         KeysetError::Missing(format!(
             "no {purpose} key for domain \"{domain}\" in keyset {}; create one with \
-             `fieldcrypt keys create --purpose {purpose} --domain {domain}`",
-            self.keyset_path.display()
+             `{create} --purpose {purpose} --domain {}`",
+            self.keyset_path.display(),
+            crate::config::shell_word(domain)
         ))
     }
 

@@ -698,14 +698,15 @@ pub fn new_run_id() -> String {
     hex::encode(b)
 }
 
-/// Prints a progress line to stderr every `every` until `done` is set: records
-/// acknowledged (when producing) and seen on the target (when verifying).
+/// Emits a progress line through `emit` every `every` until `done` is set:
+/// records acknowledged (when producing) and seen on the target (when verifying).
 pub async fn progress(
     live: Arc<Live>,
     every: Duration,
     producing: bool,
     verifying: bool,
     done: Arc<AtomicBool>,
+    emit: impl Fn(&str),
 ) {
     let start = Instant::now();
     let mut last = (0u64, start);
@@ -732,7 +733,7 @@ pub async fn progress(
                 live.seen.load(Ordering::Relaxed)
             ));
         }
-        eprintln!("{line}");
+        emit(&line);
     }
 }
 

@@ -73,6 +73,25 @@ fn repeats(n: u64, window: Duration) -> String {
     }
 }
 
+/// A message's text with every digit run as `#`: the key under which repeats
+/// of "the same" message (differing only in timings and counts) are counted.
+fn without_digits(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_digits = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
 /// The librdkafka log level that lets through what the tracing filter enables
 /// for target `librdkafka`, so lines nobody reads are not even formatted.
 pub fn log_level() -> RDKafkaLogLevel {
@@ -115,9 +134,21 @@ impl KafkaLog {
         // librdkafka repeats connection failures every reconnect backoff.
         let held = match level {
             RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info => Some(0),
-            _ => self.limit.check(message, Instant::now()),
+            // Keyed without numbers: librdkafka's lines differ by timings and
+            // counts ("after 0ms", "3 identical error(s) suppressed").
+            _ => self.limit.check(&without_digits(message), Instant::now()),
         };
         let Some(n) = held else { return };
+        // One [kafka] properties table serves consumers and producers, so each
+        // ignores the other's properties: expected, not worth a warning.
+        let level = if facility == "CONFWARN"
+            && (message.contains("is a consumer property and will be ignored by this producer")
+                || message.contains("is a producer property and will be ignored by this consumer"))
+        {
+            RDKafkaLogLevel::Debug
+        } else {
+            level
+        };
         let r = repeats(n, self.limit.window);
         match level {
             RDKafkaLogLevel::Emerg
@@ -156,7 +187,7 @@ impl KafkaLog {
             ),
             _ => format!("Kafka client error: {error}: {reason}"),
         };
-        if let Some(n) = self.limit.check(&msg, Instant::now()) {
+        if let Some(n) = self.limit.check(&without_digits(&msg), Instant::now()) {
             tracing::error!(target: "fieldcrypt::kafka", "{msg}{}", repeats(n, self.limit.window));
         }
     }
@@ -177,6 +208,10 @@ impl KafkaLog {
                     self.bootstrap
                 )
             }
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => format!(
+                "consume error: a broker of kafka.bootstrap_servers = \"{}\" cannot be reached ({error})",
+                self.bootstrap
+            ),
             _ => format!("consume error: {error}"),
         };
         if let Some(n) = self.limit.check(&msg, Instant::now()) {

@@ -28,8 +28,11 @@ pub struct MetricsConfig {
     pub listen: String,
     /// Most topics that get their own `topic` label (default 1,000); the rest
     /// share the label `other`, so regex routes cannot grow the series without
-    /// bound. A source topic's series go when its partitions are revoked.
+    /// bound.
     pub max_topics: usize,
+    /// Seconds between `run`'s progress lines at info level (records/s in and
+    /// out, dead letters, lag); default 30, 0 turns them off.
+    pub progress_seconds: u64,
 }
 
 impl Default for MetricsConfig {
@@ -37,6 +40,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
             max_topics: super::metrics::DEFAULT_MAX_TOPICS,
+            progress_seconds: 30,
         }
     }
 }

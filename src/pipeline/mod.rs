@@ -276,8 +276,10 @@ pub async fn run(
     let mut failure: Option<PipelineError> = None;
     let mut stopping = false;
     let mut topic_watch = tokio::time::interval(topics::WATCH_INTERVAL);
-    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let progress_every = std::time::Duration::from_secs(config.metrics.progress_seconds.max(1));
+    let mut progress_tick = tokio::time::interval(progress_every);
     progress_tick.reset();
+    let progress_on = config.metrics.progress_seconds > 0;
     let mut progress = Progress::new(&metrics);
     while !running.is_empty() {
         tokio::select! {
@@ -290,7 +292,7 @@ pub async fn run(
                     watch_topics(client.clone(), &config.routes, &kafka).await;
                 }
             }
-            _ = progress_tick.tick(), if !stopping => progress.log(&metrics),
+            _ = progress_tick.tick(), if !stopping && progress_on => progress.log(&metrics),
             Some(ended) = running.join_next() => {
                 match ended {
                     Ok(Ok(s)) => stats.add(&s),
@@ -319,9 +321,6 @@ pub async fn run(
         None => Ok(stats),
     }
 }
-
-/// How often a healthy pipeline says what it did.
-pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The sum of a counter family over all its label values.
 fn total(c: &prometheus::IntCounterVec) -> u64 {

@@ -321,51 +321,11 @@ impl Transformer {
             .map_err(|e| format!("schema.reference_files: {e}"))?;
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let load = |key: &str, path: &std::path::Path, is_key: bool| {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!("routes[{i}].{key}: cannot read {}: {e}", path.display())
-                })?;
-                let json = parse_schema_with(&text, &refs)
-                    .map_err(|e| format!("routes[{i}].{key} {}: {e}", path.display()))?;
-                let codec = codec_for(
-                    &engine,
-                    mode,
-                    &json,
-                    &[],
-                    &path.display().to_string(),
-                    is_key,
-                )
-                .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))?;
-                if !is_key {
-                    check_raw_value(&engine, i, r, &codec, path)?;
-                }
-                Ok::<_, String>(codec)
-            };
             let (raw_value, raw_key) = if registry.is_some() {
                 (None, None)
             } else {
-                let v = match &r.value_schema {
-                    Some(p) => Some(load("value_schema", p, false)?),
-                    None => {
-                        return Err(format!(
-                        "routes[{i}].value_schema: required without [schema_registry] (the writer schema of the raw Avro values)"
-                    ))
-                    }
-                };
-                let k = match (&r.key_format, &r.key_schema) {
-                    (KeyFormat::Avro, Some(p)) => Some(load("key_schema", p, true)?),
-                    (KeyFormat::Avro, None) => {
-                        return Err(format!(
-                            "routes[{i}].key_schema: key_format = \"avro\" without [schema_registry] needs the raw keys' writer schema"
-                        ))
-                    }
-                    (KeyFormat::Passthrough, _) => None,
-                };
-                (v, k)
+                raw_codecs(&engine, &refs, i, r)?
             };
-            if let (PipelineMode::Encrypt, Some(Codec::Encrypt(enc))) = (mode, &raw_value) {
-                check_required(i, &r.require, enc.plan())?;
-            }
             routes.push(RouteCodecs {
                 scope: r.dek_scope(),
                 require: r.require.clone(),
@@ -1219,6 +1179,102 @@ impl Transformer {
         }
         Ok(plan.below(&floor))
     }
+}
+
+/// A raw route's codecs from its schema files (value, and key for
+/// `key_format = "avro"`), checked as start-up checks them.
+fn raw_codecs(
+    engine: &Engine,
+    refs: &crate::schema::References,
+    i: usize,
+    r: &crate::kafka::route::RouteConfig,
+) -> Result<(Option<Codec>, Option<Codec>), String> {
+    let mode = engine.config().pipeline.mode;
+    let load = |key: &str, path: &std::path::Path, is_key: bool| {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("routes[{i}].{key}: cannot read {}: {e}", path.display()))?;
+        let json = parse_schema_with(&text, refs)
+            .map_err(|e| format!("routes[{i}].{key} {}: {e}", path.display()))?;
+        let label = path.display().to_string();
+        let codec = codec_for(engine, mode, &json, &[], &label, is_key)
+            .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))?;
+        if !is_key {
+            check_raw_value(engine, i, r, &codec, path)?;
+        }
+        Ok::<_, String>(codec)
+    };
+    let v = match &r.value_schema {
+        Some(p) => load("value_schema", p, false)?,
+        None => {
+            return Err(format!(
+                "routes[{i}].value_schema: required without [schema_registry] (the writer schema of the raw Avro values)"
+            ))
+        }
+    };
+    let k = match (&r.key_format, &r.key_schema) {
+        (KeyFormat::Avro, Some(p)) => Some(load("key_schema", p, true)?),
+        (KeyFormat::Avro, None) => {
+            return Err(format!(
+                "routes[{i}].key_schema: key_format = \"avro\" without [schema_registry] needs the raw keys' writer schema"
+            ))
+        }
+        (KeyFormat::Passthrough, _) => None,
+    };
+    if let (PipelineMode::Encrypt, Codec::Encrypt(enc)) = (mode, &v) {
+        check_required(i, &r.require, enc.plan())?;
+    }
+    Ok((Some(v), k))
+}
+
+/// What a raw route does, checked as `run` would check it at start-up
+/// (`fieldcrypt validate`): a line describing its plan, or why it is refused.
+pub fn check_raw_route(engine: &Engine, i: usize) -> Result<String, String> {
+    let cfg = engine.config();
+    let r = cfg
+        .routes
+        .get(i)
+        .ok_or_else(|| format!("routes[{i}]: no such route"))?;
+    let refs = cfg
+        .schema
+        .references()
+        .map_err(|e| format!("schema.reference_files: {e}"))?;
+    let (value, key) = raw_codecs(engine, &refs, i, r)?;
+    let describe = |c: &Codec| match c {
+        Codec::Encrypt(e) => {
+            let (mut rnd, mut det, mut idx) = (0, 0, 0);
+            for row in &e.plan().rows {
+                match row.mode {
+                    crate::schema::policy::Mode::Randomized => rnd += 1,
+                    crate::schema::policy::Mode::Deterministic => det += 1,
+                }
+                idx += usize::from(row.index_field.is_some());
+            }
+            format!(
+                "encrypts {rnd} randomized and {det} deterministic field(s), {idx} blind index(es)"
+            )
+        }
+        Codec::Decrypt(d) => format!(
+            "decrypts {} field(s)",
+            d.plan()
+                .actions
+                .iter()
+                .flatten()
+                .filter(|a| matches!(a, crate::schema::plan::DecryptAction::Decrypt(..)))
+                .count()
+        ),
+        _ => "Confluent's format".to_string(),
+    };
+    let mut line = match value {
+        Some(v) if v.is_passthrough() => {
+            "passes records through unencrypted (allow_unencrypted = true)".to_string()
+        }
+        Some(v) => describe(&v),
+        None => String::new(),
+    };
+    if let Some(k) = key {
+        line.push_str(&format!("; keys: {}", describe(&k)));
+    }
+    Ok(line)
 }
 
 /// A raw route's value schema, checked at start-up: encrypting, it must encrypt

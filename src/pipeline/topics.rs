@@ -55,6 +55,29 @@ pub fn compare(routes: &[RouteConfig], topics: &[String]) -> TopicReport {
     r
 }
 
+/// Connects with the config's Kafka settings (a producer: no group join) and asks
+/// once, with `timeout` (`fieldcrypt validate`). A `kafka.properties` entry that
+/// librdkafka refuses is named.
+pub async fn probe(
+    config: &crate::config::Config,
+    timeout: Duration,
+) -> Result<TopicReport, super::PipelineError> {
+    let client: rdkafka::producer::BaseProducer = super::client_config(config, &[])
+        .create()
+        .map_err(|e| super::client_error(config, e))?;
+    let routes = config.routes.clone();
+    tokio::task::spawn_blocking(move || {
+        fetch(
+            rdkafka::producer::Producer::client(&client),
+            &routes,
+            timeout,
+        )
+    })
+    .await
+    .map_err(|e| super::PipelineError::Setup(e.to_string()))?
+    .map_err(super::PipelineError::Kafka)
+}
+
 /// Asks the brokers for every topic (blocking: run it off the async threads).
 pub fn fetch<C: ClientContext>(
     client: &Client<C>,

@@ -104,6 +104,7 @@ impl Encryptor {
     /// Resolves the plan's key domains; a missing keyset key is an error that says
     /// how to create it.
     pub fn new(plan: Arc<EncryptPlan>, keys: &KeyMaterial) -> Result<Self, KeysetError> {
+        keys.check_available(&plan.deterministic_domains(), &plan.index_domains())?;
         let mut acts = Vec::with_capacity(plan.actions.len());
         for per_node in &plan.actions {
             let mut v = Vec::with_capacity(per_node.len());
