@@ -180,13 +180,14 @@ impl Engine {
         check_local_kek(&config)?;
         let kms = open_kms(&config).await?;
         let kek = config.kms.kek_file().map(Path::to_path_buf);
+        let keys_list = config.command("keys list", "");
         Self::with_kms(config, kms).await.map_err(|e| match e {
             EngineError::Keyset(KeysetError::Unwrap {
                 source: KmsError::WrongKek { expected, found },
                 ..
             }) => EngineError::Kms(KmsError::Config(format!(
                 "the keyset's keys are wrapped by KEK {found}, but {} is KEK {expected}: point \
-                 kms.kek_file at the KEK file that wrapped them (`fieldcrypt keys list` shows each \
+                 kms.kek_file at the KEK file that wrapped them (`{keys_list}` shows each \
                  key's KEK), or add that KEK to kms.decrypt_keks if the keyset was rewrapped",
                 kek.map_or_else(
                     || "the configured KEK".to_string(),

@@ -82,8 +82,15 @@ fn data_keys_through_the_sdk_are_bound_to_context_and_key() {
         assert!(!e.is_retriable(), "{e}");
 
         // Per-tenant KEK: the ring wraps the tenant's keys with its own key (named by
-        // alias) and unwraps any key by the ARN it carries.
-        let t: Arc<dyn Kms> = Arc::new(AwsKms::new(client.clone(), "alias/tenant-t"));
+        // alias, resolved to its ARN when opened) and unwraps a key by the ARN it
+        // carries, when that is one of its keys.
+        let unresolved = AwsKms::new(client.clone(), "alias/tenant-t");
+        assert!(
+            !unresolved.owns(&arn_t),
+            "an alias owns nothing until resolved"
+        );
+        let t: Arc<dyn Kms> = Arc::new(unresolved.resolve().await.unwrap());
+        assert!(t.owns(&arn_t));
         let ring = KeyRing::new(a.clone()).scope("tenant:t", t.clone());
         let tc = ctx(&[
             ("fieldcrypt:purpose", "dek"),
@@ -101,6 +108,22 @@ fn data_keys_through_the_sdk_are_bound_to_context_and_key() {
         assert_eq!(
             *ring.decrypt_data_key(&dk.wrapped, &c).await.unwrap(),
             *dk.plaintext
+        );
+
+        // A wrapped key naming a key the config does not name (another account's,
+        // a forger's) is refused before any KMS call: no request reaches KMS.
+        let forged = fieldcrypt::keys::WrappedKey {
+            kek: "arn:aws:kms:us-east-1:999999999999:key/00000000-0000-0000-0000-000000000000"
+                .into(),
+            blob: dk.wrapped.blob.clone(),
+        };
+        let only_a = KeyRing::new(a.clone());
+        let e = only_a.decrypt_data_key(&forged, &c).await.unwrap_err();
+        assert!(matches!(e, KmsError::WrongKek { .. }), "{e}");
+        let e = a.decrypt_data_key(&tk.wrapped, &tc).await.unwrap_err();
+        assert!(
+            matches!(e, KmsError::WrongKek { .. }),
+            "key a does not unwrap the tenant key's data keys: {e}"
         );
 
         // ReEncrypt moves a wrapped key to another KEK inside KMS, same context.
@@ -203,10 +226,15 @@ fn fc(dir: &Path, args: &[&str]) -> String {
 }
 
 fn aws_config(dir: &Path, url: &str, key: &str) {
+    aws_config_with(dir, url, key, "")
+}
+
+/// With extra `[kms]` lines (`decrypt_keks = [...]`).
+fn aws_config_with(dir: &Path, url: &str, key: &str, kms_extra: &str) {
     std::fs::write(
         dir.join("fieldcrypt.toml"),
         format!(
-            "[kms]\nprovider = \"aws\"\nkey_id = \"{key}\"\nregion = \"{REGION}\"\nendpoint_url = \"{url}\"\n\
+            "[kms]\nprovider = \"aws\"\nkey_id = \"{key}\"\nregion = \"{REGION}\"\nendpoint_url = \"{url}\"\n{kms_extra}\
              [keyset]\nfile = \"keyset.json\"\n"
         ),
     )
@@ -289,8 +317,35 @@ fn rotate_and_rewrap_keep_old_data_decryptable() {
     assert_eq!(keyset_keks(d), vec![new.clone(); 3]);
     assert_eq!(std::fs::read(d.join("enc-v1.avro")).unwrap(), before);
 
-    // With the config on the new KEK, data from before rotation and rewrap decrypts.
+    // With the config on the new KEK alone, data keys the old KEK wrapped are
+    // refused without a KMS call: a process unwraps only with KEKs its config
+    // names (a forged DEK header cannot send it to another key).
     aws_config(d, &moto.url(), "alias/fieldcrypt-2026");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fieldcrypt"))
+        .current_dir(d)
+        .args([
+            "decrypt-file",
+            "enc-v1.avro",
+            "x.avro",
+            "--config",
+            "fieldcrypt.toml",
+        ])
+        .envs(CREDENTIALS)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&old) && err.contains("kms.decrypt_keks"),
+        "{err}"
+    );
+    // Keeping the old KEK for unwrapping, data from before rotation and rewrap decrypts.
+    aws_config_with(
+        d,
+        &moto.url(),
+        "alias/fieldcrypt-2026",
+        "decrypt_keks = [\"aws:alias/fieldcrypt-2025\"]\n",
+    );
     let plain = fc(d, &["cat", "in.avro"]);
     for f in ["enc-v1.avro", "enc-v2.avro"] {
         run(&["decrypt-file", f, &format!("dec-{f}")]);

@@ -306,7 +306,13 @@ fn missing_or_wrong_keys_are_clear_errors() {
             "dec.avro",
         ],
     );
-    assert!(e.contains("belongs to KEK") && e.contains("local:"), "{e}");
+    // The message names the KEK the keyset needs and the one the config has.
+    assert!(
+        e.contains("wrapped by KEK local:")
+            && e.contains("other/kek.key is KEK local:")
+            && e.contains("`fieldcrypt keys list --config other.toml`"),
+        "{e}"
+    );
     assert!(!d.join("dec.avro").exists());
 
     let e = fails(

@@ -833,26 +833,6 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
                     cfg.kms.provider.kind().name()
                 );
             };
-            // A keyset whose keys a KEK wrapped needs that KEK back, not a new one.
-            let ks = Keyset::load(&cfg.keyset.file)?;
-            let local: std::collections::BTreeSet<&str> = ks
-                .keys
-                .iter()
-                .filter(|k| k.kek.starts_with("local:"))
-                .map(|k| k.kek.as_str())
-                .collect();
-            if !local.is_empty() && !kek_file.exists() {
-                bail!(
-                    "keyset {} holds {} key(s) wrapped by KEK {}; a new KEK could never unwrap them. \
-                     Restore that KEK file to {} from where you keep it (a secret store or backup; \
-                     `fieldcrypt keys list` shows which KEK wraps each key), or move the keyset aside \
-                     to start afresh with new keys",
-                    cfg.keyset.file.display(),
-                    ks.keys.len(),
-                    local.into_iter().collect::<Vec<_>>().join(" and "),
-                    kek_file.display()
-                );
-            }
             let p = LocalKms::init(kek_file)?;
             let kms = LocalKms::open(&p)?;
             println!(
@@ -860,6 +840,30 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
                 p.display(),
                 kms.kek_id()
             );
+            // A keyset wrapped by another KEK stays unreadable with this one: say
+            // so, and how to move it under the new KEK (rewrap needs the old one).
+            let ks = Keyset::load(&cfg.keyset.file)?;
+            let mut others: Vec<&str> = ks
+                .keys
+                .iter()
+                .map(|k| k.kek.as_str())
+                .filter(|k| *k != kms.kek_id())
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            if !others.is_empty() {
+                log::line(
+                    tracing::Level::WARN,
+                    &format!(
+                        "warning: keyset {} holds keys wrapped by KEK {}, which this new KEK cannot unwrap. \
+                         If that KEK is lost, restore it from where you keep it instead; to move the keyset \
+                         under the new KEK, run keys rewrap --to-kek {} with a config whose kms.kek_file is the old KEK",
+                        cfg.keyset.file.display(),
+                        others.join(" and "),
+                        fieldcrypt::config::shell_word(&format!("local:{}", p.display()))
+                    ),
+                );
+            }
             Ok(())
         }
         KeysCommand::Create {

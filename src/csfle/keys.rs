@@ -45,6 +45,12 @@ pub enum CsfleKeyError {
     UnsupportedKms { kek: String, kms_type: String },
     #[error("KEK {0} uses local-kms, but no secret is set: put it in FIELDCRYPT_LOCAL_KMS_SECRET (or LOCAL_SECRET)")]
     NoLocalSecret(String),
+    #[error("KEK {kek} in the DEK Registry names KMS {found}, but the rule says {expected}: refusing to wrap or unwrap data keys with a KEK the rule does not name (fix the rule's encrypt.kms.type / encrypt.kms.key.id, or the KEK)")]
+    KekMismatch {
+        kek: String,
+        expected: String,
+        found: String,
+    },
     #[error("DEK for KEK {kek}, subject {subject}, version {version}: {msg}")]
     BadDek {
         kek: String,
@@ -63,6 +69,32 @@ impl CsfleKeyError {
             _ => false,
         }
     }
+}
+
+/// A KEK from the DEK Registry must be the one the rule names: its KMS type and
+/// key, where the rule sets them (as Confluent's clients check). Otherwise whoever
+/// created the KEK name first would choose the key that wraps every new DEK.
+fn check_kek(rule: &EncryptRule, kek: &crate::registry::dek::Kek) -> Result<(), CsfleKeyError> {
+    let type_ok = rule
+        .kms_type
+        .as_ref()
+        .is_none_or(|t| t.eq_ignore_ascii_case(&kek.kms_type));
+    let key_ok = rule
+        .kms_key_id
+        .as_ref()
+        .is_none_or(|k| *k == kek.kms_key_id);
+    if type_ok && key_ok {
+        return Ok(());
+    }
+    Err(CsfleKeyError::KekMismatch {
+        kek: rule.kek_name.clone(),
+        expected: format!(
+            "{} {}",
+            rule.kms_type.as_deref().unwrap_or("(any type)"),
+            rule.kms_key_id.as_deref().unwrap_or("(any key)")
+        ),
+        found: format!("{} {}", kek.kms_type, kek.kms_key_id),
+    })
 }
 
 type DekKey = (String, String, &'static str, u32);
@@ -226,21 +258,28 @@ impl CsfleKeys {
             })?;
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
+        let kek = self
+            .registry
+            .kek(&rule.kek_name)
+            .await?
+            .ok_or_else(|| CsfleKeyError::NoKek(rule.kek_name.clone()))?;
+        check_kek(rule, &kek)?;
         let proto = match (&dek.key_material, &dek.encrypted_key_material) {
-            // A shared KEK: the registry hands out the key itself.
-            (Some(k), _) => Zeroizing::new(
+            // A shared KEK: the registry hands out the key itself. Only then:
+            // key material for a KEK that is not shared is a key of the
+            // registry's choosing, never of the KMS's.
+            (Some(k), _) if kek.shared => Zeroizing::new(
                 b64.decode(k.as_bytes())
                     .map_err(|e| bad(format!("keyMaterial is not base64: {e}")))?,
             ),
+            (Some(_), _) => return Err(bad(
+                "the DEK Registry handed out plaintext key material for a KEK that is not shared"
+                    .into(),
+            )),
             (None, Some(w)) => {
                 let blob = b64
                     .decode(w)
                     .map_err(|e| bad(format!("encryptedKeyMaterial is not base64: {e}")))?;
-                let kek = self
-                    .registry
-                    .kek(&rule.kek_name)
-                    .await?
-                    .ok_or_else(|| CsfleKeyError::NoKek(rule.kek_name.clone()))?;
                 self.unwrap(&rule.kek_name, &kek.kms_type, &kek.kms_key_id, &blob)
                     .await?
             }
@@ -283,6 +322,7 @@ impl CsfleKeys {
                     .await?
             }
         };
+        check_kek(rule, &kek)?;
         let fresh = Dek::generate(rule.algorithm).map_err(|e| CsfleKeyError::BadDek {
             kek: rule.kek_name.clone(),
             subject: subject.to_string(),

@@ -120,6 +120,33 @@ pub fn encrypt_rules(
     Ok(out)
 }
 
+/// The rule set's *disabled* `ENCRYPT` rules (those with tags), switched on: what
+/// they would select is what the writer meant to protect but sends in clear.
+/// `None` when there are none.
+pub fn disabled_rules_enabled(rule_set: Option<&Json>) -> Option<Json> {
+    let rules = rule_set?.get("domainRules")?.as_array()?;
+    let disabled: Vec<Json> = rules
+        .iter()
+        .filter(|r| {
+            r.get("type")
+                .and_then(Json::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("ENCRYPT"))
+                && r.get("disabled").and_then(Json::as_bool) == Some(true)
+                && r.get("tags")
+                    .and_then(Json::as_array)
+                    .is_some_and(|t| !t.is_empty())
+        })
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(o) = r.as_object_mut() {
+                o.remove("disabled");
+            }
+            r
+        })
+        .collect();
+    (!disabled.is_empty()).then(|| serde_json::json!({ "domainRules": disabled }))
+}
+
 /// `metadata.tags`: field-name pattern → tags.
 pub fn metadata_tags(metadata: Option<&Json>) -> Result<Vec<(String, Vec<String>)>, String> {
     let Some(tags) = metadata.and_then(|m| m.get("tags")) else {
@@ -145,19 +172,35 @@ pub fn metadata_tags(metadata: Option<&Json>) -> Result<Vec<(String, Vec<String>
 /// segments, `*` within one, `?` one character other than a dot; the pattern must
 /// cover the whole name.
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p {
-            [] => n.is_empty(),
-            [b'*', b'*', rest @ ..] => (0..=n.len()).any(|i| go(rest, &n[i..])),
-            [b'*', rest @ ..] => {
-                let seg = n.iter().position(|&c| c == b'.').unwrap_or(n.len());
-                (0..=seg).any(|i| go(rest, &n[i..]))
-            }
-            [b'?', rest @ ..] => matches!(n.first(), Some(&c) if c != b'.') && go(rest, &n[1..]),
-            [c, rest @ ..] => n.first() == Some(c) && go(rest, &n[1..]),
+    // Memoised over (pattern position, name position): a pattern from a registry
+    // is attacker-controlled, and naive backtracking over several `**` is
+    // exponential. Each state is decided once: O(|pattern| × |name|).
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let w = n.len() + 1;
+    let mut memo: Vec<Option<bool>> = vec![None; (p.len() + 1) * w];
+    fn go(p: &[u8], n: &[u8], i: usize, j: usize, w: usize, memo: &mut [Option<bool>]) -> bool {
+        if let Some(r) = memo[i * w + j] {
+            return r;
         }
+        let r = match &p[i..] {
+            [] => j == n.len(),
+            [b'*', b'*', ..] => (j..=n.len()).any(|k| go(p, n, i + 2, k, w, memo)),
+            [b'*', ..] => {
+                let seg = n[j..]
+                    .iter()
+                    .position(|&c| c == b'.')
+                    .map_or(n.len(), |x| j + x);
+                (j..=seg).any(|k| go(p, n, i + 1, k, w, memo))
+            }
+            [b'?', ..] => {
+                matches!(n.get(j), Some(&c) if c != b'.') && go(p, n, i + 1, j + 1, w, memo)
+            }
+            [c, ..] => n.get(j) == Some(c) && go(p, n, i + 1, j + 1, w, memo),
+        };
+        memo[i * w + j] = Some(r);
+        r
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    go(p, n, 0, 0, w, &mut memo)
 }
 
 #[cfg(test)]
@@ -165,6 +208,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_hostile_pattern_is_decided_quickly() {
+        // 30 `**` against a long name with no match: exponential if backtracked.
+        let pattern = format!("{}x", "**.".repeat(30));
+        let name = "a.".repeat(200) + "b";
+        assert!(!wildcard_match(&pattern, &name));
+        // And the memo does not change answers: 30 `**.` need 30 dots before b.
+        assert!(wildcard_match(
+            &format!("{}b", "**.".repeat(30)),
+            &("a.".repeat(40) + "b")
+        ));
+        assert!(!wildcard_match(
+            &format!("{}b", "**.".repeat(30)),
+            &("a.".repeat(29) + "b")
+        ));
+    }
 
     #[test]
     fn wildcards_match_as_confluent_documents() {

@@ -106,6 +106,9 @@ pub async fn client(settings: &AwsSettings) -> Result<Client, KmsError> {
 pub struct AwsKms {
     client: Client,
     key_id: String,
+    /// The key's ARN, once known (given as an ARN, or resolved by
+    /// [`AwsKms::resolve`]): only wrapped keys naming it are unwrapped here.
+    arn: Option<String>,
 }
 
 impl std::fmt::Debug for AwsKms {
@@ -115,13 +118,53 @@ impl std::fmt::Debug for AwsKms {
 }
 
 impl AwsKms {
-    /// `key_id`: key id, alias (`alias/name`) or ARN.
+    /// `key_id`: key id, alias (`alias/name`) or ARN. Until [`AwsKms::resolve`]
+    /// has run, a key given by alias owns no wrapped key; one given by id owns
+    /// the ARNs that end in it.
     pub fn new(client: Client, key_id: impl Into<String>) -> Self {
+        let key_id = key_id.into();
+        let arn = is_key_arn(&key_id).then(|| key_id.clone());
         AwsKms {
             client,
-            key_id: key_id.into(),
+            key_id,
+            arn,
         }
     }
+
+    /// Learns the key's ARN (DescribeKey) when it was given by alias or id, so
+    /// that a wrapped key is unwrapped only by the key it names, and never by a
+    /// key the config does not name (a DEK header naming someone else's key is
+    /// refused before any call). A key given by ARN needs no call.
+    pub async fn resolve(mut self) -> Result<Self, KmsError> {
+        if self.arn.is_some() {
+            return Ok(self);
+        }
+        let out = self
+            .client
+            .describe_key()
+            .key_id(&self.key_id)
+            .send()
+            .await
+            .map_err(|e| match classify("DescribeKey", &self.key_id, e) {
+                KmsError::AccessDenied(m) => KmsError::Config(format!(
+                    "{m}: fieldcrypt needs kms:DescribeKey to learn which key {} is, or give the key's ARN instead",
+                    self.key_id
+                )),
+                e => e,
+            })?;
+        let arn = out.key_metadata.and_then(|m| m.arn).ok_or_else(|| {
+            KmsError::Config(format!("DescribeKey on {} named no key ARN", self.key_id))
+        })?;
+        self.arn = Some(arn);
+        Ok(self)
+    }
+}
+
+/// A key's ARN (`arn:aws…:kms:REGION:ACCOUNT:key/ID`), not an alias's.
+fn is_key_arn(s: &str) -> bool {
+    is_aws_key(s)
+        && s.rsplit_once(':')
+            .is_some_and(|(_, r)| r.starts_with("key/"))
 }
 
 /// Did AWS KMS record `kek` in a wrapped key? AWS names the key that wrapped a data
@@ -206,9 +249,25 @@ impl Kms for AwsKms {
         &self.key_id
     }
 
-    /// AWS decides by the key named in the wrapped key and by IAM.
+    /// The wrapped keys of this key only: its ARN, or, when it was given by key
+    /// id and not resolved, an ARN of that id. A wrapped key naming any other
+    /// key (another account's, one the config does not name) is not ours: AWS
+    /// would let IAM decide, and a forged DEK header could then make fieldcrypt
+    /// call a key of the forger's choosing.
     fn owns(&self, kek: &str) -> bool {
-        is_aws_key(kek)
+        if !is_aws_key(kek) {
+            return false;
+        }
+        if kek == self.key_id {
+            return true;
+        }
+        match &self.arn {
+            Some(a) => a == kek,
+            None if !self.key_id.starts_with("alias/") && !self.key_id.contains(':') => {
+                kek.ends_with(&format!(":key/{}", self.key_id))
+            }
+            None => false,
+        }
     }
 
     async fn generate_data_key(
@@ -249,9 +308,9 @@ impl Kms for AwsKms {
         wrapped: &WrappedKey,
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        if !is_aws_key(&wrapped.kek) {
+        if !self.owns(&wrapped.kek) {
             return Err(KmsError::WrongKek {
-                expected: self.key_id.clone(),
+                expected: self.arn.clone().unwrap_or_else(|| self.key_id.clone()),
                 found: wrapped.kek.clone(),
             });
         }

@@ -150,12 +150,20 @@ impl Keyset {
             )));
         }
         let mut seen = HashMap::new();
+        let mut ids = HashMap::new();
         for k in &ks.keys {
             k.key_id().map_err(&err)?;
             if let Some(prev) = seen.insert((k.purpose, k.domain.clone(), k.version), &k.id) {
                 return Err(err(format!(
                     "{} domain {} version {} appears twice (keys {prev} and {})",
                     k.purpose, k.domain, k.version, k.id
+                )));
+            }
+            // Ciphertexts name their key by id: one id, one key.
+            if let Some((p, d, v)) = ids.insert(&k.id, (k.purpose, &k.domain, k.version)) {
+                return Err(err(format!(
+                    "key id {} appears twice ({p} domain {d} version {v}, and {} domain {} version {}); the file was edited by hand or tampered with",
+                    k.id, k.purpose, k.domain, k.version
                 )));
             }
         }
@@ -517,6 +525,80 @@ impl KeyMaterial {
 mod tests {
     use super::*;
     use crate::keys::LocalKms;
+
+    /// Every way of editing a keyset by hand is refused at load or unwrap, naming
+    /// the key: each wrapped key is bound to its id, purpose, domain and version.
+    #[tokio::test]
+    async fn a_tampered_keyset_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyset.json");
+        let kms = LocalKms::from_bytes(&[4; 32]).unwrap();
+        let mut ks = Keyset::default();
+        ks.create(&kms, Purpose::Deterministic, "pii")
+            .await
+            .unwrap();
+        ks.create(&kms, Purpose::Deterministic, "pii")
+            .await
+            .unwrap();
+        ks.create(&kms, Purpose::BlindIndex, "email").await.unwrap();
+        let idx = IndexSettings {
+            length: 16,
+            normalize: HashMap::new(),
+        };
+        let unwrap_err = |ks: Keyset| {
+            let path = path.clone();
+            let kms = &kms;
+            let idx = &idx;
+            async move {
+                ks.save(&path).unwrap();
+                match Keyset::load(&path) {
+                    Err(e) => e.to_string(),
+                    Ok(loaded) => KeyMaterial::unwrap(&loaded, &path, kms, idx)
+                        .await
+                        .map(|_| ())
+                        .unwrap_err()
+                        .to_string(),
+                }
+            }
+        };
+        let mut swapped = ks.clone();
+        let w0 = swapped.keys[0].wrapped.clone();
+        swapped.keys[0].wrapped = swapped.keys[2].wrapped.clone();
+        swapped.keys[2].wrapped = w0;
+        let e = unwrap_err(swapped).await;
+        assert!(
+            e.contains(&ks.keys[0].id) && e.contains("failed to unwrap"),
+            "{e}"
+        );
+        for edit in [
+            |k: &mut KeysetEntry| k.domain = "other".into(),
+            |k: &mut KeysetEntry| k.version = 9,
+            |k: &mut KeysetEntry| k.purpose = Purpose::BlindIndex,
+            |k: &mut KeysetEntry| k.id = "00".repeat(16),
+        ] {
+            let mut t = ks.clone();
+            edit(&mut t.keys[1]);
+            let e = unwrap_err(t).await;
+            assert!(e.contains("failed to unwrap") || e.contains("twice"), "{e}");
+        }
+        let mut dup = ks.clone();
+        dup.keys[2].id = dup.keys[0].id.clone();
+        let e = unwrap_err(dup).await;
+        assert!(e.contains("appears twice"), "{e}");
+        // Another KEK named: the key ring (as engines open it) has no such KEK.
+        // (The local blob carries its KEK's fingerprint too, so a bare local KMS
+        // would unwrap with the right KEK whatever the file says.)
+        let mut other_kek = ks.clone();
+        other_kek.keys[0].kek = format!("local:{}", "ab".repeat(8));
+        other_kek.save(&path).unwrap();
+        let ring = crate::keys::KeyRing::new(Arc::new(LocalKms::from_bytes(&[4; 32]).unwrap()));
+        let e = KeyMaterial::unwrap(&Keyset::load(&path).unwrap(), &path, &ring, &idx)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belongs to KEK"), "{e}");
+    }
 
     #[tokio::test]
     async fn create_save_load_unwrap() {

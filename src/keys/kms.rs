@@ -37,7 +37,7 @@ pub enum KmsError {
     #[error("KMS denied access: {0}")]
     AccessDenied(String),
     /// The wrapped key names a KEK this KMS does not have.
-    #[error("wrapped key belongs to KEK {found}, but this process uses {expected}; point the config at the KEK that wrapped it")]
+    #[error("wrapped key belongs to KEK {found}, but this process uses {expected}; point the config at the KEK that wrapped it (kms.decrypt_keks keeps a KEK for unwrapping only)")]
     WrongKek { expected: String, found: String },
     /// The wrapped key is corrupt or its encryption context does not match.
     #[error("wrapped key failed to unwrap: it is corrupt, or was wrapped for another purpose, domain or key id")]

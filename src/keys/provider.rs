@@ -280,7 +280,7 @@ impl<'a> Opener<'a> {
                     self.aws = Some(aws::client(&settings).await?);
                 }
                 let client = self.aws.clone().expect("built above");
-                Arc::new(AwsKms::new(client, r.name.clone()))
+                Arc::new(AwsKms::new(client, r.name.clone()).resolve().await?)
             }
         };
         self.opened.insert(r.clone(), kms.clone());

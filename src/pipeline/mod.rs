@@ -115,6 +115,17 @@ pub(crate) fn client_config(config: &Config, defaults: &[(&str, &str)]) -> Clien
 /// A Kafka client that librdkafka would not create: when it refused one of the
 /// user's `kafka.properties`, the error names that key.
 pub(crate) fn client_error(config: &Config, e: KafkaError) -> PipelineError {
+    if let KafkaError::ClientConfig(_, desc, key, _) = &e {
+        // The value is left out: it may be a credential (sasl.password).
+        let msg = format!("librdkafka refused it: {desc}");
+        return PipelineError::Setup(if config.kafka.properties.contains_key(key) {
+            format!(
+                "config key kafka.properties.\"{key}\": {msg} (librdkafka's properties: https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md)"
+            )
+        } else {
+            format!("Kafka client setting {key}: {msg}")
+        });
+    }
     if let KafkaError::ClientCreation(msg) = &e {
         if let Some(k) = config
             .kafka
@@ -275,7 +286,19 @@ pub async fn run(
     let mut stats = RunStats::default();
     let mut failure: Option<PipelineError> = None;
     let mut stopping = false;
-    let mut topic_watch = tokio::time::interval(topics::WATCH_INTERVAL);
+    // Its own task: a metadata request to unreachable brokers takes its whole
+    // timeout, and the loop below must keep answering signals meanwhile.
+    let watcher = watch_client.map(|client| {
+        let routes = config.routes.clone();
+        let kafka = kafka.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(topics::WATCH_INTERVAL);
+            loop {
+                every.tick().await;
+                watch_topics(client.clone(), &routes, &kafka).await;
+            }
+        })
+    });
     let progress_every = std::time::Duration::from_secs(config.metrics.progress_seconds.max(1));
     let mut progress_tick = tokio::time::interval(progress_every);
     progress_tick.reset();
@@ -286,11 +309,6 @@ pub async fn run(
             _ = &mut shutdown, if !stopping => {
                 stopping = true;
                 cancel.cancel();
-            }
-            _ = topic_watch.tick(), if !stopping => {
-                if let Some(client) = &watch_client {
-                    watch_topics(client.clone(), &config.routes, &kafka).await;
-                }
             }
             _ = progress_tick.tick(), if !stopping && progress_on => progress.log(&metrics),
             Some(ended) = running.join_next() => {
@@ -308,6 +326,9 @@ pub async fn run(
                 stopping = true;
             }
         }
+    }
+    if let Some(w) = watcher {
+        w.abort();
     }
     metrics.clear_assigned();
     match failure {

@@ -324,7 +324,7 @@ impl Transformer {
             let (raw_value, raw_key) = if registry.is_some() {
                 (None, None)
             } else {
-                raw_codecs(&engine, &refs, i, r)?
+                raw_codecs(&engine, config, &refs, i, r)?
             };
             routes.push(RouteCodecs {
                 scope: r.dek_scope(),
@@ -807,7 +807,10 @@ impl Transformer {
         }
         if let Codec::Encrypt(enc) = &codec {
             let subject = self.strategy.subject(source, is_key, &schema.json);
-            let below = self.below_floor(rc, reg, &subject, enc, is_key).await?;
+            let mut below = self.below_floor(rc, reg, &subject, enc, is_key).await?;
+            if !is_key && !rc.allow_downgrade {
+                below.extend(self.disabled_rule_fields(&schema, enc, &label));
+            }
             if !below.is_empty() {
                 let refused: Refused = (
                     Code::PolicyDowngrade,
@@ -1074,6 +1077,38 @@ impl Transformer {
         Ok((codec, None, schema.json.clone()))
     }
 
+    /// Fields a disabled `ENCRYPT` rule of the writer schema would select that
+    /// fieldcrypt's plan leaves in clear: the writer meant them protected (it
+    /// tagged them) but sends them in clear, so they must not pass on in clear.
+    fn disabled_rule_fields(
+        &self,
+        schema: &crate::registry::RegisteredSchema,
+        enc: &Encryptor,
+        label: &str,
+    ) -> Vec<String> {
+        let Some(rules) = crate::csfle::rules::disabled_rules_enabled(schema.rule_set.as_ref())
+        else {
+            return Vec::new();
+        };
+        let max_depth = self.engine.config().schema.max_depth;
+        let Ok(p) = CsflePlan::build(
+            &schema.json,
+            Some(&rules),
+            schema.metadata.as_ref(),
+            label,
+            max_depth,
+        ) else {
+            return Vec::new();
+        };
+        let floor = enc.plan().floor();
+        p.selected
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !floor.contains_key(n))
+            .map(|n| format!("{n} (tagged for a disabled ENCRYPT rule)"))
+            .collect()
+    }
+
     /// A `format = "confluent"` route's policy floor: what the route's rule (or
     /// fieldcrypt's own policy) encrypts in any earlier version of the source
     /// `subject` must be encrypted by the chosen plan too, or the schema is a
@@ -1172,6 +1207,21 @@ impl Transformer {
                 {
                     floor.extend(p.floor());
                 }
+                // What that version's own ENCRYPT rules protected stays protected.
+                if !is_key && version.rule_set.is_some() {
+                    let max_depth = self.engine.config().schema.max_depth;
+                    if let Ok(p) = CsflePlan::build(
+                        &version.json,
+                        version.rule_set.as_ref(),
+                        version.metadata.as_ref(),
+                        &label,
+                        max_depth,
+                    ) {
+                        for (n, _) in p.selected {
+                            floor.entry(n).or_insert(None);
+                        }
+                    }
+                }
             }
         }
         if !is_key {
@@ -1185,11 +1235,12 @@ impl Transformer {
 /// `key_format = "avro"`), checked as start-up checks them.
 fn raw_codecs(
     engine: &Engine,
+    config: &Config,
     refs: &crate::schema::References,
     i: usize,
     r: &crate::kafka::route::RouteConfig,
 ) -> Result<(Option<Codec>, Option<Codec>), String> {
-    let mode = engine.config().pipeline.mode;
+    let mode = config.pipeline.mode;
     let load = |key: &str, path: &std::path::Path, is_key: bool| {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("routes[{i}].{key}: cannot read {}: {e}", path.display()))?;
@@ -1199,7 +1250,7 @@ fn raw_codecs(
         let codec = codec_for(engine, mode, &json, &[], &label, is_key)
             .map_err(|(_, m)| format!("routes[{i}].{key}: {m}"))?;
         if !is_key {
-            check_raw_value(engine, i, r, &codec, path)?;
+            check_raw_value(config, i, r, &codec, path)?;
         }
         Ok::<_, String>(codec)
     };
@@ -1238,7 +1289,7 @@ pub fn check_raw_route(engine: &Engine, i: usize) -> Result<String, String> {
         .schema
         .references()
         .map_err(|e| format!("schema.reference_files: {e}"))?;
-    let (value, key) = raw_codecs(engine, &refs, i, r)?;
+    let (value, key) = raw_codecs(engine, cfg, &refs, i, r)?;
     let describe = |c: &Codec| match c {
         Codec::Encrypt(e) => {
             let (mut rnd, mut det, mut idx) = (0, 0, 0);
@@ -1282,7 +1333,7 @@ pub fn check_raw_route(engine: &Engine, i: usize) -> Result<String, String> {
 /// plan --output-schema`), not the plain one — unless the route allows
 /// unencrypted records.
 fn check_raw_value(
-    engine: &Engine,
+    cfg: &Config,
     i: usize,
     r: &crate::kafka::route::RouteConfig,
     codec: &Codec,
@@ -1291,7 +1342,6 @@ fn check_raw_value(
     if r.allow_unencrypted || !codec.is_passthrough() {
         return Ok(());
     }
-    let cfg = engine.config();
     match codec {
         Codec::Encrypt(enc) => Err(format!(
             "routes[{i}].value_schema {}: {}, so every record would go to the target in clear. \

@@ -307,6 +307,29 @@ fn parse<T: serde::de::DeserializeOwned>(body: Json, what: &str) -> Result<T, Re
     })
 }
 
+/// A DEK answer must be about what was asked: the KEK, the subject, the version
+/// (`version_ok`) and the algorithm. Another subject's DEK (a registry bug, or a
+/// registry answering for someone else) is never used, and never cached.
+fn check_dek_answer(
+    dek: &Dek,
+    kek: &str,
+    subject: &str,
+    version_ok: bool,
+    algorithm: &str,
+    what: &str,
+) -> Result<(), RegistryError> {
+    if !version_ok || dek.algorithm != algorithm || dek.subject != subject || dek.kek_name != kek {
+        return Err(RegistryError::Invalid {
+            what: what.to_string(),
+            msg: format!(
+                "answered with the DEK of KEK {}, subject {}, version {}, algorithm {}",
+                dek.kek_name, dek.subject, dek.version, dek.algorithm
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A cache lookup whose `404` means "none" (errors, `404` included, are never cached).
 fn found<T>(r: Result<T, Arc<RegistryError>>) -> Result<Option<T>, RegistryError> {
     match r {
@@ -327,7 +350,15 @@ impl SchemaRegistry {
             let body = self
                 .call("get_kek", &what, reqwest::Method::GET, &path, None)
                 .await?;
-            parse::<Kek>(body, &what)
+            let kek = parse::<Kek>(body, &what)?;
+            // An answer about another KEK must never stand for this one.
+            if kek.name != name {
+                return Err(RegistryError::Invalid {
+                    what,
+                    msg: format!("answered with KEK {}", kek.name),
+                });
+            }
+            Ok(kek)
         };
         found(self.dek.keks.try_get_with(name.to_string(), fetch).await)
     }
@@ -404,15 +435,7 @@ impl SchemaRegistry {
                 DekVersion::Number(n) => dek.version == n,
                 DekVersion::Latest => dek.version >= 1,
             };
-            if !version_ok || dek.algorithm != algorithm {
-                return Err(RegistryError::Invalid {
-                    what: what.clone(),
-                    msg: format!(
-                        "answered version {} with algorithm {}",
-                        dek.version, dek.algorithm
-                    ),
-                });
-            }
+            check_dek_answer(&dek, kek, subject, version_ok, algorithm, &what)?;
             Ok(dek)
         };
         let key = (kek.to_string(), subject.to_string(), algorithm, deleted);
@@ -458,6 +481,14 @@ impl SchemaRegistry {
         match ans {
             Ok(body) => {
                 let dek = parse::<Dek>(body, &what)?;
+                check_dek_answer(
+                    &dek,
+                    kek,
+                    &new.subject,
+                    dek.version == new.version,
+                    algorithm,
+                    &what,
+                )?;
                 let key = (kek.to_string(), new.subject.clone(), algorithm, false);
                 self.dek
                     .versions
