@@ -6,7 +6,7 @@ reads and writes them with one schema file per route.
 
   create-topics --bootstrap B --topics a,b,c [--partitions P]
       create the topics with AdminClient (an existing topic is fine)
-  produce-file --bootstrap B --topic T --file X.avro [--key-field id]
+  produce-file --bootstrap B --topic T --file X.avro [--key-field id] [--compression C]
       produce every record of an Avro container file as a raw Avro value, encoded with
       the file's writer schema; the key is the UTF-8 text of the named field, looked up
       in the record or, for Debezium-style envelopes, in its `after` then `before`
@@ -108,6 +108,7 @@ def produce_file(args):
             "acks": "all",
             "linger.ms": 20,
             "queue.buffering.max.messages": 200000,
+            "compression.type": args.compression,
         }
     )
     errors = []
@@ -351,6 +352,8 @@ def main():
     pr.add_argument("--file", required=True)
     pr.add_argument("--key-field", default=None, help="field whose value becomes the key (record, after or before)")
     pr.add_argument("--timeout-seconds", type=float, default=120)
+    pr.add_argument("--compression", default="none", choices=["none", "gzip", "snappy", "lz4", "zstd"],
+                    help="batch compression codec (default none)")
     pr.set_defaults(func=produce_file)
 
     co = sub.add_parser("consume", help="consume from the earliest offset, optionally decoding raw Avro values")

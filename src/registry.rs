@@ -112,6 +112,10 @@ pub enum RegistryError {
     /// data contract or the KMS settings must change; retrying cannot help.
     #[error("DEK registry: refused {what}: {message}")]
     Refused { what: String, message: String },
+    /// An answer larger than [`MAX_ANSWER_BYTES`]: for a schema, a schema too big
+    /// to take (the record's problem: dead-lettered, the stream goes on).
+    #[error("schema registry's answer for {what} is larger than {} MiB; refusing a schema that big", limit >> 20)]
+    TooLarge { what: String, limit: usize },
 }
 
 impl RegistryError {
@@ -138,6 +142,7 @@ impl RegistryError {
             RegistryError::Unavailable { .. } => Code::RegistryUnavailable,
             RegistryError::Invalid { .. } => Code::RegistryInvalidAnswer,
             RegistryError::Config(_) | RegistryError::Refused { .. } => Code::RegistryConfig,
+            RegistryError::TooLarge { .. } => Code::PolicyError,
         }
     }
 }
@@ -184,6 +189,10 @@ pub struct SubjectVersion {
     /// Confluent data-contract `metadata`, if the version has one.
     pub metadata: Option<Json>,
 }
+
+/// Largest registry answer read (16 MiB): Confluent's registry stores schemas in
+/// a Kafka topic whose records are about 1 MiB at most.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Most schema references followed for one schema (all levels): a bound against
 /// a registry with reference cycles or absurd fan-out.
@@ -609,9 +618,27 @@ impl SchemaRegistry {
             what: what.to_string(),
             msg,
         };
-        let resp = req.send().await.map_err(|e| unavailable(describe(&e)))?;
+        let mut resp = req.send().await.map_err(|e| unavailable(describe(&e)))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| unavailable(describe(&e)))?;
+        // Read at most MAX_ANSWER_BYTES: a registry (or whatever answers in its
+        // place) must not make this process hold an answer of any size.
+        let too_large = || RegistryError::TooLarge {
+            what: what.to_string(),
+            limit: MAX_ANSWER_BYTES,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(describe(&e)))? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
                 what: what.to_string(),

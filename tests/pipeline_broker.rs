@@ -696,3 +696,64 @@ fn avro_keys_encrypt_deterministically_and_randomized_keys_are_refused() {
     }
     let _ = Arc::strong_count(&engine_out);
 }
+
+/// Records in batches compressed with every codec a Kafka producer may use
+/// (gzip, snappy, lz4, zstd), produced by a third-party client (Python's
+/// confluent-kafka), are all consumed and encrypted: none stalls a partition.
+#[test]
+fn batches_compressed_with_every_codec_are_consumed() {
+    let Setup {
+        _broker,
+        bs,
+        dir,
+        mut cfg,
+    } = setup(&[("zipped", 1), ("secure.zipped", 1)], "zipped");
+    cfg.routes = vec![route("zipped", "secure.zipped", &customer_schema())];
+    let file = dir.path().join("customers.avro");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldcrypt"))
+        .args(["sample", "--schema"])
+        .arg(customer_schema())
+        .args(["--count", "50"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codecs = ["gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        let out = std::process::Command::new("python3")
+            .arg(repo().join("scripts/kafka_tool.py"))
+            .args([
+                "produce-file",
+                "--bootstrap",
+                &bs,
+                "--topic",
+                "zipped",
+                "--compression",
+                codec,
+            ])
+            .arg("--file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{codec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (stop, runner) = start_pipeline(engine(&cfg), cfg.clone());
+    let got = consume(
+        &bs,
+        "secure.zipped",
+        50 * codecs.len(),
+        Duration::from_secs(90),
+    );
+    stop.send(()).unwrap();
+    let stats = runner.join().unwrap().unwrap();
+    assert_eq!(got.len(), 50 * codecs.len(), "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0);
+}

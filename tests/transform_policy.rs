@@ -354,3 +354,56 @@ fn a_kek_in_the_dek_registry_that_is_not_the_rules_is_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_registry_schema_with_100000_fields_is_refused_once_or_taken_in_linear_time() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut fields: Vec<Json> = (0..100_000)
+        .map(|i| json!({"name": format!("f{i}"), "type": "string"}))
+        .collect();
+    fields[3]["sensitive"] = json!(true);
+    let big = json!({"type": "record", "name": "Big", "namespace": "t", "fields": fields});
+    let rc = client(&reg.url());
+    let id = register(&rc, "pay.raw-value", &big, None);
+    let mut datum = Vec::new();
+    for i in 0..100_000 {
+        write_bytes(&mut datum, if i == 3 { b"secret" } else { b"" });
+    }
+    // Default schema.max_fields (10,000): a dead letter, decided once per id.
+    let c = cfg(dir.path(), &reg.url(), route());
+    let metrics = Arc::new(Metrics::new());
+    let fresh = Arc::new(SchemaRegistry::new(&c.schema_registry, metrics.clone()).unwrap());
+    let t = Transformer::new(engine(&c), &c, Some(fresh)).unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let (code, msg) = dead_letter(transform(&t, framed(id, &datum)).0);
+        assert_eq!(code, Code::PolicyError, "{msg}");
+        assert!(
+            msg.contains("100000 fields") && msg.contains("schema.max_fields"),
+            "{msg}"
+        );
+    }
+    println!(
+        "refused 3 records of a 100,000-field schema in {:?}",
+        started.elapsed()
+    );
+    let gets = metrics
+        .registry_requests
+        .with_label_values(&["get_schema", "ok"])
+        .get();
+    assert_eq!(gets, 1, "the schema is fetched once, not per record");
+    // Raised on purpose, the schema is planned and its records encrypted (the
+    // planning is linear in the fields: a second or so here, not minutes).
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir2.path(), &reg.url(), route());
+    c.schema.max_fields = 200_000;
+    let t = Transformer::new(engine(&c), &c, Some(client(&reg.url()))).unwrap();
+    let started = std::time::Instant::now();
+    let (counts, _) = produced(transform(&t, framed(id, &datum)).0);
+    assert_eq!(counts.randomized, 1);
+    println!(
+        "planned and encrypted a 100,000-field record in {:?}",
+        started.elapsed()
+    );
+}

@@ -168,7 +168,14 @@ pub struct SchemaConfig {
     /// inside one another; a union adds no level), default 256, at most 1,000.
     /// Deeper records are dead letters with code `too_deep`.
     pub max_depth: usize,
+    /// Most fields (over all records) a registry schema may have, default
+    /// 10,000: a bigger one is refused (`policy_error`) before it is planned,
+    /// so a schema registered by anyone cannot cost an instance seconds of CPU.
+    pub max_fields: usize,
 }
+
+/// Default of `schema.max_fields`.
+pub const DEFAULT_MAX_FIELDS: usize = 10_000;
 
 /// Default of `schema.max_depth`.
 pub const DEFAULT_MAX_DEPTH: usize = 256;
@@ -184,6 +191,7 @@ impl Default for SchemaConfig {
             unmatched_rules: Unmatched::Error,
             reference_files: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
+            max_fields: DEFAULT_MAX_FIELDS,
         }
     }
 }
@@ -394,6 +402,12 @@ impl Config {
         component(self.kms.validate())?;
         component(self.pipeline.validate())?;
         component(self.schema_registry.validate())?;
+        if !(1..=1_000_000).contains(&self.schema.max_fields) {
+            return Err(invalid(
+                "schema.max_fields",
+                format!("must be from 1 to 1000000 (default {DEFAULT_MAX_FIELDS})"),
+            ));
+        }
         if !(1..=MAX_DEPTH_CEILING).contains(&self.schema.max_depth) {
             return Err(invalid(
                 "schema.max_depth",

@@ -248,14 +248,17 @@ pub struct Transformer {
     csfle: Option<Arc<CsfleKeys>>,
 }
 
+/// Most schema ids remembered per route (keys or values); past it the cache
+/// starts afresh, so records naming ever new ids cannot grow memory without bound.
+const FRAMED_CACHE_LIMIT: usize = 10_000;
+
 /// Keeps what schema id `id` on its way to `target` became (ids never change).
 fn remember(cache: &FramedCache, id: u32, target: &str, f: Result<Arc<Framed>, Refused>) {
-    cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(id)
-        .or_default()
-        .insert(target.to_string(), f);
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= FRAMED_CACHE_LIMIT && !c.contains_key(&id) {
+        c.clear();
+    }
+    c.entry(id).or_default().insert(target.to_string(), f);
 }
 
 /// Refuses schema id `id` for `target` for good: later records of it are dead
@@ -776,14 +779,33 @@ impl Transformer {
             return record(Code::NoRegistry, "no schema registry configured");
         };
         let part = if is_key { "key" } else { "value" };
-        let schema = reg
-            .schema_by_id(id)
-            .await
-            .map_err(|e| match Failure::from(e) {
-                Failure::Record(c, m) => Failure::Record(c, format!("{part}: {m}")),
-                f => f,
-            })?;
+        let schema = match reg.schema_by_id(id).await {
+            Ok(s) => s,
+            // Too big is for good (ids never change): not fetched again per record.
+            Err(e @ RegistryError::TooLarge { .. }) => {
+                return refuse_for_good(cache, id, target, (e.code(), format!("{part}: {e}")))
+            }
+            Err(e) => {
+                return Err(match Failure::from(e) {
+                    Failure::Record(c, m) => Failure::Record(c, format!("{part}: {m}")),
+                    f => f,
+                })
+            }
+        };
         let label = format!("schema id {id} ({part})");
+        let max_fields = self.engine.config().schema.max_fields;
+        let fields = crate::schema::field_count(&schema.json);
+        if fields > max_fields {
+            return refuse_for_good(
+                cache,
+                id,
+                target,
+                policy_error(
+                    &label,
+                    format!("it has {fields} fields, more than schema.max_fields = {max_fields}; raise it if the schema is meant to be that big"),
+                ),
+            );
+        }
         if let Some(f) = self
             .framed_csfle(rc, cache, &schema, id, &label, source, target, is_key)
             .await?

@@ -51,6 +51,22 @@ pub fn parse_schema_json(text: &str) -> Result<serde_json::Value, SchemaError> {
     parse_schema_with(text, &References::default())
 }
 
+/// The number of record fields in a schema's JSON (every record, nested and
+/// referenced ones included), counted without building anything.
+pub fn field_count(json: &serde_json::Value) -> usize {
+    match json {
+        serde_json::Value::Object(o) => {
+            let own = o
+                .get("fields")
+                .and_then(serde_json::Value::as_array)
+                .map_or(0, Vec::len);
+            own + o.values().map(field_count).sum::<usize>()
+        }
+        serde_json::Value::Array(a) => a.iter().map(field_count).sum(),
+        _ => 0,
+    }
+}
+
 /// As [`parse_schema_json`], with named types the schema uses but does not define
 /// taken from `refs`: each is defined at its first use, so the result stands alone.
 pub fn parse_schema_with(text: &str, refs: &References) -> Result<serde_json::Value, SchemaError> {

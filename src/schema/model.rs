@@ -6,7 +6,7 @@
 //! output schema must keep every attribute of the input exactly (docs, defaults,
 //! logical types, custom attributes) and JSON is the only lossless form.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value as Json};
 
@@ -395,6 +395,9 @@ impl Builder {
                     SchemaError::invalid(at, format!("record {fullname} has no \"fields\" array"))
                 })?;
                 let mut fields = Vec::with_capacity(fields_json.len());
+                // Names seen so far: a set, so a schema with many fields (a
+                // registry schema is attacker-controlled) costs linear time.
+                let mut names: HashSet<&str> = HashSet::with_capacity(fields_json.len());
                 for f in fields_json {
                     let fobj = f.as_object().ok_or_else(|| {
                         SchemaError::invalid(
@@ -405,7 +408,7 @@ impl Builder {
                     let name = fobj.get("name").and_then(Json::as_str).ok_or_else(|| {
                         SchemaError::invalid(at, format!("record {fullname}: a field has no name"))
                     })?;
-                    if fields.iter().any(|x: &FieldDef| x.name == name) {
+                    if !names.insert(name) {
                         return Err(SchemaError::invalid(
                             at,
                             format!("record {fullname}: field \"{name}\" appears twice"),

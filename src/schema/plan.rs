@@ -140,6 +140,8 @@ impl EncryptPlan {
         let mut actions: Vec<Vec<FieldAction>> = vec![Vec::new(); tree.nodes.len()];
         for (id, node) in tree.nodes.iter().enumerate() {
             let Node::Record(r) = node else { continue };
+            // A set, so blind-index name checks stay linear in the field count.
+            let field_names: HashSet<&str> = r.fields.iter().map(|f| f.name.as_str()).collect();
             for (i, f) in r.fields.iter().enumerate() {
                 let path = format!("{}.{}", r.fullname, f.name);
                 let Some(sel) = selection.get(&(id, i)) else {
@@ -179,7 +181,7 @@ impl EncryptPlan {
                             ));
                         }
                         let name = format!("{}{}", f.name, cfg.blind_index_suffix);
-                        if r.fields.iter().any(|x| x.name == name) {
+                        if field_names.contains(name.as_str()) {
                             return Err(perr(
                                 &path,
                                 format!(
