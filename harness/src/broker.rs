@@ -4,7 +4,7 @@
 //! them); and small Kafka client helpers (topics, produce, consume, scrape).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -31,18 +31,22 @@ pub fn repo() -> PathBuf {
 /// the same port would find each other's server (one test's fault proxy in front of
 /// another test's KMS emulator).
 ///
-/// Not race-free against `wait_for_port`: the probe listener lives for a moment,
-/// and a child another thread forks in that moment holds a copy of it until its
-/// exec, so a connect to the port can succeed with nothing started yet (see
-/// `Registry::start_with`, which therefore lets its server pick the port).
+/// The port is found by binding a socket that never listens: a child that another
+/// thread forks meanwhile inherits a copy of the socket until its exec, and a
+/// listening copy would accept `wait_for_port`'s probe with nothing started yet
+/// (the flaky registry tests' cause); a bound one refuses it.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let port = s
             .local_addr()
             .unwrap()
+            .as_socket()
+            .expect("an IPv4 address")
             .port();
         if !given.contains(&port) {
             given.push(port);
