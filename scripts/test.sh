@@ -22,10 +22,13 @@ source "$ROOT/scripts/lib/setup.sh"
 ensure_build_tools
 ensure_promtool
 ensure_rust_components
-ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.rules.encryption.encrypt_executor, tink, moto.server, yaml"
+ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.rules.encryption.encrypt_executor, tink, moto.server, yaml, kubernetes_validate"
 
 ensure_broker
 
+echo "== Kubernetes manifests (offline: kubernetes-validate schemas, cross-references)"
+python3 tools/check_k8s.py
+python3 tools/check_k8s.py --self-test
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (the product, the test harness, xtask)"
