@@ -2,9 +2,11 @@
 //! local load test): real components on free 127.0.0.1 ports, each killed when its
 //! handle drops — the tansu broker and the test Schema Registry ([`broker`]), moto's
 //! KMS emulator and a fault-injecting proxy ([`kms`]) — plus keys on disk, Kafka
-//! client helpers, and an engine with a throwaway KEK ([`Fixture`]).
+//! client helpers, an engine with a throwaway KEK ([`Fixture`]), and the
+//! scale-out churn run of several `fieldcrypt run` replicas ([`churn`]).
 
 pub mod broker;
+pub mod churn;
 pub mod kms;
 
 use std::sync::Arc;

@@ -1,11 +1,12 @@
 //! `cargo xtask`: fieldcrypt's own tools, beside the product and apart from it —
 //! the pipeline benchmark against its floor ([`bench`]), the local load test
-//! ([`loadtest`]) and a broker for manual runs — built on the harness the
+//! ([`loadtest`]), the scale-out churn soak ([`churn`]) and a broker for manual runs — built on the harness the
 //! integration tests use (`harness/`), and on fieldcrypt's public API only.
 
 #![forbid(unsafe_code)]
 
 mod bench;
+mod churn;
 mod loadtest;
 mod proc;
 
@@ -31,6 +32,10 @@ enum Cmd {
     /// The docker load-test topology as local processes (tansu, moto, the test
     /// registry, fieldcrypt, Prometheus), `fieldcrypt loadgen --verify` per rate.
     Loadtest(loadtest::Args),
+    /// Replicas of one group through scale-up, rolling restart, kill -9 and
+    /// scale-down under load, repeated per delivery mode: missing, duplicates,
+    /// records in clear, SIGTERM exits and rebalance pauses.
+    Churn(churn::Args),
     /// A tansu broker on 127.0.0.1 in the foreground (in memory) until Ctrl-C.
     Broker {
         #[arg(long, default_value_t = 9092)]
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::BenchPipeline(a) => bench::main(a),
         Cmd::Loadtest(a) => loadtest::main(a),
+        Cmd::Churn(a) => churn::main(a),
         Cmd::Broker { port } => broker(port),
     };
     match result {
