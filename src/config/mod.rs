@@ -538,23 +538,6 @@ impl Config {
                 ));
             }
         }
-        if self.pipeline.delivery == Delivery::ExactlyOnce {
-            // Exactly-once aborts the open transaction when partitions are revoked,
-            // which is only correct when every rebalance revokes everything (eager).
-            let prop = |k: &str| self.kafka.properties.get(k).map(String::as_str);
-            if prop("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative")) {
-                return Err(invalid(
-                    "kafka.properties.\"partition.assignment.strategy\"",
-                    "exactly-once aborts the open transaction when partitions are revoked, which needs an eager strategy (range or roundrobin)",
-                ));
-            }
-            if prop("group.protocol").is_some_and(|s| s.eq_ignore_ascii_case("consumer")) {
-                return Err(invalid(
-                    "kafka.properties.\"group.protocol\"",
-                    "\"consumer\" (KIP-848) rebalances incrementally; exactly-once aborts the open transaction when partitions are revoked, which needs the classic protocol with an eager strategy",
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -750,16 +733,11 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("routes[0].key_schema"), "{e}");
-        let e = parse(
+        // Exactly-once commits on revoke, so incremental rebalancing is fine.
+        parse(
             "[pipeline]\ndelivery = \"exactly-once\"\n[kafka.properties]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
         )
-        .unwrap_err();
-        assert!(e.contains("eager"), "{e}");
-        let e = parse(
-            "[pipeline]\ndelivery = \"exactly-once\"\n[kafka.properties]\n\"group.protocol\" = \"consumer\"\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("group.protocol"), "{e}");
+        .unwrap();
         let e = parse("[kafka.properties]\n\"transactional.id\" = \"x\"\n").unwrap_err();
         assert!(e.contains("managed by fieldcrypt"), "{e}");
         let e = parse("[pipeline]\ndelivery = \"twice\"\n").unwrap_err();

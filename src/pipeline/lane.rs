@@ -794,7 +794,7 @@ impl LaneState {
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 self.settle(consumer)?;
                 if self.eos {
-                    super::transaction::abort_on_revoke(self).await?;
+                    super::transaction::commit_on_revoke(self, consumer, tpl).await?;
                 } else {
                     // Commit what is stored before the partitions go (not in the
                     // callback: the rebalance waits for us).
@@ -827,6 +827,60 @@ impl LaneState {
             Event::Error(e) => tracing::warn!(worker = self.id, error = %e, "rebalance error"),
         }
         Ok(())
+    }
+
+    /// Polls the producer until every record in flight is settled, or `within`
+    /// passes; whether all settled.
+    pub(super) async fn settle_all(
+        &mut self,
+        consumer: &StreamConsumer<LaneContext>,
+        within: Duration,
+    ) -> Result<bool, PipelineError> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.settle(consumer)?;
+            if self.inflight.len == 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+
+    /// Records handed to the producer and not yet settled.
+    pub(super) fn in_flight(&self) -> usize {
+        self.inflight.len
+    }
+
+    /// Exactly-once, aborting: the delivery reports of purged records are
+    /// collected until the producer has nothing in flight (10 s at most), and
+    /// every record in flight is forgotten (it belongs to the aborted transaction;
+    /// its partition is rewound or revoked).
+    pub(super) async fn discard_in_flight(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.discard_in_flight_now();
+            if self.sender.producer.in_flight_count() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+        let left = self.inflight.len;
+        self.inflight = Slab::default();
+        self.metrics.in_flight.sub(left as i64);
+    }
+
+    /// Polls the producer once and drops the reports it had (see
+    /// [`discard_in_flight`](Self::discard_in_flight)).
+    pub(super) fn discard_in_flight_now(&mut self) {
+        take_acks(&self.sender.producer, &mut self.acks);
+        for ack in self.acks.drain(..) {
+            if self.inflight.remove(ack.token).is_some() {
+                self.metrics.in_flight.dec();
+            }
+        }
     }
 
     /// The end of a run: what is in flight gets until the drain deadline, then the

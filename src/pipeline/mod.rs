@@ -232,6 +232,10 @@ pub async fn run(
             &[
                 ("auto.offset.reset", "earliest"),
                 ("statistics.interval.ms", "5000"),
+                // Incremental rebalancing (KIP-429): a join or leave moves only
+                // the partitions that change owner; the others keep flowing.
+                // Both delivery modes settle revoked partitions before they go.
+                ("partition.assignment.strategy", "cooperative-sticky"),
             ],
         )
         .set("group.id", &config.kafka.group_id)

@@ -1,20 +1,24 @@
 //! Exactly-once: each lane's transactional producer. Every
 //! `pipeline.transaction_interval_ms` the lane stops taking records, lets those in
 //! flight be acknowledged, then sends the consumed offsets with
-//! `send_offsets_to_transaction` and commits. On revoke the open transaction is
-//! aborted before the partitions go (its records are discarded for
-//! `read_committed` readers and read again by the partitions' next owner); an
-//! abortable commit failure aborts and rewinds every partition to its last commit;
-//! a fatal one (fenced by a newer producer with the same `transactional.id`) stops
-//! the pipeline. librdkafka's transactional calls block, so they run on the
-//! blocking pool, never in a callback.
+//! `send_offsets_to_transaction` and commits. On revoke (a graceful one: another
+//! member joining or leaving) the open transaction is committed the same way
+//! before the partitions go, so no work is redone and nothing aborted reaches the
+//! log; only if its records cannot be acknowledged in time is it aborted. An
+//! abortable commit failure aborts and rewinds every partition to its last
+//! commit; a fatal one (fenced by a newer producer with the same
+//! `transactional.id`) stops the pipeline. Before any abort the producer's queued
+//! and in-flight records are purged and their reports collected, as librdkafka
+//! requires of an application that polls its own producer. librdkafka's
+//! transactional calls block, so they run on the blocking pool, never in a
+//! callback; the producer keeps being polled meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -50,11 +54,80 @@ pub async fn init(producer: &Arc<LaneProducer>) -> Result<(), PipelineError> {
     })
 }
 
+/// How long a revoke waits for the open transaction's records to be acknowledged
+/// before it gives the transaction up (aborts) instead of committing it.
+const REVOKE_SETTLE: Duration = Duration::from_secs(10);
+
 /// Commits the open transaction with the consumed offsets and begins the next.
 /// Everything taken must be settled first.
 pub async fn commit(
     s: &mut LaneState,
     consumer: &Arc<StreamConsumer<LaneContext>>,
+) -> Result<(), PipelineError> {
+    commit_except(s, consumer, None).await
+}
+
+/// Partitions are being revoked (gracefully: a member joined or left): the open
+/// transaction is committed with everything acknowledged, before the partitions
+/// go, so their next owner starts exactly where this one stopped. If the records
+/// in flight cannot be acknowledged within [`REVOKE_SETTLE`], the transaction is
+/// aborted instead and the partitions this lane keeps are rewound.
+pub async fn commit_on_revoke(
+    s: &mut LaneState,
+    consumer: &Arc<StreamConsumer<LaneContext>>,
+    revoked: &TopicPartitionList,
+) -> Result<(), PipelineError> {
+    if s.settle_all(consumer, REVOKE_SETTLE).await? {
+        return commit_except(s, consumer, Some(revoked)).await;
+    }
+    tracing::warn!(
+        left = s.in_flight(),
+        "records of the open transaction were not acknowledged in time; aborting it before the partitions go"
+    );
+    abort(s).await?;
+    rewind(s, consumer, Some(revoked))?;
+    s.sender
+        .producer
+        .begin_transaction()
+        .map_err(txn_err("cannot begin a transaction after a revoke"))
+}
+
+/// After an abort: every partition back to its last commit (revoked ones are
+/// left to their next owner, which starts there anyway).
+fn rewind(
+    s: &mut LaneState,
+    consumer: &Arc<StreamConsumer<LaneContext>>,
+    revoked: Option<&TopicPartitionList>,
+) -> Result<(), PipelineError> {
+    let going = |t: &str, p: i32| {
+        revoked.is_some_and(|r| {
+            r.elements()
+                .iter()
+                .any(|e| e.topic() == t && e.partition() == p)
+        })
+    };
+    for (t, p, o) in s.tracker.rewind() {
+        if going(&t, p) {
+            continue;
+        }
+        consumer
+            .seek(
+                &t,
+                p,
+                Offset::Offset(o),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .map_err(|e| {
+                PipelineError::Transaction(format!("cannot rewind {t}/{p} to {o}: {e}"))
+            })?;
+    }
+    Ok(())
+}
+
+async fn commit_except(
+    s: &mut LaneState,
+    consumer: &Arc<StreamConsumer<LaneContext>>,
+    revoked: Option<&TopicPartitionList>,
 ) -> Result<(), PipelineError> {
     let offsets = s.tracker.uncommitted();
     if offsets.is_empty() && s.sent_in_txn == 0 {
@@ -88,13 +161,7 @@ pub async fn commit(
         Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
             tracing::warn!(error = %e, "transaction commit failed; aborting and rewinding to the last commit");
             abort(s).await?;
-            for (t, p, o) in s.tracker.rewind() {
-                consumer
-                    .seek(&t, p, Offset::Offset(o), Timeout::After(Duration::from_secs(10)))
-                    .map_err(|e| {
-                        PipelineError::Transaction(format!("cannot rewind {t}/{p} to {o}: {e}"))
-                    })?;
-            }
+            rewind(s, consumer, revoked)?;
         }
         Err(e) => {
             return Err(PipelineError::Transaction(format!(
@@ -109,24 +176,30 @@ pub async fn commit(
         .map_err(txn_err("cannot begin a transaction"))
 }
 
+/// Aborts the open transaction: its queued and in-flight records are purged
+/// and their reports collected first, and the producer is polled while the
+/// abort runs (librdkafka waits for those reports before it aborts).
 async fn abort(s: &mut LaneState) -> Result<(), PipelineError> {
+    s.sender
+        .producer
+        .purge(PurgeConfig::default().queue().inflight());
+    s.discard_in_flight().await;
     let p = s.sender.producer.clone();
-    blocking(move || p.abort_transaction(Timeout::After(Duration::from_secs(30))))
-        .await?
+    let mut task = tokio::task::spawn_blocking(move || {
+        p.abort_transaction(Timeout::After(Duration::from_secs(30)))
+    });
+    let aborted = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => s.discard_in_flight_now(),
+        }
+    };
+    aborted
+        .map_err(|e| PipelineError::Transaction(e.to_string()))?
         .map_err(txn_err("abort failed"))?;
     s.metrics.transactions.with_label_values(&["aborted"]).inc();
     s.sent_in_txn = 0;
     Ok(())
-}
-
-/// Partitions are being revoked: the open transaction is aborted (its records
-/// belong to the partitions' next owner now) and a new one begins.
-pub async fn abort_on_revoke(s: &mut LaneState) -> Result<(), PipelineError> {
-    abort(s).await?;
-    s.sender
-        .producer
-        .begin_transaction()
-        .map_err(txn_err("cannot begin a transaction after a revoke"))
 }
 
 /// The end of a run: commits the open transaction when everything in it settled
@@ -140,7 +213,10 @@ pub async fn finish(
     if commit_ok && s.tracker.in_flight() == 0 {
         return commit(s, consumer).await;
     }
-    let p = s.sender.producer.clone();
-    let _ = blocking(move || p.abort_transaction(Timeout::After(Duration::from_secs(30)))).await;
+    // Its offsets were never committed: the records are read again after a
+    // restart, and the abort keeps them from read_committed readers meanwhile.
+    if let Err(e) = abort(s).await {
+        tracing::warn!(error = %e, "the final transaction could not be aborted; the broker aborts it after transaction.timeout.ms");
+    }
     Ok(())
 }
