@@ -112,8 +112,11 @@ impl LocalKms {
     }
 
     /// Opens an existing KEK file. A file that group or others may read is refused
-    /// (before it is read). Symlinks are followed (Kubernetes mounts secrets as
-    /// symlinks); the file they lead to is what is checked.
+    /// (before it is read) — but for a Kubernetes Secret volume, where the kubelet
+    /// makes a `defaultMode: 0400` file `0440` with the pod's `fsGroup` (the only
+    /// way a non-root container can read it): there group read is accepted when
+    /// the group is this process's own. Symlinks are followed (Kubernetes mounts
+    /// secrets as symlinks through `..data`); the file they lead to is checked.
     pub fn open(path: &Path) -> Result<Self, KmsError> {
         let not_readable = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -124,7 +127,7 @@ impl LocalKms {
         };
         // Checked on the open file, so what is checked is what is read.
         let mut f = fs::File::open(path).map_err(not_readable)?;
-        check_private(path, &f.metadata().map_err(not_readable)?)?;
+        check_private(path, &f.metadata().map_err(not_readable)?, &own_groups())?;
         let mut bytes = Zeroizing::new(Vec::with_capacity(32));
         std::io::Read::by_ref(&mut f)
             .take(1024)
@@ -194,15 +197,46 @@ fn create_private_dir(dir: &Path) -> Result<(), KmsError> {
 }
 
 /// Refuses a KEK file that anyone but its owner may read or write.
-fn check_private(path: &Path, m: &fs::Metadata) -> Result<(), KmsError> {
+/// This process's effective group and supplementary groups.
+fn own_groups() -> Vec<u32> {
+    let mut g: Vec<u32> = rustix::process::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    g.push(rustix::process::getegid().as_raw());
+    g
+}
+
+/// Is `path` a file of a Kubernetes Secret (or ConfigMap, projected) volume? The
+/// kubelet writes them atomically as `NAME -> ..data/NAME`, `..data -> ..<timestamp>`.
+fn in_kubernetes_volume(path: &Path) -> bool {
+    let Ok(target) = std::fs::read_link(path) else {
+        return false;
+    };
+    target
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str() == "..data")
+        && path.parent().is_some_and(|d| d.join("..data").is_symlink())
+}
+
+fn check_private(path: &Path, m: &fs::Metadata, groups: &[u32]) -> Result<(), KmsError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        // Kubernetes: read-only for the pod's own group (fsGroup), nobody else.
+        let k8s_group_read = mode & 0o077 == 0o040
+            && mode & 0o200 == 0
+            && groups.contains(&m.gid())
+            && in_kubernetes_volume(path);
+        if mode & 0o077 != 0 && !k8s_group_read {
             return Err(KmsError::Config(format!(
                 "KEK file {} is accessible to group or others (mode {mode:03o}); refusing to use \
-                 it. Make it private with: chmod 600 {}",
+                 it. Make it private with: chmod 600 {} (on Kubernetes: mount its Secret with \
+                 defaultMode: 0400 and the pod's fsGroup, which the kubelet turns into 0440 for \
+                 that group only)",
                 path.display(),
                 path.display()
             )));
@@ -290,6 +324,47 @@ impl Kms for LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Kubernetes Secret volume as the kubelet writes it: `kek.key -> ..data/kek.key`,
+    /// `..data -> ..<timestamp>`, the file `0440` owned by the pod's fsGroup (from
+    /// `defaultMode: 0400`). Accepted there when the group is ours; the same file
+    /// read directly, or world-readable, or group-writable, is refused.
+    #[cfg(unix)]
+    #[test]
+    fn a_kubernetes_secret_volume_with_default_mode_0400_is_accepted() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let stamp = d.join("..2026_12_07_10_00_00.123456789");
+        std::fs::create_dir(&stamp).unwrap();
+        let real = stamp.join("kek.key");
+        std::fs::write(&real, [7u8; 32]).unwrap();
+        symlink("..2026_12_07_10_00_00.123456789", d.join("..data")).unwrap();
+        symlink("..data/kek.key", d.join("kek.key")).unwrap();
+        let chmod =
+            |m| std::fs::set_permissions(&real, std::fs::Permissions::from_mode(m)).unwrap();
+        chmod(0o440);
+        LocalKms::open(&d.join("kek.key")).expect("the kubelet's 0440 for our own group");
+        let e = LocalKms::open(&real).unwrap_err().to_string();
+        assert!(
+            e.contains("accessible to group"),
+            "outside the volume's links: {e}"
+        );
+        for bad in [0o444, 0o460, 0o640] {
+            chmod(bad);
+            let e = LocalKms::open(&d.join("kek.key")).unwrap_err().to_string();
+            assert!(
+                e.contains("accessible to group") && e.contains("fsGroup"),
+                "{bad:o}: {e}"
+            );
+        }
+        chmod(0o400);
+        LocalKms::open(&d.join("kek.key")).expect("0400 is private anywhere");
+        // Group read by a group that is not ours is refused even in the volume.
+        chmod(0o440);
+        let m = std::fs::metadata(&real).unwrap();
+        assert!(check_private(&d.join("kek.key"), &m, &[]).is_err());
+    }
 
     fn ctx(p: &str) -> EncryptionContext {
         [("fieldcrypt:purpose".to_string(), p.to_string())].into()
