@@ -74,7 +74,8 @@ pub struct ChurnReport {
     /// How long the group took to hold every partition again after each event
     /// (`None`: it did not within a minute).
     pub settle_ms: Vec<(String, Option<u64>)>,
-    /// The verifier's end-to-end latency, ms (p50, p99, max).
+    /// End-to-end latency seen by a live verifier, ms (p50, p99, max): a record
+    /// whose partition moved waited the rebalance out.
     pub latency_ms: (f64, f64, f64),
     /// Problems the verifier listed (positions, never values).
     pub problems: Vec<String>,
@@ -241,7 +242,10 @@ impl Run<'_> {
             .expect("starts fieldcrypt run");
         let deadline = Instant::now() + Duration::from_secs(30);
         while try_http_get(&metrics, "/health/live").is_err() {
-            assert!(Instant::now() < deadline, "{name} did not serve /health/live");
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not serve /health/live"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.live.lock().unwrap().push(metrics.clone());
@@ -365,7 +369,8 @@ fn run_to_end(bin: &Path, args: &[&str], log: &Path) -> (bool, String) {
         .args(args)
         .output()
         .expect("runs a fieldcrypt command");
-    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     let _ = std::fs::write(log, &text);
     (o.status.success(), text)
 }
@@ -439,8 +444,28 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
         let bin = spec.bin.clone();
         let log = spec.dir.join("loadgen.log");
         let args: Vec<String> = [
-            "loadgen", "--config", &base_s, "--topic", source, "--rate", &rate, "--duration",
-            &seconds, "--keys", "1000", "--cdc", "off", "--run-id", "churn", "--report", &lg_report,
+            "loadgen",
+            "--config",
+            &base_s,
+            "--topic",
+            source,
+            "--rate",
+            &rate,
+            "--duration",
+            &seconds,
+            "--keys",
+            "1000",
+            "--cdc",
+            "off",
+            "--run-id",
+            "churn",
+            "--report",
+            &lg_report,
+            // Read the target live too: each record's end-to-end latency is the
+            // pause it met (a rebalance moving its partition shows as latency).
+            "--verify",
+            "--verify-timeout",
+            "60",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -498,15 +523,21 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
     stop(b, &run, &mut report);
     settle("SIGTERM of b", &before, &mut report);
 
-    let (produced_ok, lg_text) = loadgen.join().expect("the loadgen thread");
+    let (_, lg_text) = loadgen.join().expect("the loadgen thread");
     let load_end = t0.elapsed();
-    let expected = std::fs::read_to_string(&loadgen_report)
+    let lg: serde_json::Value = std::fs::read_to_string(&loadgen_report)
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["produce"]["records"].as_u64())
-        .unwrap_or(0);
-    assert!(produced_ok && expected > 0, "loadgen failed: {lg_text}");
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let expected = lg["produce"]["records"].as_u64().unwrap_or(0);
+    assert!(
+        expected > 0 && lg["produce"]["failed"].as_u64() == Some(0),
+        "loadgen failed: {lg_text}"
+    );
     report.expected = expected;
+    let lat = &lg["verify"]["latency_ms"];
+    let f = |k: &str| lat[k].as_f64().unwrap_or(0.0);
+    report.latency_ms = (f("p50"), f("p99"), f("max"));
 
     // The survivor drains the backlog; the verifier reads everything committed.
     let check_report = spec.dir.join("check.json");
@@ -529,9 +560,7 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
         ],
         &spec.dir.join("check.log"),
     );
-    let end = t0.elapsed();
     stop(a, &run, &mut report);
-    let _ = end;
     sampler.finish_into(&events, load_end, &mut report);
     drop(broker);
 
@@ -546,12 +575,13 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
     report.duplicates = n("duplicates");
     report.unencrypted = n("unencrypted");
     report.malformed = n("malformed");
-    let lat = &v["latency_ms"];
-    let f = |k: &str| lat[k].as_f64().unwrap_or(0.0);
-    report.latency_ms = (f("p50"), f("p99"), f("max"));
     report.problems = v["problems"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let _ = std::fs::write(spec.dir.join("report.txt"), report.render());
     report
