@@ -43,12 +43,15 @@ Cross-checks, for every rendering:
   * fieldcrypt.toml, read from the ConfigMap the --config path resolves to, parses
     (tomllib), uses only keys docs/CONFIG.md documents, sets workers, listens on all
     interfaces on the `metrics` port, names every file by an absolute path that the
-    pod provides (a ConfigMap key, the init container's KEK copy, or a schema the
-    image ships), has every ${VAR} without a default in the container's environment,
-    and has a drain timeout shorter than terminationGracePeriodSeconds by a margin;
-  * local KEK: read from an emptyDir that an init container fills from a Secret
-    volume with mode 0400, never from the Secret volume itself (see
-    deploy/kubernetes/base/deployment.yaml); aws: no Secret at all, and the
+    pod provides (a ConfigMap or Secret key, or a schema the image ships), has every
+    ${VAR} without a default in the container's environment, and has a drain timeout
+    shorter than terminationGracePeriodSeconds by a margin;
+  * local KEK: a top-level file of a Secret (or projected) volume with mode 0400,
+    mounted readOnly and whole (no subPath: it would bypass the ..data symlink), in a
+    pod whose fsGroup is the image's group 10001; the kubelet then makes the file
+    root:10001 0440, the one group-readable KEK fieldcrypt accepts (see
+    deploy/kubernetes/base/deployment.yaml). A memory-backed emptyDir that an init
+    container fills with a 0400 copy is accepted too. aws: no Secret at all, and the
     ServiceAccount carries the IRSA role annotation;
   * KEDA / HPA: the target is the Deployment, which has no `replicas`; the maximum is
     the source partitions (annotation fieldcrypt/source-partitions) / workers; the
@@ -83,6 +86,7 @@ except ImportError as e:  # pragma: no cover - environment problem
 
 KUBERNETES_VERSION = "1.30"
 IMAGE_UID = 10001  # Dockerfile: useradd --uid 10001
+IMAGE_GID = 10001  # Dockerfile: groupadd --gid 10001
 IMAGE_SCHEMAS = "/opt/fieldcrypt/schemas"  # Dockerfile: COPY schemas/ /opt/fieldcrypt/schemas/
 CONFIG_ARG = "/etc/fieldcrypt/fieldcrypt.toml"
 DRAIN_MARGIN_SECONDS = 15  # commit and client close after the drain
@@ -1167,18 +1171,25 @@ class Checker:
 
     # ------------------------------------------------------------ files in the pod
 
-    def mount_for(self, container, pod, path):
-        """(volume, path inside the volume) for an absolute path in a container."""
+    def mount_entry(self, container, path):
+        """The container's volumeMount that holds an absolute path (the deepest), or None."""
         best = None
         for m in container.get("volumeMounts") or []:
             mp = m.get("mountPath", "").rstrip("/")
             if path == mp or path.startswith(mp + "/"):
                 if best is None or len(mp) > len(best[0]):
                     best = (mp, m)
-        if best is None:
+        return best[1] if best else None
+
+    def mount_for(self, container, pod, path):
+        """(volume, path inside the volume) for an absolute path in a container."""
+        m = self.mount_entry(container, path)
+        if m is None:
             return None, None
-        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == best[1].get("name")), None)
-        return vol, path[len(best[0]):].lstrip("/")
+        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == m.get("name")), None)
+        rest = path[len(m.get("mountPath", "").rstrip("/")):].lstrip("/")
+        sub = "/".join(s for s in ((m.get("subPath") or "").strip("/"), rest) if s)
+        return vol, sub
 
     def configmap_file(self, vol, sub, named, ns):
         """The text of `sub` in a configMap or projected volume, or None; or raises LookupError."""
@@ -1196,6 +1207,32 @@ class Checker:
             mapping = {i["path"]: i["key"] for i in items} if items else {k: k for k in data}
             if sub in mapping and mapping[sub] in data:
                 return data[mapping[sub]]
+        raise LookupError
+
+    def secret_file(self, vol, sub, named, ns):
+        """(Secret name, key, file mode) of `sub` in a secret or projected volume; or raises
+        LookupError. The mode is the item's, else the volume's defaultMode (0644 unset)."""
+        sources = []
+        if "secret" in vol:
+            sources = [(vol["secret"], vol["secret"].get("secretName"), vol["secret"].get("defaultMode", 0o644))]
+        elif "projected" in vol:
+            default_mode = vol["projected"].get("defaultMode", 0o644)
+            sources = [(s["secret"], s["secret"].get("name"), default_mode)
+                       for s in vol["projected"].get("sources") or [] if "secret" in s]
+        for src, name, default_mode in sources:
+            sec = named("Secret", name, ns)
+            if sec is not None:
+                keys = set(sec.get("data") or {}) | set(sec.get("stringData") or {})
+            else:
+                # Created out of band: the keys are the ones the documented command makes.
+                keys = set(re.findall(r"--from-file=([^=\s]+)=", OUT_OF_BAND_SECRETS.get(name, "")))
+            items = src.get("items")
+            if items:
+                item = next((i for i in items if i.get("path") == sub), None)
+                if item is not None and item.get("key") in keys:
+                    return name, item.get("key"), item.get("mode", default_mode)
+            elif sub in keys:
+                return name, sub, default_mode
         raise LookupError
 
     def read_config(self, where, pod, main, named, ns):
@@ -1226,9 +1263,6 @@ class Checker:
         if vol is None:
             self.problem(where, f"{key} = {path!r} is on no volume mount of the container")
             return None
-        if "secret" in vol:
-            self.problem(where, f"{key} = {path!r} is read from Secret volume {vol.get('name')}")
-            return vol
         if "emptyDir" in vol:
             writers = [c for c in pod.get("initContainers") or []
                        if path in (c.get("command") or []) + (c.get("args") or [])
@@ -1236,10 +1270,13 @@ class Checker:
             if not writers:
                 self.problem(where, f"{key} = {path!r} is in emptyDir {vol.get('name')}, which no init container fills")
             return vol
-        try:
-            self.configmap_file(vol, sub, named, ns)
-        except LookupError:
-            self.problem(where, f"{key} = {path!r}: no ConfigMap key provides {sub} in volume {vol.get('name')}")
+        for provides in (self.configmap_file, self.secret_file):
+            try:
+                provides(vol, sub, named, ns)
+                return vol
+            except LookupError:
+                pass
+        self.problem(where, f"{key} = {path!r}: no ConfigMap or Secret key provides {sub} in volume {vol.get('name')}")
         return vol
 
     # ------------------------------------------------------------ fieldcrypt.toml
@@ -1294,7 +1331,7 @@ class Checker:
 
         if provider == "local":
             for key, path, vol in kek_vols:
-                self.check_local_kek(where, key, path, vol, pod)
+                self.check_local_kek(where, key, path, vol, pod, main, named, ns)
         elif provider == "aws":
             if not kms.get("key_id"):
                 self.problem(where, "[kms] provider aws without key_id")
@@ -1367,19 +1404,52 @@ class Checker:
                 elif not sep and name not in env:
                     self.problem(where, f"fieldcrypt.toml {key} uses ${{{name}}}, which the container's env does not set (fieldcrypt would refuse to start)")
 
-    def check_local_kek(self, where, key, path, vol, pod):
+    def check_local_kek(self, where, key, path, vol, pod, main, named, ns):
+        """A local KEK file: fieldcrypt reads it only if no group or other may read it, or
+        (src/keys/local.rs, check_private) if it is mode 0440, group-owned by one of the
+        process's groups, and a file of a Secret (or projected) volume, reached through
+        the volume's `NAME -> ..data/NAME` symlink. The kubelet makes a Secret's
+        defaultMode 0400 into exactly that with the pod's fsGroup."""
         if vol is None:
             return
-        if "secret" in vol:
-            self.problem(
-                where,
-                f"{key} is read straight from Secret volume {vol.get('name')}: with an fsGroup the kubelet "
-                "makes it 0440 (fieldcrypt refuses a group-readable KEK), without one it is root:root 0400 "
-                f"(unreadable by uid {IMAGE_UID}); copy it in an init container (base/deployment.yaml)",
-            )
+        if "emptyDir" in vol:
+            self.check_kek_copy(where, key, path, vol, pod)
             return
-        if "emptyDir" not in vol:
+        vol_name = vol.get("name")
+        try:
+            _, sub = self.mount_for(main, pod, path)
+            _secret, _key, mode = self.secret_file(vol, sub, named, ns)
+        except LookupError:
+            secret_sources = "secret" in vol or any("secret" in s for s in (vol.get("projected") or {}).get("sources") or [])
+            if not secret_sources:  # otherwise check_file_provided has said what is missing
+                self.problem(where, f"{key} = {path!r} is not in a Secret volume (volume {vol_name}): the KEK belongs in the Secret fieldcrypt-kek")
             return
+        mount = self.mount_entry(main, path)
+        if mount.get("subPath") or mount.get("subPathExpr"):
+            self.problem(where, f"{key}: volume {vol_name} is mounted at {mount.get('mountPath')} through subPath: "
+                         "that bypasses the Secret volume's ..data symlink, and fieldcrypt refuses the 0440 file outside it; mount the volume as a directory")
+        elif "/" in sub:
+            self.problem(where, f"{key}: {sub} is not at the top of volume {vol_name}: only top-level names are ..data symlinks, "
+                         "and fieldcrypt refuses the 0440 file elsewhere")
+        if mount.get("readOnly") is not True:
+            self.problem(where, f"{key}: volume {vol_name} is not mounted readOnly")
+        if mode != 0o400:
+            # The kubelet adds group read (0440) to a read-only volume's files for fsGroup.
+            arrives = mode | 0o440
+            why = ("which fieldcrypt refuses (it accepts 0440 and nothing looser)" if arrives != 0o440
+                   else "but give the owner-only 0400 the file is meant to have")
+            self.problem(where, f"{key}: Secret volume {vol_name} has mode {mode:o}, not 0400 (octal; 256 in JSON): "
+                         f"with fsGroup the file arrives as {arrives:04o}, {why}")
+        fs_group = (pod.get("securityContext") or {}).get("fsGroup")
+        if fs_group is None:
+            self.problem(where, f"{key}: the pod has no fsGroup: the kubelet leaves the Secret's file root:root 0400, unreadable by uid {IMAGE_UID}")
+        elif fs_group != IMAGE_GID:
+            self.problem(where, f"{key}: the pod's fsGroup is {fs_group}, not the image's group {IMAGE_GID} (runAsGroup): "
+                         "the KEK would be readable by another group")
+
+    def check_kek_copy(self, where, key, path, vol, pod):
+        """The alternative: an init container copies the KEK from a Secret into a
+        memory-backed emptyDir as a 0400 file owned by the runtime user."""
         if vol["emptyDir"].get("medium") != "Memory":
             self.problem(where, f"{key}: emptyDir {vol.get('name')} is not medium Memory: the KEK copy would be written to the node's disk")
         for c in pod.get("initContainers") or []:
@@ -1561,9 +1631,14 @@ def json_diff(a, b, path=""):
 # Each breaks one thing in a copy of the tree; the check must then report `expect`.
 MUTATIONS = [
     ("deploy/kubernetes/base/deployment.yaml", "defaultMode: 0400", "defaultMode: 0444", "has mode 444, not 0400"),
-    ("deploy/kubernetes/base/deployment.yaml", "            - name: kek\n              mountPath: /run/fieldcrypt/kek\n              readOnly: true\n",
-     "            - name: kek-secret\n              mountPath: /run/fieldcrypt/kek\n              readOnly: true\n", "is read straight from Secret volume kek-secret"),
+    ("deploy/kubernetes/base/deployment.yaml", "                path: kek.key\n", "                path: kek.key\n                mode: 0644\n", "has mode 644, not 0400"),
+    ("deploy/kubernetes/base/deployment.yaml", "              - key: kek.key\n", "              - key: kek\n", "no ConfigMap or Secret key provides kek.key"),
     ("deploy/kubernetes/base/deployment.yaml", "        fsGroup: 10001\n", "", "the pod has no fsGroup"),
+    ("deploy/kubernetes/base/deployment.yaml", "        fsGroup: 10001\n", "        fsGroup: 10002\n", "fsGroup is 10002, not the image's group 10001"),
+    ("deploy/kubernetes/base/deployment.yaml", "            - name: kek\n              mountPath: /run/fieldcrypt/kek\n              readOnly: true\n",
+     "            - name: kek\n              mountPath: /run/fieldcrypt/kek/kek.key\n              subPath: kek.key\n              readOnly: true\n", "through subPath"),
+    ("deploy/kubernetes/base/deployment.yaml", "            - name: kek\n              mountPath: /run/fieldcrypt/kek\n              readOnly: true\n",
+     "            - name: kek\n              mountPath: /run/fieldcrypt/kek\n              readOnly: false\n", "volume kek is not mounted readOnly"),
     ("deploy/kubernetes/base/deployment.yaml", "terminationGracePeriodSeconds: 60", "terminationGracePeriodSeconds: 30", "is not above drain_timeout_seconds 30"),
     ("deploy/kubernetes/base/deployment.yaml", "readOnlyRootFilesystem: true\n            runAsNonRoot: true\n            capabilities:\n              drop:\n                - ALL\n          volumeMounts:\n            - name: config",
      "readOnlyRootFilesystem: false\n            runAsNonRoot: true\n            capabilities:\n              drop:\n                - ALL\n          volumeMounts:\n            - name: config", "readOnlyRootFilesystem is not true"),
@@ -1576,9 +1651,9 @@ MUTATIONS = [
     ("deploy/kubernetes/base/deployment.yaml", "                  name: fieldcrypt-keyset", "                  name: fieldcrypt-keyset-old", "ConfigMap fieldcrypt-keyset-old is referenced"),
     ("deploy/kubernetes/base/deployment.yaml", "      enableServiceLinks: false", "      enableServiceLinks: false\n      hostNetworkk: true", "Additional properties are not allowed ('hostNetworkk'"),
     ("deploy/kubernetes/base/deployment.yaml", "                  fieldPath: metadata.name", "                  fieldPath: metadata.uid", "POD_NAME does not come from the downward API"),
-    ("deploy/kubernetes/base/deployment.yaml", "        - name: kek\n          emptyDir:\n            medium: Memory\n", "        - name: kek\n          emptyDir:\n", "is not medium Memory"),
     ("deploy/kubernetes/base/service.yaml", "    app.kubernetes.io/name: fieldcrypt\n  ports:", "    app.kubernetes.io/name: fieldcrypt-x\n  ports:", "selector does not match the pod labels"),
     ("deploy/kubernetes/base/fieldcrypt.toml", 'file = "/etc/fieldcrypt/keyset.json"', 'file = "keyset.json"', "is relative"),
+    ("deploy/kubernetes/base/fieldcrypt.toml", 'kek_file = "/run/fieldcrypt/kek/kek.key"', 'kek_file = "/etc/fieldcrypt/keyset.json"', "is not in a Secret volume"),
     ("deploy/kubernetes/base/fieldcrypt.toml", 'listen = "0.0.0.0:9464"', 'listen = "127.0.0.1:9464"', "[metrics] listen"),
     ("deploy/kubernetes/base/fieldcrypt.toml", "workers = 1\n", "", "[pipeline] workers is not set"),
     ("deploy/kubernetes/base/fieldcrypt.toml", 'group_id = "fieldcrypt"', 'group_id = "fieldcrypt"\ngroup_idd = "x"', "kafka.group_idd is not a key"),
@@ -1586,7 +1661,7 @@ MUTATIONS = [
     ("deploy/kubernetes/base/fieldcrypt.toml", "[kafka]\n", "[kafka\n", "not valid TOML"),
     ("deploy/kubernetes/overlays/aws/fieldcrypt.toml", 'url = "http://schema-registry.kafka.svc:8081"', 'url = "http://registry:8081"', "differs from base/fieldcrypt.toml outside [kms]"),
     ("deploy/kubernetes/overlays/aws/deployment-patch.yaml", "            - name: AWS_REGION\n              value: eu-west-1\n", "", "uses ${AWS_REGION}"),
-    ("deploy/kubernetes/overlays/aws/deployment-patch.yaml", "        - name: kek-secret\n          $patch: delete\n", "", "provider aws, yet Secret volumes"),
+    ("deploy/kubernetes/overlays/aws/deployment-patch.yaml", "      volumes:\n        - name: kek\n          $patch: delete\n", "", "provider aws, yet Secret volumes"),
     ("deploy/kubernetes/overlays/aws/serviceaccount-patch.yaml", "eks.amazonaws.com/role-arn:", "eks.amazonaws.com/rolearn:", "has no eks.amazonaws.com/role-arn annotation"),
     ("deploy/kubernetes/overlays/aws/kustomization.yaml", "namespace: fieldcrypt\n", "", "no ConfigMap fieldcrypt-config in namespace (none) to replace"),
     ("deploy/kubernetes/components/keda/scaledobject.yaml", "maxReplicaCount: 6", "maxReplicaCount: 12", "maximum replicas 12 is not source partitions 6 / workers 1"),

@@ -196,7 +196,6 @@ fn create_private_dir(dir: &Path) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// Refuses a KEK file that anyone but its owner may read or write.
 /// This process's effective group and supplementary groups.
 fn own_groups() -> Vec<u32> {
     let mut g: Vec<u32> = rustix::process::getgroups()
@@ -221,6 +220,8 @@ fn in_kubernetes_volume(path: &Path) -> bool {
         && path.parent().is_some_and(|d| d.join("..data").is_symlink())
 }
 
+/// Refuses a KEK file that anyone but its owner may read or write, but for the
+/// read-only group access of a Kubernetes Secret volume (see [`LocalKms::open`]).
 fn check_private(path: &Path, m: &fs::Metadata, groups: &[u32]) -> Result<(), KmsError> {
     #[cfg(unix)]
     {
