@@ -142,6 +142,28 @@ pub(crate) fn client_error(config: &Config, e: KafkaError) -> PipelineError {
     PipelineError::Kafka(e)
 }
 
+/// The consumer settings fieldcrypt chooses (the user's `kafka.properties` win).
+/// Incremental rebalancing (KIP-429): a join or leave moves only the partitions
+/// that change owner while the others keep flowing; both delivery modes settle
+/// revoked partitions before they go. Under the KIP-848 protocol
+/// (`group.protocol = "consumer"`) the broker assigns, and librdkafka refuses a
+/// client-side strategy, so none is set.
+fn consumer_defaults(config: &Config) -> Vec<(&'static str, &'static str)> {
+    let mut d = vec![
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
+    ];
+    let kip848 = config
+        .kafka
+        .properties
+        .get("group.protocol")
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"));
+    if !kip848 {
+        d.push(("partition.assignment.strategy", "cooperative-sticky"));
+    }
+    d
+}
+
 /// This instance's `transactional.id`.
 fn transactional_id(config: &Config) -> String {
     if let Some(id) = &config.pipeline.transactional_id {
@@ -227,24 +249,15 @@ pub async fn run(
             transaction::init(&producer).await?;
         }
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let consumer: StreamConsumer<LaneContext> = client_config(
-            config,
-            &[
-                ("auto.offset.reset", "earliest"),
-                ("statistics.interval.ms", "5000"),
-                // Incremental rebalancing (KIP-429): a join or leave moves only
-                // the partitions that change owner; the others keep flowing.
-                // Both delivery modes settle revoked partitions before they go.
-                ("partition.assignment.strategy", "cooperative-sticky"),
-            ],
-        )
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", if eos { "false" } else { "true" })
-        .set("enable.auto.offset.store", "false")
-        // Records of aborted upstream transactions must never be encrypted and passed on.
-        .set("isolation.level", "read_committed")
-        .create_with_context(LaneContext::new(events_tx, metrics.clone(), kafka.clone()))
-        .map_err(|e| client_error(config, e))?;
+        let consumer: StreamConsumer<LaneContext> =
+            client_config(config, &consumer_defaults(config))
+                .set("group.id", &config.kafka.group_id)
+                .set("enable.auto.commit", if eos { "false" } else { "true" })
+                .set("enable.auto.offset.store", "false")
+                // Records of aborted upstream transactions must never be encrypted and passed on.
+                .set("isolation.level", "read_committed")
+                .create_with_context(LaneContext::new(events_tx, metrics.clone(), kafka.clone()))
+                .map_err(|e| client_error(config, e))?;
         consumer.subscribe(&subs)?;
         let sender = Sender::new(
             producer,
@@ -434,5 +447,36 @@ fn error_code(e: &PipelineError) -> crate::codes::Code {
         PipelineError::Setup(_) => Code::Setup,
         PipelineError::Record { code, .. } => *code,
         PipelineError::Transaction(_) => Code::Transaction,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(props: &[(&str, &str)]) -> Option<String> {
+        let mut config = Config::default();
+        for (k, v) in props {
+            config.kafka.properties.insert(k.to_string(), v.to_string());
+        }
+        client_config(&config, &consumer_defaults(&config))
+            .get("partition.assignment.strategy")
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn consumers_rebalance_incrementally_unless_told_otherwise() {
+        assert_eq!(strategy(&[]).as_deref(), Some("cooperative-sticky"));
+        // The user's choice wins.
+        assert_eq!(
+            strategy(&[("partition.assignment.strategy", "range")]).as_deref(),
+            Some("range")
+        );
+        // KIP-848: the broker assigns; librdkafka refuses a client-side strategy.
+        assert_eq!(strategy(&[("group.protocol", "Consumer")]), None);
+        assert_eq!(
+            strategy(&[("group.protocol", "classic")]).as_deref(),
+            Some("cooperative-sticky")
+        );
     }
 }

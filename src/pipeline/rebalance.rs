@@ -1,9 +1,9 @@
 //! Rebalances as messages. librdkafka announces assignments and revocations from
 //! inside the consumer's poll; the callback here only copies the partition list
 //! into the lane's event channel and returns — nothing blocks in it. The lane then
-//! settles what it must (exactly-once: aborts the open transaction; at-least-once:
-//! commits what is stored) and completes the rebalance itself with [`complete`],
-//! which librdkafka waits for. Consumer statistics (lag) are read here too.
+//! settles what it must (exactly-once: commits the open transaction once its
+//! records are acknowledged; at-least-once: commits what is stored) and completes
+//! the rebalance itself with [`complete`], which librdkafka waits for. Consumer statistics (lag) are read here too.
 
 use std::sync::Arc;
 
