@@ -17,7 +17,7 @@ fn spec(delivery: &str, dir: &std::path::Path) -> ChurnSpec {
         delivery: delivery.into(),
         partitions: 6,
         rate: 500,
-        seconds: 42,
+        seconds: 70,
         workers: 1,
         no_crash: false,
         dir: dir.to_path_buf(),

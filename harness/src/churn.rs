@@ -10,8 +10,8 @@
 //! growing) are measured, not guessed.
 //!
 //! Replicas keep a stable identity per slot (`transactional_id = "churn-a"`,
-//! as a StatefulSet pod name gives it), so a replacement fences the transaction
-//! a killed instance left open.
+//! as a container restarted inside its pod keeps its pod name and pid 1), so a
+//! replacement fences the transaction a killed instance left open.
 //!
 //! Used once per delivery mode by `tests/scale_out.rs`, and repeatedly by
 //! `cargo xtask churn`.
@@ -53,6 +53,12 @@ pub struct Stop {
     pub name: String,
     pub status: Option<i32>,
     pub took: Duration,
+    /// Its counters just before the SIGTERM: partitions revoked from it, and
+    /// exactly-once transactions committed and aborted (a graceful revoke commits;
+    /// none should have been aborted).
+    pub revokes: f64,
+    pub committed: f64,
+    pub aborted: f64,
 }
 
 /// What a run found.
@@ -70,7 +76,8 @@ pub struct ChurnReport {
     pub stops: Vec<Stop>,
     /// Longest stretch (ms) without a record produced by the group around each
     /// event, as `(event, ms)`.
-    pub pauses: Vec<(String, u64)>,
+    /// `None`: the step came after the load had ended (nothing to pause).
+    pub pauses: Vec<(String, Option<u64>)>,
     /// How long the group took to hold every partition again after each event
     /// (`None`: it did not within a minute).
     pub settle_ms: Vec<(String, Option<u64>)>,
@@ -87,6 +94,7 @@ impl ChurnReport {
     /// Nothing missing, nothing in clear or malformed, every SIGTERM exit 0 in
     /// time; and for exactly-once, nothing twice unless `duplicates_ok`.
     pub fn ok(&self, duplicates_ok: bool) -> bool {
+        let eos = self.delivery == "exactly-once";
         self.expected > 0
             && self.missing == 0
             && self.unencrypted == 0
@@ -94,6 +102,11 @@ impl ChurnReport {
             && self.stops.iter().all(|s| s.status == Some(0))
             && (duplicates_ok || self.duplicates == 0)
             && self.settle_ms.iter().all(|(_, ms)| ms.is_some())
+            && (!eos
+                || self
+                    .stops
+                    .iter()
+                    .all(|s| s.aborted == 0.0 && s.committed > 0.0))
     }
 
     /// A summary for logs and reports.
@@ -113,14 +126,23 @@ impl ChurnReport {
         for st in &self.stops {
             let _ = writeln!(
                 s,
-                "  SIGTERM {}: exit {:?} in {:.1} s",
+                "  SIGTERM {}: exit {:?} in {:.1} s (before it: {} revokes, {} transactions committed, {} aborted)",
                 st.name,
                 st.status,
-                st.took.as_secs_f64()
+                st.took.as_secs_f64(),
+                st.revokes,
+                st.committed,
+                st.aborted
             );
         }
         for (ev, ms) in &self.pauses {
-            let _ = writeln!(s, "  pause around {ev}: {ms} ms without a record produced");
+            let _ = match ms {
+                Some(ms) => writeln!(s, "  pause around {ev}: {ms} ms without a record produced"),
+                None => writeln!(
+                    s,
+                    "  pause around {ev}: not measured (after the load ended)"
+                ),
+            };
         }
         for (ev, ms) in &self.settle_ms {
             match ms {
@@ -162,6 +184,18 @@ impl Instance {
 
     /// SIGTERM, and its exit status within `grace` (`None`: killed after it).
     fn stop(mut self, grace: Duration) -> (Stop, Option<String>) {
+        let body = try_http_get(&self.metrics, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let revokes = metric(&body, "fieldcrypt_rebalances_total", &[("kind", "revoke")]);
+        let txns = |outcome| {
+            metric(
+                &body,
+                "fieldcrypt_transactions_total",
+                &[("outcome", outcome)],
+            )
+        };
+        let (committed, aborted) = (txns("committed"), txns("aborted"));
         let started = Instant::now();
         let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM);
         let status = loop {
@@ -189,6 +223,9 @@ impl Instance {
                 name: std::mem::take(&mut self.name),
                 status,
                 took: started.elapsed(),
+                revokes,
+                committed,
+                aborted,
             },
             tail,
         )
@@ -440,6 +477,7 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
     let seconds = spec.seconds.to_string();
     let base_s = base.display().to_string();
     let lg_report = loadgen_report.display().to_string();
+    let load_start = t0.elapsed();
     let loadgen = {
         let bin = spec.bin.clone();
         let log = spec.dir.join("loadgen.log");
@@ -524,7 +562,8 @@ pub fn run(spec: &ChurnSpec) -> ChurnReport {
     settle("SIGTERM of b", &before, &mut report);
 
     let (_, lg_text) = loadgen.join().expect("the loadgen thread");
-    let load_end = t0.elapsed();
+    // When loadgen stopped writing: after it the group is idle, not paused.
+    let load_end = (load_start + Duration::from_secs(spec.seconds)).min(t0.elapsed());
     let lg: serde_json::Value = std::fs::read_to_string(&loadgen_report)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -593,10 +632,9 @@ impl Sampler {
     /// paused).
     fn finish_into(self, events: &[(String, Duration)], end: Duration, report: &mut ChurnReport) {
         for (i, (name, at)) in events.iter().enumerate() {
-            let until = events.get(i + 1).map_or(end, |(_, t)| *t);
-            report
-                .pauses
-                .push((name.clone(), self.longest_stall(*at, until)));
+            let until = events.get(i + 1).map_or(end, |(_, t)| *t).min(end);
+            let pause = (*at < end).then(|| self.longest_stall(*at, until));
+            report.pauses.push((name.clone(), pause));
         }
         self.finish();
     }

@@ -20,8 +20,9 @@ pub struct Args {
     /// Records per second during each run.
     #[arg(long, default_value_t = 800)]
     rate: u32,
-    /// Seconds of load per run.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds of load per run (the steps, each after the group settled, take
+    /// about 60 s on tansu; they should all fall inside the load).
+    #[arg(long, default_value_t = 80)]
     seconds: u64,
     /// Source partitions.
     #[arg(long, default_value_t = 6)]
@@ -76,7 +77,7 @@ pub fn main(a: Args) -> Result<()> {
             .iter()
             .map(|s| s.status.map_or("killed".into(), |c| c.to_string()))
             .collect();
-        let worst = r.pauses.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+        let worst = r.pauses.iter().filter_map(|(_, ms)| *ms).max().unwrap_or(0);
         println!(
             "| {mode} | {i} | {} | {} | {} | {} | {} | {worst} | {:.0} / {:.0} |",
             r.expected,
