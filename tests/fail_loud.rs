@@ -72,6 +72,11 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     out + &err
 }
 
+/// A command line's words (none of them holds a space).
+fn argv(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// Runs a command that must fail with one error and no panic; returns stderr.
 fn fails(dir: &Path, args: &[&str]) -> String {
     let o = fc(dir, args);
@@ -305,17 +310,7 @@ fn produce(bootstrap: &str, topic: &str, partition: i32, value: &[u8]) {
 fn encrypt_file_refuses_a_schema_that_encrypts_nothing_unless_allow_unencrypted() {
     let w = workdir();
     let d = w.path();
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "plain.avsc",
-            "--count",
-            "20",
-            "in.avro",
-        ],
-    );
+    ok(d, &argv("sample --schema plain.avsc --count 20 in.avro"));
     let err = fails(d, &["encrypt-file", "in.avro", "out.avro"]);
     assert!(
         err.contains("nothing in its schema would be encrypted")
@@ -326,7 +321,7 @@ fn encrypt_file_refuses_a_schema_that_encrypts_nothing_unless_allow_unencrypted(
 
     ok(
         d,
-        &["encrypt-file", "--allow-unencrypted", "in.avro", "out.avro"],
+        &argv("encrypt-file --allow-unencrypted in.avro out.avro"),
     );
     let records = ok(d, &["cat", "out.avro"]);
     assert_eq!(
@@ -432,25 +427,9 @@ fn a_missing_kek_hint_is_a_keys_init_command_that_runs_as_printed() {
     let d = dir.path();
     ok(
         d,
-        &[
-            "sample",
-            "--schema",
-            "w/customer.avsc",
-            "--count",
-            "5",
-            "in.avro",
-        ],
+        &argv("sample --schema w/customer.avsc --count 5 in.avro"),
     );
-    let err = fails(
-        d,
-        &[
-            "encrypt-file",
-            "-c",
-            "w/encrypt.toml",
-            "in.avro",
-            "out.avro",
-        ],
-    );
+    let err = fails(d, &argv("encrypt-file -c w/encrypt.toml in.avro out.avro"));
     let cmds = backticked(&err);
     assert_eq!(
         cmds,
@@ -469,7 +448,7 @@ fn a_missing_kek_hint_is_a_keys_init_command_that_runs_as_printed() {
 fn a_missing_kek_that_wrapped_keys_is_named_by_fingerprint_and_keys_init_is_not_offered() {
     let dir = nested_config();
     let d = dir.path();
-    let init = ok(d, &["keys", "init", "-c", "w/encrypt.toml"]);
+    let init = ok(d, &argv("keys init -c w/encrypt.toml"));
     let kek = init
         .split(['(', ')'])
         .find(|s| s.starts_with("local:"))
@@ -477,40 +456,15 @@ fn a_missing_kek_that_wrapped_keys_is_named_by_fingerprint_and_keys_init_is_not_
         .to_string();
     ok(
         d,
-        &[
-            "keys",
-            "create",
-            "-c",
-            "w/encrypt.toml",
-            "--purpose",
-            "deterministic",
-            "--domain",
-            "default",
-        ],
+        &argv("keys create -c w/encrypt.toml --purpose deterministic --domain default"),
     );
     std::fs::remove_file(d.join("w/keys/kek.key")).unwrap();
     ok(
         d,
-        &[
-            "sample",
-            "--schema",
-            "w/customer.avsc",
-            "--count",
-            "5",
-            "in.avro",
-        ],
+        &argv("sample --schema w/customer.avsc --count 5 in.avro"),
     );
 
-    let err = fails(
-        d,
-        &[
-            "encrypt-file",
-            "-c",
-            "w/encrypt.toml",
-            "in.avro",
-            "out.avro",
-        ],
-    );
+    let err = fails(d, &argv("encrypt-file -c w/encrypt.toml in.avro out.avro"));
     assert!(err.contains(&kek) && err.contains("restore"), "{err}");
     // It may warn what `keys init` would do; it must not offer it as the fix.
     assert!(
@@ -520,7 +474,7 @@ fn a_missing_kek_that_wrapped_keys_is_named_by_fingerprint_and_keys_init_is_not_
     );
     // `keys init` never passes silently for the fix: it refuses naming the KEK,
     // or it makes a new KEK and warns that the keyset needs that other one.
-    let o = fc(d, &["keys", "init", "-c", "w/encrypt.toml"]);
+    let o = fc(d, &argv("keys init -c w/encrypt.toml"));
     let (out, err) = text(&o);
     assert!(err.contains(&kek), "{out}{err}");
     if o.status.success() {
@@ -529,16 +483,7 @@ fn a_missing_kek_that_wrapped_keys_is_named_by_fingerprint_and_keys_init_is_not_
         assert!(!d.join("w/keys/kek.key").exists(), "refused: no new KEK");
     }
     // Either way the keyset still says which KEK it needs.
-    let err = fails(
-        d,
-        &[
-            "encrypt-file",
-            "-c",
-            "w/encrypt.toml",
-            "in.avro",
-            "out.avro",
-        ],
-    );
+    let err = fails(d, &argv("encrypt-file -c w/encrypt.toml in.avro out.avro"));
     assert!(err.contains(&kek), "{err}");
 }
 
@@ -546,18 +491,8 @@ fn a_missing_kek_that_wrapped_keys_is_named_by_fingerprint_and_keys_init_is_not_
 fn keys_rotate_of_an_unknown_domain_prints_create_commands_that_run_as_printed() {
     let dir = nested_config();
     let d = dir.path();
-    ok(d, &["keys", "init", "-c", "w/encrypt.toml"]);
-    let err = fails(
-        d,
-        &[
-            "keys",
-            "rotate",
-            "-c",
-            "w/encrypt.toml",
-            "--domain",
-            "nosuch",
-        ],
-    );
+    ok(d, &argv("keys init -c w/encrypt.toml"));
+    let err = fails(d, &argv("keys rotate -c w/encrypt.toml --domain nosuch"));
     let cmds = backticked(&err);
     assert!(!cmds.is_empty(), "{err}");
     for c in &cmds {
@@ -568,40 +503,23 @@ fn keys_rotate_of_an_unknown_domain_prints_create_commands_that_run_as_printed()
         );
         run_as_printed(d, c);
     }
-    let listed = ok(d, &["keys", "list", "-c", "w/encrypt.toml"]);
+    let listed = ok(d, &argv("keys list -c w/encrypt.toml"));
     assert_eq!(
         listed.lines().filter(|l| l.contains("nosuch")).count(),
         cmds.len(),
         "each command created its key: {listed}"
     );
-    ok(
-        d,
-        &[
-            "keys",
-            "rotate",
-            "-c",
-            "w/encrypt.toml",
-            "--domain",
-            "nosuch",
-        ],
-    );
+    ok(d, &argv("keys rotate -c w/encrypt.toml --domain nosuch"));
 }
 
 #[test]
 fn encrypt_file_names_every_missing_key_at_once_with_commands_that_run_as_printed() {
     let dir = nested_config();
     let d = dir.path();
-    ok(d, &["keys", "init", "-c", "w/encrypt.toml"]);
+    ok(d, &argv("keys init -c w/encrypt.toml"));
     ok(
         d,
-        &[
-            "sample",
-            "--schema",
-            "w/customer.avsc",
-            "--count",
-            "5",
-            "in.avro",
-        ],
+        &argv("sample --schema w/customer.avsc --count 5 in.avro"),
     );
     let args = [
         "encrypt-file",
@@ -634,7 +552,7 @@ fn encrypt_file_names_every_missing_key_at_once_with_commands_that_run_as_printe
 fn plan_lists_the_keys_the_keyset_lacks_with_commands_that_run_as_printed() {
     let dir = nested_config();
     let d = dir.path();
-    ok(d, &["keys", "init", "-c", "w/encrypt.toml"]);
+    ok(d, &argv("keys init -c w/encrypt.toml"));
     let args = ["plan", "-c", "w/encrypt.toml", "w/customer.avsc"];
     let out = ok(d, &args);
     let cmds: Vec<&str> = out
@@ -671,7 +589,7 @@ fn config_strings_take_environment_variables_and_an_unset_one_is_named_with_its_
         ),
     );
     for args in [
-        &["validate", "--offline", "-c", "env.toml"][..],
+        &argv("validate --offline -c env.toml")[..],
         &["run", "-c", "env.toml"][..],
     ] {
         let o = fc(d, args);
@@ -836,18 +754,10 @@ fn librdkafka_debug_lines_reach_the_log_under_target_librdkafka_when_the_filter_
     };
     let debug = Proc::spawn(
         d,
-        &[
-            "run",
-            "-c",
-            "debug.toml",
-            "--log",
-            "info,librdkafka=debug",
-            "--log-format",
-            "json",
-        ],
+        &argv("run -c debug.toml --log info,librdkafka=debug --log-format json"),
         &[],
     );
-    let info = Proc::spawn(d, &["run", "-c", "info.toml", "--log-format", "json"], &[]);
+    let info = Proc::spawn(d, &argv("run -c info.toml --log-format json"), &[]);
     debug.wait_log("librdkafka debug lines", Duration::from_secs(20), |l| {
         rdkafka_at(l, "DEBUG")
     });
@@ -981,7 +891,7 @@ fn json_log_format_makes_every_stderr_line_one_json_object() {
             &route("notes", "secure.notes", "note.avsc"),
         ),
     );
-    let p = Proc::spawn(d, &["run", "-c", "run.toml", "--log-format", "json"], &[]);
+    let p = Proc::spawn(d, &argv("run -c run.toml --log-format json"), &[]);
     p.wait_log("a progress event", Duration::from_secs(60), |l| {
         l.contains("partitions assigned") && l.contains("\"message\":\"progress:")
     });
@@ -1015,7 +925,7 @@ fn json_log_format_makes_every_stderr_line_one_json_object() {
 
     // A fatal error before anything runs (a multi-line TOML error) is one line too.
     write(d, "bad.toml", "[kafka]\nbootstrap_servers = \n");
-    let o = fc(d, &["run", "-c", "bad.toml", "--log-format", "json"]);
+    let o = fc(d, &argv("run -c bad.toml --log-format json"));
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -1141,7 +1051,7 @@ fn a_decrypting_route_given_the_plain_schema_is_refused_until_it_has_the_encrypt
     let err = fails(d, &["run", "-c", "w/dec.toml"]);
     assert!(err.contains("--output-schema"), "{err}");
 
-    let o = fc(d, &["validate", "--offline", "-c", "w/dec.toml"]);
+    let o = fc(d, &argv("validate --offline -c w/dec.toml"));
     let (out, _) = text(&o);
     assert!(!o.status.success(), "{out}");
     let line = out
@@ -1161,7 +1071,7 @@ fn a_decrypting_route_given_the_plain_schema_is_refused_until_it_has_the_encrypt
     assert!(d.join("w").join(encrypted).is_file(), "{written}");
 
     write(d, "w/dec.toml", &config(encrypted));
-    let o = fc(d, &["validate", "--offline", "-c", "w/dec.toml"]);
+    let o = fc(d, &argv("validate --offline -c w/dec.toml"));
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(

@@ -305,6 +305,9 @@ pub struct VerifyReport {
     pub seen: u64,
     /// Records of this run seen more than once (at-least-once redelivery).
     pub duplicates: u64,
+    /// The duplicates by target partition: after a crash, which partitions
+    /// the redelivered records were on.
+    pub duplicates_by_partition: std::collections::BTreeMap<i32, u64>,
     /// Expected records never seen (by sequence number, so a duplicate or a stray
     /// record cannot hide a lost one).
     pub missing: u64,

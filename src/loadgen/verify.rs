@@ -357,6 +357,9 @@ impl Verifier {
                 live.seen.store(seen.len(), Ordering::Relaxed);
             } else {
                 r.duplicates += 1;
+                *r.duplicates_by_partition
+                    .entry(msg.partition())
+                    .or_default() += 1;
             }
             match self.expect.check(msg.payload(), tombstone).await {
                 Verdict::Tombstone => r.tombstones += 1,

@@ -442,15 +442,7 @@ impl Selector<'_> {
         for (ri, rule) in cfg.rules.iter().enumerate() {
             let Some(&start) = tree.names.get(&rule.record) else {
                 if cfg.unmatched_rules == Unmatched::Error {
-                    let mut records: Vec<&str> = tree
-                        .nodes
-                        .iter()
-                        .filter_map(|n| match n {
-                            Node::Record(r) => Some(r.fullname.as_str()),
-                            _ => None,
-                        })
-                        .collect();
-                    records.sort_unstable();
+                    let records = record_names(tree);
                     return Err(SchemaError::Other {
                         schema: schema.into(),
                         msg: format!(
@@ -553,9 +545,8 @@ pub(crate) fn fields_tagged(tree: &SchemaTree, tag: &str, metadata: &MetadataTag
     out.into_iter().collect()
 }
 
-/// Why a schema selects nothing, for the error that refuses it: the rules that
-/// name records the schema does not have (the usual typo), and its records.
-pub fn why_nothing_selected(tree: &SchemaTree, cfg: &SelectionConfig) -> String {
+/// The full names of the schema's records, sorted (for messages).
+fn record_names(tree: &SchemaTree) -> Vec<&str> {
     let mut records: Vec<&str> = tree
         .nodes
         .iter()
@@ -565,6 +556,13 @@ pub fn why_nothing_selected(tree: &SchemaTree, cfg: &SelectionConfig) -> String 
         })
         .collect();
     records.sort_unstable();
+    records
+}
+
+/// Why a schema selects nothing, for the error that refuses it: the rules that
+/// name records the schema does not have (the usual typo), and its records.
+pub fn why_nothing_selected(tree: &SchemaTree, cfg: &SelectionConfig) -> String {
+    let records = record_names(tree);
     let unmatched: Vec<String> = cfg
         .rules
         .iter()

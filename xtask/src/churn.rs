@@ -67,7 +67,7 @@ pub fn main(a: Args) -> Result<()> {
         }
     }
     println!(
-        "\n| mode | run | expected | missing | duplicates | in clear | SIGTERM exits | worst pause (ms) | e2e p99 / max (ms) |"
+        "\n| mode | run | expected | missing | duplicates (outside the kill -9'd partitions) | in clear | SIGTERM exits | worst pause (ms) | e2e p99 / max (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut failed = 0;
@@ -79,10 +79,11 @@ pub fn main(a: Args) -> Result<()> {
             .collect();
         let worst = r.pauses.iter().filter_map(|(_, ms)| *ms).max().unwrap_or(0);
         println!(
-            "| {mode} | {i} | {} | {} | {} | {} | {} | {worst} | {:.0} / {:.0} |",
+            "| {mode} | {i} | {} | {} | {} ({}) | {} | {} | {worst} | {:.0} / {:.0} |",
             r.expected,
             r.missing,
             r.duplicates,
+            r.duplicates_outside_crash(),
             r.unencrypted,
             exits.join(" "),
             r.latency_ms.1,
