@@ -38,4 +38,4 @@ echo "== cargo test"
 # target/release/examples/; tests/examples.rs runs the real example binaries, so
 # build them first.
 cargo build --release --examples --quiet
-cargo test --release --all-targets
+cargo test --release --workspace --all-targets
