@@ -75,6 +75,8 @@ from pathlib import Path
 
 import yaml
 
+from config_keys import documented_config_keys, undocumented
+
 try:
     import jsonschema
     import kubernetes_validate
@@ -824,20 +826,6 @@ def rewrite_configmap_refs(pod, ns, renames):
 # ---------------------------------------------------------------- the checks
 
 
-def documented_config_keys(config_doc):
-    """{section: keys} from the headings and tables of docs/CONFIG.md (as tools/check_stack.py)."""
-    sections, current = {}, None
-    for line in config_doc.read_text().splitlines():
-        m = re.match(r"^#+ `\[\[?([A-Za-z0-9_.]+)\]?\]`", line)
-        if m:
-            current = m.group(1)
-            sections.setdefault(current, set())
-        elif current and line.startswith("| `"):
-            for key in re.findall(r"`([A-Za-z0-9_.]+)`", line.split("|")[1]):
-                sections[current].update({key, key.split(".")[0]})  # `confluent.tags`: a subtable
-    return sections
-
-
 ENV_REF = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
@@ -1352,34 +1340,13 @@ class Checker:
             self.problem(where, f"cannot read {self.rel(self.config_doc)}: {e}")
             return
 
-        def section_for(path):
-            for pattern in sections:
-                pat = re.sub(r"\\\.[A-Z]+$", r"\\.[^.]+", re.escape(pattern))
-                if re.fullmatch(pat, path):
-                    return pattern
-            return None
-
-        def walk(table, path):
-            sec = section_for(path)
-            if sec is None:
-                if table and all(isinstance(v, dict) for v in table.values()):
-                    for key, value in table.items():
-                        walk(value, f"{path}.{key}")
-                else:
-                    self.problem(where, f"fieldcrypt.toml: [{path}] is not a table docs/CONFIG.md documents")
-                return
-            for key, value in table.items():
-                if isinstance(value, dict) and key not in sections[sec]:
-                    walk(value, f"{path}.{key}")
-                elif key not in sections[sec]:
-                    self.problem(where, f"fieldcrypt.toml: {path}.{key} is not a key docs/CONFIG.md documents (fieldcrypt refuses unknown keys)")
-
-        for key, value in cfg.items():
-            for t in value if isinstance(value, list) else [value]:
-                if isinstance(t, dict):
-                    walk(t, key)
-                else:
-                    self.problem(where, f"fieldcrypt.toml: top-level key {key} is not a table")
+        for kind, path, _ in undocumented(cfg, sections):
+            if kind == "table":
+                self.problem(where, f"fieldcrypt.toml: [{path}] is not a table docs/CONFIG.md documents")
+            elif kind == "key":
+                self.problem(where, f"fieldcrypt.toml: {path} is not a key docs/CONFIG.md documents (fieldcrypt refuses unknown keys)")
+            else:
+                self.problem(where, f"fieldcrypt.toml: top-level key {path} is not a table")
 
     def check_env_refs(self, where, cfg, main):
         env = {e.get("name") for e in main.get("env") or []}

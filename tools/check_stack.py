@@ -47,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from config_keys import documented_config_keys, undocumented
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -186,20 +188,6 @@ def check_dockerfile(dockerfile, context):
 # ---------------------------------------------------------------- fieldcrypt.toml
 
 
-def documented_config_keys():
-    """{section pattern: set of keys} from the headings and tables of docs/CONFIG.md."""
-    sections, current = {}, None
-    for line in CONFIG_DOC.read_text().splitlines():
-        m = re.match(r"^#+ `\[\[?([A-Za-z0-9_.]+)\]?\]`", line)
-        if m:
-            current = m.group(1)
-            sections.setdefault(current, set())
-        elif current and line.startswith("| `"):
-            first_cell = line.split("|")[1]
-            sections[current].update(re.findall(r"`([A-Za-z0-9_]+)`", first_cell))
-    return sections
-
-
 def check_config():
     where = rel(CONFIG)
     try:
@@ -207,39 +195,13 @@ def check_config():
     except tomllib.TOMLDecodeError as e:
         problem(where, f"not valid TOML: {e}")
         return
-    sections = documented_config_keys()
-
-    def section_for(path):
-        # blind_index.domains.email -> blind_index.domains.NAME, tags.PII -> tags.TAG
-        for pattern in sections:
-            pat = re.sub(r"\\\.[A-Z]+$", r"\\.[^.]+", re.escape(pattern))
-            if re.fullmatch(pat, path):
-                return pattern
-        return None
-
-    def walk(table, path):
-        sec = section_for(path)
-        if sec is None:
-            if table and all(isinstance(v, dict) for v in table.values()):
-                for key, value in table.items():  # e.g. blind_index.domains.<NAME>
-                    walk(value, f"{path}.{key}")
-            else:
-                problem(where, f"[{path}] is not a documented table in {rel(CONFIG_DOC)}")
-            return
-        for key, value in table.items():
-            sub = f"{path}.{key}"
-            if isinstance(value, dict) and key not in sections[sec]:
-                walk(value, sub)
-            elif key not in sections[sec]:
-                problem(where, f"{sub} is not a documented key of [{sec}] in {rel(CONFIG_DOC)}")
-
-    for key, value in cfg.items():
-        tables = value if isinstance(value, list) else [value]
-        for t in tables:
-            if not isinstance(t, dict):
-                problem(where, f"top-level key {key} is not a table")
-            else:
-                walk(t, key)
+    for kind, path, sec in undocumented(cfg, documented_config_keys(CONFIG_DOC)):
+        if kind == "table":
+            problem(where, f"[{path}] is not a documented table in {rel(CONFIG_DOC)}")
+        elif kind == "key":
+            problem(where, f"{path} is not a documented key of [{sec}] in {rel(CONFIG_DOC)}")
+        else:
+            problem(where, f"top-level key {path} is not a table")
 
 
 # ---------------------------------------------------------------- replicas
