@@ -8,7 +8,8 @@
 //!   rules), and derives transform plans and the encrypted output schema.
 //! - [`avro`]: the Avro binary encoding walked as bytes, and object container files.
 //! - [`crypto`]: the field ciphertext format, AES-256-GCM / AES-SIV ciphers and HMAC
-//!   blind indexes. Pure: bytes and keys in, bytes out.
+//!   blind indexes. Pure: bytes and keys in, bytes out. AES runs on AES-NI kernels
+//!   where the CPU has them, portably elsewhere (`crypto::accel` chooses once).
 //! - [`csfle`]: Confluent's client-side field-level encryption format (Tink
 //!   ciphertexts, DEK protos, local-kms), spoken per route beside fieldcrypt's own.
 //! - [`keys`]: the KMS interface and its providers (`keys::provider` says which
@@ -48,7 +49,9 @@
 //! or ciphertext format beside `kafka::wire` and `crypto::format`, chosen per route
 //! in `kafka::route`; a sink beside `pipeline::produce`.
 
-#![forbid(unsafe_code)]
+// `unsafe` only in `crypto::aesni`: calling its AES-NI functions once the CPU
+// has been seen to have the instructions (that module says why it is sound).
+#![deny(unsafe_code)]
 
 pub mod avro;
 pub mod backoff;

@@ -5,10 +5,9 @@
 
 use std::cell::RefCell;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
 
+use super::accel::Gcm256;
 use super::format::{
     associated_data, Algorithm, Header, KeyId, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN, SIV_IV_LEN,
 };
@@ -23,7 +22,7 @@ thread_local! {
 /// The schedule is zeroized when the key is dropped.
 pub struct RandomizedKey {
     id: KeyId,
-    cipher: Aes256Gcm,
+    cipher: Gcm256,
 }
 
 impl std::fmt::Debug for RandomizedKey {
@@ -35,8 +34,7 @@ impl std::fmt::Debug for RandomizedKey {
 impl RandomizedKey {
     /// Builds the cipher from 32 key bytes.
     pub fn new(id: KeyId, key: &[u8]) -> Result<Self, CryptoError> {
-        let cipher =
-            Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::KeyLength("AES-256-GCM"))?;
+        let cipher = Gcm256::new(key).ok_or(CryptoError::KeyLength("AES-256-GCM"))?;
         Ok(RandomizedKey { id, cipher })
     }
 
@@ -82,8 +80,7 @@ impl RandomizedKey {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&header, context, &mut ad);
             // GCM only refuses plaintexts over 64 GiB; fail closed all the same.
-            self.cipher
-                .encrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut out[body..])
+            self.cipher.seal(nonce, ad, &mut out[body..])
         });
         match tag {
             Ok(tag) => {
@@ -116,17 +113,19 @@ impl RandomizedKey {
         if header.key_id != self.id {
             return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
         }
-        let nonce = &ct[HEADER_LEN..HEADER_LEN + GCM_NONCE_LEN];
+        let nonce: &[u8; GCM_NONCE_LEN] = ct[HEADER_LEN..HEADER_LEN + GCM_NONCE_LEN]
+            .try_into()
+            .expect("Header::parse checked the length");
         let body = &ct[HEADER_LEN + GCM_NONCE_LEN..ct.len() - GCM_TAG_LEN];
-        let tag = Tag::from_slice(&ct[ct.len() - GCM_TAG_LEN..]);
+        let tag: &[u8; GCM_TAG_LEN] = ct[ct.len() - GCM_TAG_LEN..]
+            .try_into()
+            .expect("Header::parse checked the length");
         let start = out.len();
         out.extend_from_slice(body);
         let ok = AD.with(|ad| {
             let mut ad = ad.borrow_mut();
             let ad = associated_data(&ct[..HEADER_LEN], context, &mut ad);
-            self.cipher
-                .decrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut out[start..], tag)
-                .is_ok()
+            self.cipher.open(nonce, ad, &mut out[start..], tag).is_ok()
         });
         if !ok {
             out.truncate(start);

@@ -1,10 +1,15 @@
 //! Field cryptography: the versioned ciphertext layout, the randomized (AES-256-GCM)
 //! and deterministic (AES-SIV) ciphers with their key schedules built once per key,
 //! and HMAC blind indexes. Pure functions of bytes and keys: no I/O, no KMS.
+//! AES runs on the x86-64 AES-NI kernels where the CPU has them, portably
+//! elsewhere, chosen once per process ([`accel`]).
 //!
 //! Errors are deliberately uninformative about keys and plaintext: they say which
 //! check failed (layout, unknown key id, authentication), never what was inside.
 
+pub mod accel;
+#[cfg(target_arch = "x86_64")]
+mod aesni;
 pub mod blind_index;
 pub mod cipher;
 pub mod format;

@@ -20,11 +20,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::crypto::accel::Gcm256;
 use crate::crypto::siv::Siv;
-use aes_gcm::aead::consts::{U12, U16};
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use aes_gcm::Aes128Gcm;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rand::RngCore;
@@ -178,7 +178,7 @@ impl FromStr for Algorithm {
 #[allow(clippy::large_enum_variant)]
 enum Cipher {
     Gcm128(Aes128Gcm),
-    Gcm256(Aes256Gcm),
+    Gcm256(Gcm256),
     Siv(Siv),
 }
 
@@ -270,9 +270,7 @@ impl Dek {
             Algorithm::Aes128Gcm => {
                 Cipher::Gcm128(Aes128Gcm::new_from_slice(&key).map_err(|_| wrong())?)
             }
-            Algorithm::Aes256Gcm => {
-                Cipher::Gcm256(Aes256Gcm::new_from_slice(&key).map_err(|_| wrong())?)
-            }
+            Algorithm::Aes256Gcm => Cipher::Gcm256(Gcm256::new(&key).ok_or_else(wrong)?),
             // Key split as RFC 5297: first half CMAC (S2V) key, second half CTR key.
             Algorithm::Aes256Siv => Cipher::Siv(Siv::new(&key).ok_or_else(wrong)?),
         };
@@ -332,8 +330,14 @@ impl Dek {
             out.extend_from_slice(&v.to_be_bytes());
         }
         let sealed = match &self.cipher {
-            Cipher::Gcm128(c) => gcm_seal(c, iv, plaintext, out),
-            Cipher::Gcm256(c) => gcm_seal(c, iv, plaintext, out),
+            Cipher::Gcm128(c) => gcm_seal(iv, plaintext, out, |buf| {
+                c.encrypt_in_place_detached(GenericArray::from_slice(iv), b"", buf)
+                    .map(Into::into)
+                    .map_err(drop)
+            }),
+            Cipher::Gcm256(c) => {
+                gcm_seal(iv, plaintext, out, |buf| c.seal(iv, b"", buf).map_err(drop))
+            }
             Cipher::Siv(c) => {
                 let siv_at = out.len();
                 out.extend_from_slice(&[0u8; SIV_LEN]);
@@ -374,8 +378,18 @@ impl Dek {
             });
         }
         match &self.cipher {
-            Cipher::Gcm128(c) => gcm_open(c, body).map_err(|_| CsfleError::Authentication),
-            Cipher::Gcm256(c) => gcm_open(c, body).map_err(|_| CsfleError::Authentication),
+            Cipher::Gcm128(c) => gcm_open(body, |iv, buf, tag| {
+                c.decrypt_in_place_detached(
+                    GenericArray::from_slice(iv),
+                    b"",
+                    buf,
+                    GenericArray::from_slice(tag),
+                )
+                .map_err(drop)
+            }),
+            Cipher::Gcm256(c) => {
+                gcm_open(body, |iv, buf, tag| c.open(iv, b"", buf, tag).map_err(drop))
+            }
             Cipher::Siv(c) => {
                 let (siv_tag, ct) = body.split_at(SIV_LEN);
                 let mut pt = Zeroizing::new(ct.to_vec());
@@ -387,40 +401,37 @@ impl Dek {
     }
 }
 
-/// Appends `IV || AES-GCM(pt, aad = "") || tag` to `out` (left grown on error; the
-/// caller truncates).
-fn gcm_seal<A: AeadInPlace<NonceSize = U12, TagSize = U16>>(
-    cipher: &A,
+/// Appends `IV || AES-GCM(pt, aad = "") || tag` to `out`, `seal` encrypting in
+/// place and returning the tag (left grown on error; the caller truncates).
+fn gcm_seal(
     iv: &[u8; GCM_IV_LEN],
     plaintext: &[u8],
     out: &mut Vec<u8>,
+    seal: impl FnOnce(&mut [u8]) -> Result<[u8; GCM_TAG_LEN], ()>,
 ) -> Result<(), CsfleError> {
     out.extend_from_slice(iv);
     let body = out.len();
     out.extend_from_slice(plaintext);
-    let tag = cipher
-        .encrypt_in_place_detached(GenericArray::from_slice(iv), b"", &mut out[body..])
+    let tag = seal(&mut out[body..])
         .map_err(|_| CsfleError::Encrypt("plaintext too long for AES-GCM"))?;
     out.extend_from_slice(&tag);
     Ok(())
 }
 
-/// Opens `IV || ct || tag` (the caller checked the length). aes-gcm checks the tag
-/// before decrypting, and the buffer is zeroized when dropped on failure anyway.
-fn gcm_open<A: AeadInPlace<NonceSize = U12, TagSize = U16>>(
-    cipher: &A,
+/// Opens `IV || ct || tag` (the caller checked the length) with `open`, which
+/// checks the tag before decrypting in place; the buffer is zeroized when dropped
+/// on failure anyway.
+fn gcm_open(
     body: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, aes_gcm::Error> {
+    open: impl FnOnce(&[u8; GCM_IV_LEN], &mut [u8], &[u8; GCM_TAG_LEN]) -> Result<(), ()>,
+) -> Result<Zeroizing<Vec<u8>>, CsfleError> {
     let (iv, rest) = body.split_at(GCM_IV_LEN);
     let (ct, tag) = rest.split_at(rest.len() - GCM_TAG_LEN);
     let mut pt = Zeroizing::new(ct.to_vec());
-    // Lengths are exact by the split above, so `from_slice` cannot panic.
-    cipher.decrypt_in_place_detached(
-        GenericArray::from_slice(iv),
-        b"",
-        &mut pt,
-        GenericArray::from_slice(tag),
-    )?;
+    // Lengths are exact by the splits above.
+    let iv = iv.try_into().expect("split at the IV length");
+    let tag = tag.try_into().expect("split at the tag length");
+    open(iv, &mut pt, tag).map_err(|_| CsfleError::Authentication)?;
     Ok(pt)
 }
 
