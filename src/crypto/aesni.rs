@@ -55,14 +55,6 @@ fn store(v: __m128i) -> [u8; 16] {
     out
 }
 
-/// Loads up to 16 bytes, zero-padded.
-#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn load_partial(b: &[u8]) -> __m128i {
-    let mut block = [0u8; 16];
-    block[..b.len()].copy_from_slice(b);
-    load(&block)
-}
-
 /// An expanded AES-256 key schedule (15 round keys), zeroized on drop.
 #[derive(Clone)]
 pub struct Aes256 {
@@ -113,10 +105,8 @@ fn expand(key: &[u8; 32]) -> [__m128i; 15] {
         ($i:expr, $rcon:expr) => {
             t1 = assist_1(t1, _mm_aeskeygenassist_si128::<$rcon>(t3));
             rk[$i] = t1;
-            if $i < 14 {
-                t3 = assist_2(t1, t3);
-                rk[$i + 1] = t3;
-            }
+            t3 = assist_2(t1, t3);
+            rk[$i + 1] = t3;
         };
     }
     round!(2, 0x01);
@@ -125,7 +115,8 @@ fn expand(key: &[u8; 32]) -> [__m128i; 15] {
     round!(8, 0x08);
     round!(10, 0x10);
     round!(12, 0x20);
-    round!(14, 0x40);
+    // The last round key has no odd partner.
+    rk[14] = assist_1(t1, _mm_aeskeygenassist_si128::<0x40>(t3));
     rk
 }
 
@@ -188,27 +179,36 @@ fn bswap(v: __m128i) -> __m128i {
     _mm_shuffle_epi8(v, mask)
 }
 
-/// Multiplication in GHASH's field on byte-reversed operands (Gueron and Kounavis,
-/// "Intel Carry-Less Multiplication Instruction and its Usage for Computing the
-/// GCM Mode", algorithm 5: Karatsuba-free 4-multiply product, shift left by one
-/// for the reflected bit order, then reduction modulo x^128 + x^7 + x^2 + x + 1).
+/// The 256-bit carry-less product of two byte-reversed field elements (lo, hi),
+/// not yet reduced: four multiplies, no Karatsuba.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn gfmul(a: __m128i, b: __m128i) -> __m128i {
-    let mut t3 = _mm_clmulepi64_si128::<0x00>(a, b);
-    let mut t4 = _mm_clmulepi64_si128::<0x10>(a, b);
-    let mut t5 = _mm_clmulepi64_si128::<0x01>(a, b);
-    let mut t6 = _mm_clmulepi64_si128::<0x11>(a, b);
-    t4 = _mm_xor_si128(t4, t5);
-    t5 = _mm_slli_si128::<8>(t4);
-    t4 = _mm_srli_si128::<8>(t4);
-    t3 = _mm_xor_si128(t3, t5);
-    t6 = _mm_xor_si128(t6, t4);
+fn clmul(a: __m128i, b: __m128i) -> (__m128i, __m128i) {
+    let lo = _mm_clmulepi64_si128::<0x00>(a, b);
+    let mid = _mm_xor_si128(
+        _mm_clmulepi64_si128::<0x10>(a, b),
+        _mm_clmulepi64_si128::<0x01>(a, b),
+    );
+    let hi = _mm_clmulepi64_si128::<0x11>(a, b);
+    (
+        _mm_xor_si128(lo, _mm_slli_si128::<8>(mid)),
+        _mm_xor_si128(hi, _mm_srli_si128::<8>(mid)),
+    )
+}
+
+/// Reduces a 256-bit product to a field element (Gueron and Kounavis, "Intel
+/// Carry-Less Multiplication Instruction and its Usage for Computing the GCM
+/// Mode", algorithm 5: shift left by one bit for GHASH's reflected bit order,
+/// then reduce modulo x^128 + x^7 + x^2 + x + 1). Both steps are linear, so a
+/// sum of products can be reduced once (aggregated reduction, [`Ghash::flush`]).
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn reduce(lo: __m128i, hi: __m128i) -> __m128i {
+    let (mut t3, mut t6) = (lo, hi);
     // Shift the 256-bit product left by one bit.
     let mut t7 = _mm_srli_epi32::<31>(t3);
     let mut t8 = _mm_srli_epi32::<31>(t6);
     t3 = _mm_slli_epi32::<1>(t3);
     t6 = _mm_slli_epi32::<1>(t6);
-    let mut t9 = _mm_srli_si128::<12>(t7);
+    let t9 = _mm_srli_si128::<12>(t7);
     t8 = _mm_slli_si128::<4>(t8);
     t7 = _mm_slli_si128::<4>(t7);
     t3 = _mm_or_si128(t3, t7);
@@ -217,15 +217,15 @@ fn gfmul(a: __m128i, b: __m128i) -> __m128i {
     // Reduce.
     t7 = _mm_slli_epi32::<31>(t3);
     t8 = _mm_slli_epi32::<30>(t3);
-    t9 = _mm_slli_epi32::<25>(t3);
+    let t9 = _mm_slli_epi32::<25>(t3);
     t7 = _mm_xor_si128(t7, t8);
     t7 = _mm_xor_si128(t7, t9);
     t8 = _mm_srli_si128::<4>(t7);
     t7 = _mm_slli_si128::<12>(t7);
     t3 = _mm_xor_si128(t3, t7);
     let mut t2 = _mm_srli_epi32::<1>(t3);
-    t4 = _mm_srli_epi32::<2>(t3);
-    t5 = _mm_srli_epi32::<7>(t3);
+    let t4 = _mm_srli_epi32::<2>(t3);
+    let t5 = _mm_srli_epi32::<7>(t3);
     t2 = _mm_xor_si128(t2, t4);
     t2 = _mm_xor_si128(t2, t5);
     t2 = _mm_xor_si128(t2, t8);
@@ -233,18 +233,114 @@ fn gfmul(a: __m128i, b: __m128i) -> __m128i {
     _mm_xor_si128(t6, t3)
 }
 
-/// GHASH over `data` zero-padded to whole blocks, continuing from `y`.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn ghash(h: __m128i, mut y: __m128i, data: &[u8]) -> __m128i {
-    let mut chunks = data.chunks_exact(16);
-    for c in &mut chunks {
-        y = gfmul(_mm_xor_si128(y, bswap(load(c))), h);
+fn gfmul(a: __m128i, b: __m128i) -> __m128i {
+    let (lo, hi) = clmul(a, b);
+    reduce(lo, hi)
+}
+
+/// Blocks GHASH takes before one aggregated reduction.
+const AGG: usize = 8;
+
+/// GHASH over a stream of byte segments, each zero-padded to whole blocks by
+/// [`pad`](Self::pad); up to [`AGG`] blocks are multiplied by H^k..H^1 side by
+/// side and reduced once, instead of one dependent multiply per block.
+struct Ghash<'a> {
+    /// H^1 ..= H^AGG, byte-reversed.
+    hp: &'a [__m128i; AGG],
+    y: __m128i,
+    pending: [__m128i; AGG],
+    n: usize,
+    partial: [u8; 16],
+    plen: usize,
+}
+
+impl<'a> Ghash<'a> {
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn new(hp: &'a [__m128i; AGG]) -> Self {
+        Ghash {
+            hp,
+            y: _mm_setzero_si128(),
+            pending: [_mm_setzero_si128(); AGG],
+            n: 0,
+            partial: [0u8; 16],
+            plen: 0,
+        }
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        y = gfmul(_mm_xor_si128(y, bswap(load_partial(rest))), h);
+
+    /// One block, already byte-reversed.
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn block(&mut self, x: __m128i) {
+        self.pending[self.n] = x;
+        self.n += 1;
+        if self.n == AGG {
+            self.flush();
+        }
     }
-    y
+
+    /// Y = (Y ^ X1)·H^k ^ X2·H^(k-1) ^ ... ^ Xk·H, reduced once.
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn flush(&mut self) {
+        let k = self.n;
+        if k == 0 {
+            return;
+        }
+        let first = _mm_xor_si128(self.pending[0], self.y);
+        let (mut lo, mut hi) = clmul(first, self.hp[k - 1]);
+        for i in 1..k {
+            let (l, h) = clmul(self.pending[i], self.hp[k - 1 - i]);
+            lo = _mm_xor_si128(lo, l);
+            hi = _mm_xor_si128(hi, h);
+        }
+        self.y = reduce(lo, hi);
+        self.n = 0;
+    }
+
+    /// Appends bytes to the current segment.
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn bytes(&mut self, mut data: &[u8]) {
+        if self.plen > 0 {
+            let take = (16 - self.plen).min(data.len());
+            self.partial[self.plen..self.plen + take].copy_from_slice(&data[..take]);
+            self.plen += take;
+            data = &data[take..];
+            if self.plen < 16 {
+                return;
+            }
+            self.block(bswap(load(&self.partial)));
+            self.plen = 0;
+        }
+        let mut chunks = data.chunks_exact(16);
+        for c in &mut chunks {
+            self.block(bswap(load(c)));
+        }
+        let rest = chunks.remainder();
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.plen = rest.len();
+    }
+
+    /// Ends a segment: its last partial block, zero-padded.
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn pad(&mut self) {
+        if self.plen > 0 {
+            self.partial[self.plen..].fill(0);
+            self.block(bswap(load(&self.partial)));
+            self.plen = 0;
+        }
+    }
+
+    /// The lengths block, and the hash.
+    #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+    fn finish(mut self, ad_len: usize, ct_len: usize) -> __m128i {
+        self.pad();
+        self.block(_mm_set_epi64x(
+            (ad_len as u64 * 8) as i64,
+            (ct_len as u64 * 8) as i64,
+        ));
+        self.flush();
+        self.partial.zeroize();
+        bswap(self.y)
+    }
 }
 
 /// The counter block for 32-bit big-endian counter `ctr` after `nonce`.
@@ -256,14 +352,27 @@ fn counter(nonce: &[u8; 12], ctr: u32) -> __m128i {
     load(&b)
 }
 
-/// XORs the CTR keystream starting at counter block `ctr0` (GCM's inc32: only
-/// the last four bytes count, wrapping) into `buf`. `first` is the counter block
-/// as given (SIV's CTR clears two bits of it and counts over the whole block).
+/// XORs keystream blocks `ks` into `buf` (at most `ks.len()` blocks of it).
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn xor_blocks(buf: &mut [u8], ks: &[__m128i]) {
+    for (b, k) in buf.chunks_mut(16).zip(ks) {
+        if b.len() == 16 {
+            let x = store(_mm_xor_si128(load(b), *k));
+            b.copy_from_slice(&x);
+        } else {
+            for (x, y) in b.iter_mut().zip(store(*k)) {
+                *x ^= y;
+            }
+        }
+    }
+}
+
+/// XORs GCM's CTR keystream from 32-bit counter `ctr0` on (inc32: only the last
+/// four bytes of the counter block count, wrapping) into `buf`.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
 fn ctr32_xor(rk: &[__m128i; 15], nonce: &[u8; 12], ctr0: u32, buf: &mut [u8]) {
     let mut ctr = ctr0;
-    let mut chunks = buf.chunks_exact_mut(64);
-    for c in &mut chunks {
+    for c in buf.chunks_mut(64) {
         let ks = encrypt4(
             rk,
             [
@@ -274,66 +383,96 @@ fn ctr32_xor(rk: &[__m128i; 15], nonce: &[u8; 12], ctr0: u32, buf: &mut [u8]) {
             ],
         );
         ctr = ctr.wrapping_add(4);
-        for (b, k) in c.chunks_exact_mut(16).zip(ks) {
-            let x = store(_mm_xor_si128(load(b), k));
-            b.copy_from_slice(&x);
-        }
-    }
-    for b in chunks.into_remainder().chunks_mut(16) {
-        let k = store(encrypt1(rk, counter(nonce, ctr)));
-        ctr = ctr.wrapping_add(1);
-        for (x, y) in b.iter_mut().zip(k) {
-            *x ^= y;
-        }
+        xor_blocks(c, &ks);
     }
 }
 
 /// Most bytes one GCM message may hold (NIST SP 800-38D: 2^39 - 256 bits).
 pub const GCM_MAX_PLAINTEXT: u64 = (1 << 36) - 32;
 
-/// An AES-256-GCM key: the schedule and the hash key H (byte-reversed).
+/// An AES-256-GCM key: the schedule and the powers of the hash key H
+/// (byte-reversed), all zeroized on drop.
 #[derive(Clone)]
 pub struct Gcm {
     aes: Aes256,
-    h: __m128i,
+    hp: [__m128i; AGG],
 }
 
 impl Drop for Gcm {
     fn drop(&mut self) {
-        self.h.zeroize();
+        self.hp.zeroize();
     }
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn gcm_h(rk: &[__m128i; 15]) -> __m128i {
-    bswap(encrypt1(rk, _mm_setzero_si128()))
+fn gcm_powers(rk: &[__m128i; 15]) -> [__m128i; AGG] {
+    let h = bswap(encrypt1(rk, _mm_setzero_si128()));
+    let mut hp = [h; AGG];
+    for i in 1..AGG {
+        hp[i] = gfmul(hp[i - 1], h);
+    }
+    hp
 }
 
-/// The tag over `ad` and ciphertext `ct` (J0 = nonce || 1).
+/// The first AES batch of a message: the tag mask E(J0) and the keystream for
+/// its first three blocks, side by side (a field is rarely longer).
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn gcm_tag(rk: &[__m128i; 15], h: __m128i, nonce: &[u8; 12], ad: &[u8], ct: &[u8]) -> __m128i {
-    let mut y = ghash(h, _mm_setzero_si128(), ad);
-    y = ghash(h, y, ct);
-    let lens = _mm_set_epi64x((ad.len() as u64 * 8) as i64, (ct.len() as u64 * 8) as i64);
-    y = gfmul(_mm_xor_si128(y, lens), h);
-    _mm_xor_si128(bswap(y), encrypt1(rk, counter(nonce, 1)))
+fn gcm_head(rk: &[__m128i; 15], nonce: &[u8; 12]) -> [__m128i; 4] {
+    encrypt4(
+        rk,
+        [
+            counter(nonce, 1),
+            counter(nonce, 2),
+            counter(nonce, 3),
+            counter(nonce, 4),
+        ],
+    )
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn gcm_seal(g: &Gcm, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
-    ctr32_xor(&g.aes.rk, nonce, 2, buf);
-    store(gcm_tag(&g.aes.rk, g.h, nonce, ad, buf))
+fn gcm_hash(g: &Gcm, ad: &[&[u8]], ct: &[u8]) -> __m128i {
+    let mut gh = Ghash::new(&g.hp);
+    let mut ad_len = 0;
+    for part in ad {
+        gh.bytes(part);
+        ad_len += part.len();
+    }
+    gh.pad();
+    gh.bytes(ct);
+    gh.finish(ad_len, ct.len())
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn gcm_open(g: &Gcm, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
-    let want = gcm_tag(&g.aes.rk, g.h, nonce, ad, buf);
+fn gcm_seal(g: &Gcm, nonce: &[u8; 12], ad: &[&[u8]], buf: &mut [u8]) -> [u8; 16] {
+    let rk = &g.aes.rk;
+    let mut head = gcm_head(rk, nonce);
+    let first = buf.len().min(48);
+    xor_blocks(&mut buf[..first], &head[1..]);
+    if buf.len() > 48 {
+        ctr32_xor(rk, nonce, 5, &mut buf[48..]);
+    }
+    let tag = store(_mm_xor_si128(gcm_hash(g, ad, buf), head[0]));
+    head.zeroize();
+    tag
+}
+
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn gcm_open(g: &Gcm, nonce: &[u8; 12], ad: &[&[u8]], buf: &mut [u8], tag: &[u8; 16]) -> bool {
+    let rk = &g.aes.rk;
+    let mut head = gcm_head(rk, nonce);
+    let want = _mm_xor_si128(gcm_hash(g, ad, buf), head[0]);
     // Constant time: compare all 16 bytes at once.
     let diff = _mm_xor_si128(want, load(tag));
     if _mm_testz_si128(diff, diff) == 0 {
+        head.zeroize();
         return false;
     }
-    ctr32_xor(&g.aes.rk, nonce, 2, buf);
+    let first = buf.len().min(48);
+    xor_blocks(&mut buf[..first], &head[1..]);
+    if buf.len() > 48 {
+        ctr32_xor(rk, nonce, 5, &mut buf[48..]);
+    }
+    head.zeroize();
     true
 }
 
@@ -350,15 +489,27 @@ impl Gcm {
     pub fn new(ni: Ni, key: &[u8; 32]) -> Gcm {
         let aes = Aes256::new(ni, key);
         // SAFETY: `ni` proves the CPU features.
-        let h = unsafe { gcm_h(&aes.rk) };
-        Gcm { aes, h }
+        let hp = unsafe { gcm_powers(&aes.rk) };
+        Gcm { aes, hp }
     }
 
-    /// Encrypts `buf` in place and returns the tag.
-    pub fn seal(&self, nonce: &[u8; 12], ad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], GcmError> {
-        if buf.len() as u64 > GCM_MAX_PLAINTEXT || ad.len() as u64 > GCM_MAX_PLAINTEXT {
+    fn check(ad: &[&[u8]], buf: &[u8]) -> Result<(), GcmError> {
+        let ad_len: u64 = ad.iter().map(|p| p.len() as u64).sum();
+        if buf.len() as u64 > GCM_MAX_PLAINTEXT || ad_len > GCM_MAX_PLAINTEXT {
             return Err(GcmError::TooLong);
         }
+        Ok(())
+    }
+
+    /// Encrypts `buf` in place and returns the tag; the associated data is the
+    /// concatenation of the `ad` parts.
+    pub fn seal(
+        &self,
+        nonce: &[u8; 12],
+        ad: &[&[u8]],
+        buf: &mut [u8],
+    ) -> Result<[u8; 16], GcmError> {
+        Gcm::check(ad, buf)?;
         // SAFETY: `self.aes` holds the `Ni` proof of the CPU features.
         Ok(unsafe { gcm_seal(self, nonce, ad, buf) })
     }
@@ -367,13 +518,11 @@ impl Gcm {
     pub fn open(
         &self,
         nonce: &[u8; 12],
-        ad: &[u8],
+        ad: &[&[u8]],
         buf: &mut [u8],
         tag: &[u8; 16],
     ) -> Result<(), GcmError> {
-        if buf.len() as u64 > GCM_MAX_PLAINTEXT || ad.len() as u64 > GCM_MAX_PLAINTEXT {
-            return Err(GcmError::TooLong);
-        }
+        Gcm::check(ad, buf)?;
         // SAFETY: `self.aes` holds the `Ni` proof of the CPU features.
         if unsafe { gcm_open(self, nonce, ad, buf, tag) } {
             Ok(())
@@ -411,46 +560,19 @@ impl Drop for Siv {
     }
 }
 
-/// CMAC of `msg`, with `tail` (when given) XORed into its last 16 bytes (S2V's
-/// `xorend`; `msg` is then at least 16 bytes long).
+/// CMAC of `msg` continued from chaining value `x` (zero for a whole message):
+/// every block but the last is chained; the last is completed with K1, or
+/// padded and completed with K2.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn cmac(s: &Siv, msg: &[u8], tail: Option<&[u8; 16]>) -> __m128i {
+fn cmac_from(s: &Siv, mut x: __m128i, msg: &[u8]) -> __m128i {
     let rk = &s.mac.rk;
-    let n = msg.len();
-    let full = if n == 0 { 0 } else { (n - 1) / 16 };
-    let tail_from = n.saturating_sub(16);
-    let tail_v = tail.map(|t| load(t));
-    let mut x = _mm_setzero_si128();
-    for b in 0..full {
-        let mut m = load(&msg[b * 16..b * 16 + 16]);
-        if let Some(t) = tail_v {
-            // The tail is the last 16 bytes of the message; a full block before
-            // the last one overlaps it only when the tail starts inside it.
-            if b * 16 + 16 > tail_from {
-                let mut tb = [0u8; 16];
-                let t = store(t);
-                for (j, v) in tb.iter_mut().enumerate() {
-                    let i = b * 16 + j;
-                    if i >= tail_from {
-                        *v = t[i - tail_from];
-                    }
-                }
-                m = _mm_xor_si128(m, load(&tb));
-            }
-        }
-        x = encrypt1(rk, _mm_xor_si128(x, m));
+    let full = msg.len().saturating_sub(1) / 16;
+    for b in msg[..full * 16].chunks_exact(16) {
+        x = encrypt1(rk, _mm_xor_si128(x, load(b)));
     }
     let rest = &msg[full * 16..];
     let mut last = [0u8; 16];
     last[..rest.len()].copy_from_slice(rest);
-    if let Some(t) = tail {
-        for (j, v) in last.iter_mut().enumerate().take(rest.len()) {
-            let i = full * 16 + j;
-            if i >= tail_from {
-                *v ^= t[i - tail_from];
-            }
-        }
-    }
     let last = if rest.len() == 16 {
         _mm_xor_si128(load(&last), s.k1)
     } else {
@@ -461,29 +583,69 @@ fn cmac(s: &Siv, msg: &[u8], tail: Option<&[u8; 16]>) -> __m128i {
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn s2v(s: &Siv, headers: &[&[u8]], pt: &[u8]) -> [u8; 16] {
+fn cmac(s: &Siv, msg: &[u8]) -> __m128i {
+    cmac_from(s, _mm_setzero_si128(), msg)
+}
+
+/// CMAC of `msg` (at least 16 bytes) with `d` XORed into its last 16 bytes
+/// (S2V's `xorend`): the blocks before the one where those bytes start are
+/// chained as they are, the rest (16 to 31 bytes) is copied, XORed and finished.
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn cmac_xorend(s: &Siv, msg: &[u8], d: &[u8; 16]) -> __m128i {
+    let rk = &s.mac.rk;
+    let n = msg.len();
+    let split = (n - 16) / 16 * 16;
+    let mut x = _mm_setzero_si128();
+    for b in msg[..split].chunks_exact(16) {
+        x = encrypt1(rk, _mm_xor_si128(x, load(b)));
+    }
+    let mut rest = [0u8; 32];
+    let r = n - split;
+    rest[..r].copy_from_slice(&msg[split..]);
+    for (v, t) in rest[r - 16..r].iter_mut().zip(d) {
+        *v ^= t;
+    }
+    let mac = cmac_from(s, x, &rest[..r]);
+    rest.zeroize();
+    mac
+}
+
+/// S2V's running value after the associated-data components (before the
+/// plaintext): the same for every message with the same components, so callers
+/// that seal many messages under one context compute it once.
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn s2v_headers(s: &Siv, headers: &[&[u8]]) -> [u8; 16] {
     let mut d = s.d0;
     for h in headers {
         d = dbl(d);
-        let c = store(cmac(s, h, None));
+        let c = store(cmac(s, h));
         for (x, y) in d.iter_mut().zip(c) {
             *x ^= y;
         }
     }
+    d
+}
+
+/// S2V's last step: the synthetic IV from the running value `d` and the plaintext.
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn s2v_final(s: &Siv, d: &[u8; 16], pt: &[u8]) -> [u8; 16] {
     if pt.len() >= 16 {
-        store(cmac(s, pt, Some(&d)))
+        store(cmac_xorend(s, pt, d))
     } else {
-        let mut t = dbl(d);
+        let mut t = dbl(*d);
         for (x, y) in t.iter_mut().zip(pt) {
             *x ^= y;
         }
         // `dbl(D) xor pad(Sn)` is CMAC'd as one complete block.
         t[pt.len()] ^= 0x80;
-        store(cmac(s, &t, None))
+        let iv = store(cmac(s, &t));
+        t.zeroize();
+        iv
     }
 }
 
-/// CTR over the whole 128-bit counter block `iv` with bits 63 and 31 cleared.
+/// CTR over the whole 128-bit counter block `iv` with bits 63 and 31 cleared,
+/// four blocks at a time.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
 fn siv_ctr(s: &Siv, iv: &[u8; 16], buf: &mut [u8]) {
     let mut q = *iv;
@@ -493,35 +655,24 @@ fn siv_ctr(s: &Siv, iv: &[u8; 16], buf: &mut [u8]) {
     let block = |i: u128| load(&base.wrapping_add(i).to_be_bytes());
     let rk = &s.ctr.rk;
     let mut i = 0u128;
-    let mut chunks = buf.chunks_exact_mut(64);
-    for c in &mut chunks {
+    for c in buf.chunks_mut(64) {
         let ks = encrypt4(rk, [block(i), block(i + 1), block(i + 2), block(i + 3)]);
         i += 4;
-        for (b, k) in c.chunks_exact_mut(16).zip(ks) {
-            let x = store(_mm_xor_si128(load(b), k));
-            b.copy_from_slice(&x);
-        }
-    }
-    for b in chunks.into_remainder().chunks_mut(16) {
-        let k = store(encrypt1(rk, block(i)));
-        i += 1;
-        for (x, y) in b.iter_mut().zip(k) {
-            *x ^= y;
-        }
+        xor_blocks(c, &ks);
     }
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn siv_seal(s: &Siv, headers: &[&[u8]], buf: &mut [u8]) -> [u8; 16] {
-    let iv = s2v(s, headers, buf);
+fn siv_seal(s: &Siv, d: &[u8; 16], buf: &mut [u8]) -> [u8; 16] {
+    let iv = s2v_final(s, d, buf);
     siv_ctr(s, &iv, buf);
     iv
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn siv_open(s: &Siv, headers: &[&[u8]], buf: &mut [u8], iv: &[u8; 16]) -> bool {
+fn siv_open(s: &Siv, d: &[u8; 16], buf: &mut [u8], iv: &[u8; 16]) -> bool {
     siv_ctr(s, iv, buf);
-    let want = load(&s2v(s, headers, buf));
+    let want = load(&s2v_final(s, d, buf));
     let diff = _mm_xor_si128(want, load(iv));
     if _mm_testz_si128(diff, diff) == 0 {
         // Put the ciphertext back: the caller's buffer is unchanged on failure.
@@ -554,22 +705,29 @@ impl Siv {
         };
         let mut zero = [0u8; 16];
         // SAFETY: `ni` proves the CPU features.
-        let d0 = unsafe { store(cmac(&siv, &zero, None)) };
+        let d0 = unsafe { store(cmac(&siv, &zero)) };
         zero.zeroize();
         siv.d0 = d0;
         siv
     }
 
-    /// Encrypts `buf` in place; returns the synthetic IV.
-    pub fn seal(&self, headers: &[&[u8]], buf: &mut [u8]) -> [u8; 16] {
+    /// S2V's value after `headers` (see [`s2v_headers`]).
+    pub fn prefix(&self, headers: &[&[u8]]) -> [u8; 16] {
         // SAFETY: `self.mac` holds the `Ni` proof of the CPU features.
-        unsafe { siv_seal(self, headers, buf) }
+        unsafe { s2v_headers(self, headers) }
+    }
+
+    /// Encrypts `buf` in place after the headers that gave `prefix`; returns
+    /// the synthetic IV.
+    pub fn seal(&self, prefix: &[u8; 16], buf: &mut [u8]) -> [u8; 16] {
+        // SAFETY: `self.mac` holds the `Ni` proof of the CPU features.
+        unsafe { siv_seal(self, prefix, buf) }
     }
 
     /// Decrypts `buf` in place and checks the IV; on failure `buf` is unchanged.
-    pub fn open(&self, headers: &[&[u8]], buf: &mut [u8], iv: &[u8; 16]) -> bool {
+    pub fn open(&self, prefix: &[u8; 16], buf: &mut [u8], iv: &[u8; 16]) -> bool {
         // SAFETY: `self.mac` holds the `Ni` proof of the CPU features.
-        unsafe { siv_open(self, headers, buf, iv) }
+        unsafe { siv_open(self, prefix, buf, iv) }
     }
 }
 

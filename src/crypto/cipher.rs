@@ -11,7 +11,7 @@ use super::accel::Gcm256;
 use super::format::{
     associated_data, Algorithm, Header, KeyId, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN, SIV_IV_LEN,
 };
-use super::siv::Siv;
+use super::siv::{Siv, SivPrefix};
 use super::CryptoError;
 
 thread_local! {
@@ -76,12 +76,11 @@ impl RandomizedKey {
         out.extend_from_slice(nonce);
         let body = out.len();
         out.extend_from_slice(plaintext);
-        let tag = AD.with(|ad| {
-            let mut ad = ad.borrow_mut();
-            let ad = associated_data(&header, context, &mut ad);
-            // GCM only refuses plaintexts over 64 GiB; fail closed all the same.
-            self.cipher.seal(nonce, ad, &mut out[body..])
-        });
+        // The associated data (format::associated_data) in two parts, not copied.
+        // GCM only refuses plaintexts over 64 GiB; fail closed all the same.
+        let tag = self
+            .cipher
+            .seal(nonce, &[&header, context.as_bytes()], &mut out[body..]);
         match tag {
             Ok(tag) => {
                 out.extend_from_slice(&tag);
@@ -122,11 +121,8 @@ impl RandomizedKey {
             .expect("Header::parse checked the length");
         let start = out.len();
         out.extend_from_slice(body);
-        let ok = AD.with(|ad| {
-            let mut ad = ad.borrow_mut();
-            let ad = associated_data(&ct[..HEADER_LEN], context, &mut ad);
-            self.cipher.open(nonce, ad, &mut out[start..], tag).is_ok()
-        });
+        let ad: [&[u8]; 2] = [&ct[..HEADER_LEN], context.as_bytes()];
+        let ok = self.cipher.open(nonce, &ad, &mut out[start..], tag).is_ok();
         if !ok {
             out.truncate(start);
             return Err(CryptoError::Authentication);
@@ -167,24 +163,47 @@ impl DeterministicKey {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let header = Header {
-            algorithm: Algorithm::Aes256Siv,
-            key_id: self.id,
-        }
-        .to_bytes();
+        self.seal_field(&self.field_prefix(context), plaintext, out)
+    }
+
+    /// The part of every seal for field `context` that depends only on this key
+    /// and the field (S2V over the associated data): built once per field by the
+    /// encryptor, then given to [`seal_field`](Self::seal_field).
+    pub fn field_prefix(&self, context: &str) -> SivPrefix {
+        let header = self.header();
+        AD.with(|ad| {
+            let mut ad = ad.borrow_mut();
+            let ad = associated_data(&header, context, &mut ad);
+            self.siv.prefix(&[ad])
+        })
+    }
+
+    /// As [`seal_into`](Self::seal_into) for the field whose
+    /// [`field_prefix`](Self::field_prefix) is `prefix` (from this key).
+    pub fn seal_field(
+        &self,
+        prefix: &SivPrefix,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let header = self.header();
         out.reserve(plaintext.len() + Algorithm::Aes256Siv.overhead());
         out.extend_from_slice(&header);
         let iv_at = out.len();
         out.extend_from_slice(&[0u8; SIV_IV_LEN]);
         let body = out.len();
         out.extend_from_slice(plaintext);
-        let iv = AD.with(|ad| {
-            let mut ad = ad.borrow_mut();
-            let ad = associated_data(&header, context, &mut ad);
-            self.siv.seal(&[ad], &mut out[body..])
-        });
+        let iv = self.siv.seal_after(prefix, &mut out[body..]);
         out[iv_at..body].copy_from_slice(&iv);
         Ok(())
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        Header {
+            algorithm: Algorithm::Aes256Siv,
+            key_id: self.id,
+        }
+        .to_bytes()
     }
 
     /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
@@ -280,6 +299,10 @@ mod tests {
         let d = siv();
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         d.seal_into("R.a", b"x@y.z", &mut a).unwrap();
+        let mut p = Vec::new();
+        d.seal_field(&d.field_prefix("R.a"), b"x@y.z", &mut p)
+            .unwrap();
+        assert_eq!(a, p, "a precomputed field prefix gives the same bytes");
         d.seal_into("R.a", b"x@y.z", &mut b).unwrap();
         d.seal_into("R.b", b"x@y.z", &mut c).unwrap();
         assert_eq!(a, b);

@@ -84,24 +84,62 @@ impl Siv {
         }
     }
 
+    /// S2V's running value after the associated-data components `headers`:
+    /// compute it once per context and seal many messages with
+    /// [`seal_after`](Self::seal_after) (the CMACs of the components are the
+    /// same every time).
+    pub fn prefix(&self, headers: &[&[u8]]) -> SivPrefix {
+        SivPrefix(Zeroizing::new(match &self.0 {
+            #[cfg(target_arch = "x86_64")]
+            SivImpl::Ni(s) => s.prefix(headers),
+            SivImpl::Portable(s) => s.s2v_headers(headers),
+        }))
+    }
+
     /// Encrypts `buf` in place; returns the synthetic IV.
     pub fn seal(&self, headers: &[&[u8]], buf: &mut [u8]) -> [u8; IV_LEN] {
+        self.seal_after(&self.prefix(headers), buf)
+    }
+
+    /// As [`seal`](Self::seal) with the headers' [`prefix`](Self::prefix).
+    pub fn seal_after(&self, prefix: &SivPrefix, buf: &mut [u8]) -> [u8; IV_LEN] {
         match &self.0 {
             #[cfg(target_arch = "x86_64")]
-            SivImpl::Ni(s) => s.seal(headers, buf),
-            SivImpl::Portable(s) => s.seal(headers, buf),
+            SivImpl::Ni(s) => s.seal(&prefix.0, buf),
+            SivImpl::Portable(s) => s.seal(&prefix.0, buf),
         }
     }
 
     /// Decrypts `buf` in place and checks it against `iv`. On failure `buf` holds
     /// the ciphertext again (no unauthenticated plaintext is left behind).
     pub fn open(&self, headers: &[&[u8]], buf: &mut [u8], iv: &[u8]) -> Result<(), SivError> {
+        self.open_after(&self.prefix(headers), buf, iv)
+    }
+
+    /// As [`open`](Self::open) with the headers' [`prefix`](Self::prefix).
+    pub fn open_after(
+        &self,
+        prefix: &SivPrefix,
+        buf: &mut [u8],
+        iv: &[u8],
+    ) -> Result<(), SivError> {
         let iv: &[u8; IV_LEN] = iv.try_into().map_err(|_| SivError)?;
         match &self.0 {
             #[cfg(target_arch = "x86_64")]
-            SivImpl::Ni(s) => s.open(headers, buf, iv).then_some(()).ok_or(SivError),
-            SivImpl::Portable(s) => s.open(headers, buf, iv),
+            SivImpl::Ni(s) => s.open(&prefix.0, buf, iv).then_some(()).ok_or(SivError),
+            SivImpl::Portable(s) => s.open(&prefix.0, buf, iv),
         }
+    }
+}
+
+/// S2V's running value after a message's associated-data components (RFC 5297
+/// section 2.4, the `D` before the plaintext), for one key: [`Siv::prefix`].
+#[derive(Clone)]
+pub struct SivPrefix(Zeroizing<[u8; 16]>);
+
+impl std::fmt::Debug for SivPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SivPrefix(..)")
     }
 }
 
@@ -162,13 +200,19 @@ impl Soft {
         x.into()
     }
 
-    /// S2V over the associated-data components and the plaintext.
-    fn s2v(&self, headers: &[&[u8]], pt: &[u8]) -> [u8; 16] {
+    /// S2V's running value after the associated-data components.
+    fn s2v_headers(&self, headers: &[&[u8]]) -> [u8; 16] {
         let mut d = *self.d0;
         for h in headers {
             d = dbl(&d);
             xor_into(&mut d, &self.cmac(h, None));
         }
+        d
+    }
+
+    /// S2V's last step, over the plaintext.
+    fn s2v(&self, d: &[u8; 16], pt: &[u8]) -> [u8; 16] {
+        let d = *d;
         if pt.len() >= 16 {
             self.cmac(pt, Some(&d))
         } else {
@@ -204,15 +248,15 @@ impl Soft {
         }
     }
 
-    fn seal(&self, headers: &[&[u8]], buf: &mut [u8]) -> [u8; IV_LEN] {
-        let iv = self.s2v(headers, buf);
+    fn seal(&self, d: &[u8; 16], buf: &mut [u8]) -> [u8; IV_LEN] {
+        let iv = self.s2v(d, buf);
         self.ctr(&iv, buf);
         iv
     }
 
-    fn open(&self, headers: &[&[u8]], buf: &mut [u8], iv: &[u8; IV_LEN]) -> Result<(), SivError> {
+    fn open(&self, d: &[u8; 16], buf: &mut [u8], iv: &[u8; IV_LEN]) -> Result<(), SivError> {
         self.ctr(iv, buf);
-        let want = self.s2v(headers, buf);
+        let want = self.s2v(d, buf);
         // Constant time: no early exit on the first differing byte.
         let diff = want.iter().zip(iv).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {

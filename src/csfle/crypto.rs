@@ -21,7 +21,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::crypto::accel::Gcm256;
-use crate::crypto::siv::Siv;
+use crate::crypto::siv::{Siv, SivPrefix};
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::Aes128Gcm;
@@ -179,7 +179,8 @@ impl FromStr for Algorithm {
 enum Cipher {
     Gcm128(Aes128Gcm),
     Gcm256(Gcm256),
-    Siv(Siv),
+    /// With S2V's prefix for the one empty AD component, computed once.
+    Siv(Siv, SivPrefix),
 }
 
 /// A CSFLE data encryption key: its algorithm, the raw key (zeroized on drop, kept
@@ -272,7 +273,11 @@ impl Dek {
             }
             Algorithm::Aes256Gcm => Cipher::Gcm256(Gcm256::new(&key).ok_or_else(wrong)?),
             // Key split as RFC 5297: first half CMAC (S2V) key, second half CTR key.
-            Algorithm::Aes256Siv => Cipher::Siv(Siv::new(&key).ok_or_else(wrong)?),
+            Algorithm::Aes256Siv => {
+                let siv = Siv::new(&key).ok_or_else(wrong)?;
+                let prefix = siv.prefix(&SIV_HEADERS);
+                Cipher::Siv(siv, prefix)
+            }
         };
         Ok(Dek {
             algorithm,
@@ -336,13 +341,13 @@ impl Dek {
                     .map_err(drop)
             }),
             Cipher::Gcm256(c) => {
-                gcm_seal(iv, plaintext, out, |buf| c.seal(iv, b"", buf).map_err(drop))
+                gcm_seal(iv, plaintext, out, |buf| c.seal(iv, &[], buf).map_err(drop))
             }
-            Cipher::Siv(c) => {
+            Cipher::Siv(c, prefix) => {
                 let siv_at = out.len();
                 out.extend_from_slice(&[0u8; SIV_LEN]);
                 out.extend_from_slice(plaintext);
-                let tag = c.seal(&SIV_HEADERS, &mut out[siv_at + SIV_LEN..]);
+                let tag = c.seal_after(prefix, &mut out[siv_at + SIV_LEN..]);
                 out[siv_at..siv_at + SIV_LEN].copy_from_slice(&tag);
                 Ok(())
             }
@@ -388,12 +393,12 @@ impl Dek {
                 .map_err(drop)
             }),
             Cipher::Gcm256(c) => {
-                gcm_open(body, |iv, buf, tag| c.open(iv, b"", buf, tag).map_err(drop))
+                gcm_open(body, |iv, buf, tag| c.open(iv, &[], buf, tag).map_err(drop))
             }
-            Cipher::Siv(c) => {
+            Cipher::Siv(c, prefix) => {
                 let (siv_tag, ct) = body.split_at(SIV_LEN);
                 let mut pt = Zeroizing::new(ct.to_vec());
-                c.open(&SIV_HEADERS, &mut pt, siv_tag)
+                c.open_after(prefix, &mut pt, siv_tag)
                     .map_err(|_| CsfleError::Authentication)?;
                 Ok(pt)
             }

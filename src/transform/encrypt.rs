@@ -12,6 +12,7 @@ use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::blind_index::BlindIndexKey;
 use crate::crypto::cipher::DeterministicKey;
 use crate::crypto::format::Algorithm;
+use crate::crypto::siv::SivPrefix;
 use crate::keys::keyset::{KeyMaterial, KeysetError};
 use crate::keys::Dek;
 use crate::schema::model::{NodeId, SchemaTree};
@@ -30,7 +31,8 @@ enum Act {
 
 struct Enc {
     field: Arc<EncryptField>,
-    det: Option<Arc<DeterministicKey>>,
+    /// The deterministic key, with its S2V prefix for this field's context.
+    det: Option<(Arc<DeterministicKey>, SivPrefix)>,
     index: Option<Arc<BlindIndexKey>>,
 }
 
@@ -114,7 +116,11 @@ impl Encryptor {
                     FieldAction::Recurse => Act::Recurse,
                     FieldAction::Encrypt(f) => Act::Encrypt(Box::new(Enc {
                         det: match (&f.mode, &f.domain) {
-                            (Mode::Deterministic, Some(d)) => Some(keys.deterministic(d)?),
+                            (Mode::Deterministic, Some(d)) => {
+                                let k = keys.deterministic(d)?;
+                                let prefix = k.field_prefix(&f.context);
+                                Some((k, prefix))
+                            }
                             _ => None,
                         },
                         index: match &f.index {
@@ -223,7 +229,7 @@ impl Encryptor {
                 })?;
                 st.counts.randomized += 1;
             }
-            Some(k) => {
+            Some((k, prefix)) => {
                 // Deterministic: equal values must give equal bytes, so encrypt the
                 // canonical encoding, not whatever block layout the writer chose.
                 CANONICAL.with(|c| -> Result<(), TransformError> {
@@ -231,7 +237,7 @@ impl Encryptor {
                     c.clear();
                     walk(tree, node, cur, &mut *c, depth)?;
                     write_long(out, (c.len() + Algorithm::Aes256Siv.overhead()) as i64);
-                    k.seal_into(&f.context, &c, out)
+                    k.seal_field(prefix, &c, out)
                         .map_err(|e| TransformError::new(TransformErrorKind::Crypto(e)))
                 })?;
                 st.counts.deterministic += 1;

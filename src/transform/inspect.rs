@@ -28,6 +28,12 @@ pub struct Inspection {
     pub nulls: u64,
 }
 
+/// The walk's state: the counts, and who is told of each ciphertext.
+pub struct Visit<'a> {
+    counts: Inspection,
+    each: &'a mut dyn FnMut(&DecryptField, Header, &[u8]),
+}
+
 impl Inspector {
     pub fn new(plan: Arc<DecryptPlan>) -> Self {
         Inspector { plan }
@@ -49,33 +55,49 @@ impl Inspector {
     /// Checks one datum. An error names the field that is not a ciphertext, or
     /// where the datum stops matching its schema; it never contains field values.
     pub fn inspect(&self, datum: &[u8]) -> Result<Inspection, TransformError> {
-        let mut st = Inspection::default();
+        self.visit(datum, &mut |_, _, _| {})
+    }
+
+    /// As [`inspect`](Self::inspect), telling `each` of every ciphertext: its
+    /// field, its parsed header and its bytes (the benchmark sizes its
+    /// primitives by them).
+    pub fn visit(
+        &self,
+        datum: &[u8],
+        each: &mut dyn FnMut(&DecryptField, Header, &[u8]),
+    ) -> Result<Inspection, TransformError> {
+        let mut st = Visit {
+            counts: Inspection::default(),
+            each,
+        };
         let mut scratch = Vec::with_capacity(datum.len());
         run(self, datum, &mut scratch, &mut st)?;
-        Ok(st)
+        Ok(st.counts)
     }
 
     fn field(
         &self,
         f: &DecryptField,
         cur: &mut Cursor<'_>,
-        st: &mut Inspection,
+        st: &mut Visit<'_>,
     ) -> Result<(), TransformError> {
         if let Some((enc_null, _)) = f.nullable {
             if cur.read_branch(2)? == enc_null {
-                st.nulls += 1;
+                st.counts.nulls += 1;
                 return Ok(());
             }
         }
         let ct = cur.read_bytes()?;
         // The version, algorithm and minimum length; only a key could check more.
-        Header::parse(ct).map_err(|e| TransformError::new(TransformErrorKind::Crypto(e)))?;
-        st.ciphertexts += 1;
+        let header =
+            Header::parse(ct).map_err(|e| TransformError::new(TransformErrorKind::Crypto(e)))?;
+        st.counts.ciphertexts += 1;
+        (st.each)(f, header, ct);
         Ok(())
     }
 }
 
-impl RecordHandler<Inspection> for Inspector {
+impl<'a> RecordHandler<Visit<'a>> for Inspector {
     fn tree(&self) -> &SchemaTree {
         &self.plan.tree
     }
@@ -89,7 +111,7 @@ impl RecordHandler<Inspection> for Inspector {
         node: NodeId,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
-        st: &mut Inspection,
+        st: &mut Visit<'a>,
         depth: usize,
     ) -> Result<(), TransformError> {
         encrypted_record(

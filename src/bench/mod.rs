@@ -3,6 +3,12 @@
 //! encode round trip of the same records (cached reader/writer, default
 //! validation) and fieldcrypt's own validate-and-copy walk, all measured in the same
 //! run. Each figure is the best of several rounds, to damp scheduler noise.
+//! [`primitives`] times the cryptographic primitives alone at the same records'
+//! field sizes, so the report can say how close the transform is to them.
+
+pub mod primitives;
+
+use std::collections::BTreeMap;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -43,6 +49,8 @@ pub struct BenchReport {
     /// The same fields in Confluent's CSFLE format (AES256_GCM), when every one of
     /// them is a string or bytes (the only types that format encrypts).
     pub confluent: Option<(Measure, Measure)>,
+    /// The primitives alone, at these records' field sizes.
+    pub primitives: primitives::Primitives,
 }
 
 impl BenchReport {
@@ -70,14 +78,24 @@ impl BenchReport {
                 m.median_ratio
             ));
         }
+        s.push('\n');
+        s.push_str(&self.primitives.table());
         s.push_str(&format!(
-            "\nencrypt/baseline ratio: {:.2}   decrypt/baseline ratio: {:.2}   \
-             crypto cost over validate+copy: {:.0} ns/record\n",
+            "\nencrypt/baseline ratio: {:.2}   decrypt/baseline ratio: {:.2}\n\
+             crypto cost over validate+copy: {:.0} ns/record = {:.2}x the primitives' {:.0} ns\n",
             self.encrypt.median_ratio,
             self.decrypt.median_ratio,
-            1e9 / self.encrypt.records_per_sec - 1e9 / self.walk.records_per_sec
+            self.crypto_ns(),
+            self.crypto_ns() / self.primitives.sum_ns(),
+            self.primitives.sum_ns(),
         ));
         s
+    }
+
+    /// The encrypt transform's time over fieldcrypt's own validate-and-copy walk:
+    /// what the cryptography costs a record, framing and lookups included.
+    pub fn crypto_ns(&self) -> f64 {
+        1e9 / self.encrypt.records_per_sec - 1e9 / self.walk.records_per_sec
     }
 }
 
@@ -156,10 +174,28 @@ pub async fn run(
         encrypted.push(o);
     }
     let avg_encrypted_bytes = encrypted.iter().map(Vec::len).sum::<usize>() as f64 / records as f64;
+    // The primitive calls those records needed, read off their ciphertexts.
+    let dec = engine.decryptor(&enc.plan().output_json, "bench output schema")?;
+    let inspector = crate::transform::inspect::Inspector::new(dec.plan().clone());
+    let mut calls: BTreeMap<primitives::Call, f64> = BTreeMap::new();
+    for e in &encrypted {
+        inspector.visit(e, &mut |field, header, ct| {
+            let (record, name) = field.context.rsplit_once('.').unwrap_or(("", ""));
+            let indexed = enc.index_of(record, name).is_some();
+            for call in primitives::Call::for_ciphertext(
+                header.algorithm,
+                ct.len(),
+                &field.context,
+                indexed,
+            ) {
+                *calls.entry(call).or_default() += 1.0 / records as f64;
+            }
+        })?;
+    }
+    let primitives = primitives::measure(&calls, rounds, min_time / 20);
     let schema = Schema::parse(schema_json)?;
     let reader = GenericDatumReader::builder(&schema).build()?;
     let writer = GenericDatumWriter::builder(&schema).build()?;
-    let dec = engine.decryptor(&enc.plan().output_json, "bench output schema")?;
     let mut out = Vec::with_capacity(4096);
     let mut baseline = || {
         for d in &data {
@@ -285,6 +321,7 @@ pub async fn run(
                 m("Confluent CSFLE format decrypt", 5),
             )
         }),
+        primitives,
     })
 }
 
