@@ -192,7 +192,7 @@ pub async fn run(
             }
         })?;
     }
-    let primitives = primitives::measure(&calls, rounds, min_time / 20);
+    let primitives = primitives::measure(&calls, rounds, min_time / 10);
     let schema = Schema::parse(schema_json)?;
     let reader = GenericDatumReader::builder(&schema).build()?;
     let writer = GenericDatumWriter::builder(&schema).build()?;

@@ -36,7 +36,15 @@ pub fn normalize<'a>(s: &'a str, steps: &[Normalize]) -> Cow<'a, str> {
                 Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
             },
             Normalize::Lowercase => {
-                if cur.chars().any(char::is_uppercase) {
+                // ASCII text (most keys: emails, codes) takes the byte-wise path;
+                // for ASCII it is exactly Unicode lowercasing.
+                if cur.is_ascii() {
+                    if cur.bytes().any(|b| b.is_ascii_uppercase()) {
+                        Cow::Owned(cur.to_ascii_lowercase())
+                    } else {
+                        cur
+                    }
+                } else if cur.chars().any(char::is_uppercase) {
                     Cow::Owned(cur.to_lowercase())
                 } else {
                     cur
@@ -130,6 +138,22 @@ impl BlindIndexKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_and_unicode_lowercasing_agree() {
+        let steps = [Normalize::Lowercase];
+        for s in [
+            "Ann@X.COM",
+            "ann@x.com",
+            "",
+            "ÅSA@Ö.SE",
+            "İstanbul",
+            "MIXED ascii Ünï",
+        ] {
+            assert_eq!(normalize(s, &steps), s.to_lowercase(), "{s:?}");
+        }
+        assert!(matches!(normalize("ann@x.com", &steps), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn normalisation_makes_variants_match() {

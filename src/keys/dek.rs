@@ -115,7 +115,16 @@ impl Dek {
     /// asks the manager for a fresh DEK). The limit is never exceeded.
     #[inline]
     pub fn try_use(&self) -> bool {
-        self.uses.fetch_add(1, Ordering::Relaxed) < self.max_uses
+        self.try_use_n(1)
+    }
+
+    /// Claims `n` encryptions at once (one atomic operation for a record's
+    /// fields); all or none: a refused claim leaves the key retired.
+    pub fn try_use_n(&self, n: u64) -> bool {
+        self.uses
+            .fetch_add(n, Ordering::Relaxed)
+            .checked_add(n)
+            .is_some_and(|after| after <= self.max_uses)
     }
 
     /// Encryptions claimed so far (may exceed the limit by refused claims).
@@ -373,6 +382,17 @@ mod tests {
         let b = m.current("s").await.unwrap();
         assert_ne!(a.id(), b.id());
         assert_eq!(m.stats.retired_uses.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_claims_its_fields_at_once_or_not_at_all() {
+        let m = manager(Arc::new(ManualClock::default()), 5);
+        let b = m.current("s").await.unwrap();
+        assert!(b.try_use_n(3));
+        assert!(!b.try_use_n(3), "a claim past the limit is refused whole");
+        assert!(!b.try_use(), "and the key stays retired");
+        let c = m.current("s").await.unwrap();
+        assert_ne!(b.id(), c.id(), "the next record gets a fresh key");
     }
 
     #[tokio::test]

@@ -40,6 +40,11 @@ struct Enc {
 pub struct Encryptor {
     plan: Arc<EncryptPlan>,
     acts: Vec<Vec<Act>>,
+    /// Randomized fields in the schema, each counted once: the DEK uses a record
+    /// claims in one go at its first randomized field (a field inside an array
+    /// or map claims more as it repeats; a null or a branch not taken leaves a
+    /// use unspent, which only retires the DEK a little early).
+    randomized: u64,
 }
 
 /// The blind index of one encrypted field: its key, whether its value is text,
@@ -96,9 +101,11 @@ impl std::fmt::Debug for Encryptor {
     }
 }
 
-/// Per-call state: the DEK and what was done.
+/// Per-call state: the DEK, the uses of it claimed and not yet spent, and what
+/// was done.
 pub struct EncState<'a> {
     dek: Option<&'a Dek>,
+    claimed: u64,
     counts: Counts,
 }
 
@@ -133,7 +140,16 @@ impl Encryptor {
             }
             acts.push(v);
         }
-        Ok(Encryptor { plan, acts })
+        let randomized = acts
+            .iter()
+            .flatten()
+            .filter(|a| matches!(a, Act::Encrypt(e) if e.det.is_none()))
+            .count() as u64;
+        Ok(Encryptor {
+            plan,
+            acts,
+            randomized,
+        })
     }
 
     pub fn plan(&self) -> &Arc<EncryptPlan> {
@@ -159,6 +175,7 @@ impl Encryptor {
     ) -> Result<Counts, TransformError> {
         let mut st = EncState {
             dek,
+            claimed: 0,
             counts: Counts::default(),
         };
         run(self, datum, out, &mut st)?;
@@ -175,6 +192,7 @@ impl Encryptor {
     ) -> Result<Counts, TransformError> {
         let mut st = EncState {
             dek,
+            claimed: 0,
             counts: Counts::default(),
         };
         run_one(self, cur, out, &mut st)?;
@@ -218,9 +236,20 @@ impl Encryptor {
                 let dek = st
                     .dek
                     .ok_or_else(|| TransformError::new(TransformErrorKind::DekExhausted))?;
-                if !dek.try_use() {
-                    return Err(TransformError::new(TransformErrorKind::DekExhausted));
+                if st.claimed == 0 {
+                    // The record's first randomized field claims them all; a
+                    // repeated one past them claims one more.
+                    let n = if st.counts.randomized == 0 {
+                        self.randomized.max(1)
+                    } else {
+                        1
+                    };
+                    if !dek.try_use_n(n) {
+                        return Err(TransformError::new(TransformErrorKind::DekExhausted));
+                    }
+                    st.claimed = n;
                 }
+                st.claimed -= 1;
                 write_long(out, (pt.len() + Algorithm::Aes256Gcm.overhead()) as i64);
                 let start = out.len();
                 dek.key().seal_into(&f.context, pt, out).map_err(|e| {
