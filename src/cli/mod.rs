@@ -275,6 +275,21 @@ pub fn main() -> ExitCode {
         log::line(tracing::Level::ERROR, &e);
         return ExitCode::FAILURE;
     }
+    // The AES path is chosen once, here, before any key is built: a value of
+    // FIELDCRYPT_CRYPTO that is neither auto nor portable is refused, not guessed.
+    let accel = fieldcrypt::crypto::accel::ENV;
+    if let Err(e) = fieldcrypt::crypto::accel::parse(env(accel).as_deref()) {
+        log::line(
+            tracing::Level::ERROR,
+            &format!("{e}; unset it to choose by CPU"),
+        );
+        return ExitCode::FAILURE;
+    }
+    tracing::debug!(
+        crypto = fieldcrypt::crypto::accel::path().describe(),
+        "AES runs on the {} path",
+        fieldcrypt::crypto::accel::path().describe()
+    );
     // `run` transforms on several worker tasks; the other commands are one task.
     // File commands too: a signal must be seen while a block is being transformed.
     let rt = if matches!(
@@ -1047,9 +1062,10 @@ async fn bench(
     log::line(
         tracing::Level::INFO,
         &format!(
-            "benchmarking {} ({} sensitive fields) ...",
+            "benchmarking {} ({} sensitive fields, AES on the {} path) ...",
             schema.display(),
-            plan.rows.len()
+            plan.rows.len(),
+            fieldcrypt::crypto::accel::path().describe()
         ),
     );
     let report = fieldcrypt::bench::run(

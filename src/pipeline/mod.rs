@@ -292,11 +292,13 @@ pub async fn run(
         bootstrap_servers = %config.kafka.bootstrap_servers,
         routes = ?routes,
         listen = %server.as_ref().map_or_else(|| "off".to_string(), |s| s.addr.to_string()),
-        "fieldcrypt {} started: {} {} route(s), {}, {n} worker(s); metrics and health on {}",
+        crypto = crate::crypto::accel::path().describe(),
+        "fieldcrypt {} started: {} {} route(s), {}, {n} worker(s), AES on the {} path; metrics and health on {}",
         env!("CARGO_PKG_VERSION"),
         transformer.operation(),
         routes.len(),
         if eos { "exactly-once" } else { "at-least-once" },
+        crate::crypto::accel::path().describe(),
         server.as_ref().map_or_else(|| "no listener".to_string(), |s| format!("http://{}", s.addr)),
     );
     tokio::pin!(shutdown);
