@@ -51,6 +51,47 @@ pub struct BenchReport {
     pub confluent: Option<(Measure, Measure)>,
     /// The primitives alone, at these records' field sizes.
     pub primitives: primitives::Primitives,
+    /// Bytes per record on the wire, each format.
+    pub wire: Wire,
+}
+
+/// Average bytes per record as a Kafka record carries them: the value (the Avro
+/// datum; a registry route adds the same 5-byte framing to every format) and
+/// the headers (name + value + the two varint lengths of each).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wire {
+    pub plain: f64,
+    pub ours_value: f64,
+    /// The `fieldcrypt.dek` header with the wrapped DEK (local KEK here; AWS
+    /// KMS wraps into a larger blob, about 180 bytes more).
+    pub ours_headers: f64,
+    /// Confluent's format: no header, the DEK lives in the DEK Registry.
+    pub confluent_value: Option<f64>,
+}
+
+impl Wire {
+    fn table(&self) -> String {
+        let mut s = format!(
+            "bytes on the wire per record (value + headers):\n\n{:<34} {:>8} {:>8} {:>8} {:>8}\n",
+            "format", "value", "headers", "total", "vs plain"
+        );
+        let mut row = |name: &str, value: f64, headers: f64| {
+            s.push_str(&format!(
+                "{:<34} {:>8.0} {:>8.0} {:>8.0} {:>7.2}x\n",
+                name,
+                value,
+                headers,
+                value + headers,
+                (value + headers) / self.plain
+            ))
+        };
+        row("plain", self.plain, 0.0);
+        row("fieldcrypt", self.ours_value, self.ours_headers);
+        if let Some(v) = self.confluent_value {
+            row("Confluent CSFLE (AES256_GCM)", v, 0.0);
+        }
+        s
+    }
 }
 
 impl BenchReport {
@@ -78,6 +119,8 @@ impl BenchReport {
                 m.median_ratio
             ));
         }
+        s.push('\n');
+        s.push_str(&self.wire.table());
         s.push('\n');
         s.push_str(&self.primitives.table());
         s.push_str(&format!(
@@ -160,6 +203,7 @@ pub async fn run(
     // the decrypt measurement needs ciphertexts and their DEKs.
     let mut deks = DekSet::new();
     let mut encrypted = Vec::with_capacity(records);
+    let mut header_bytes = 0usize;
     for d in &data {
         let mut o = Vec::new();
         let done = engine
@@ -167,6 +211,10 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("encrypting a generated record failed: {e}"))?;
         if let Some(dek) = done.dek {
+            let value = engine.dek_header(&dek)?;
+            let name = crate::kafka::headers::DEK;
+            header_bytes +=
+                name.len() + value.len() + varint_len(name.len()) + varint_len(value.len());
             if !deks.contains_key(dek.id()) {
                 deks.insert(*dek.id(), engine.unwrap_dek(dek.wrapped()).await?);
             }
@@ -322,7 +370,26 @@ pub async fn run(
             )
         }),
         primitives,
+        wire: Wire {
+            plain: avg_datum_bytes,
+            ours_value: avg_encrypted_bytes,
+            ours_headers: header_bytes as f64 / records as f64,
+            confluent_value: csfle.as_ref().map(|_| {
+                csfle_encrypted.iter().map(Vec::len).sum::<usize>() as f64 / records as f64
+            }),
+        },
     })
+}
+
+/// Bytes of a Kafka varint (zigzag) holding `n`.
+fn varint_len(n: usize) -> usize {
+    let mut z = (n as u64) << 1;
+    let mut len = 1;
+    while z >= 0x80 {
+        z >>= 7;
+        len += 1;
+    }
+    len
 }
 
 /// A codec of Confluent's format encrypting the fields `contexts` (as

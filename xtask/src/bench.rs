@@ -324,11 +324,15 @@ fn one_run(
              [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n{extra}\
              [metrics]\nlisten = \"{addr}\"\n\
              [kms]\nkek_file = {:?}\n[keyset]\nfile = {:?}\n\
-             [[routes]]\nsource = \"{source}\"\ntarget = \"{target}\"\nvalue_schema = {:?}\n",
+             [[routes]]\nsource = \"{source}\"\ntarget = \"{target}\"\nvalue_schema = {:?}\n\
+             allow_unencrypted = {}\n",
             mode.name(),
             out.join(".fieldcrypt/kek.key"),
             out.join(".fieldcrypt/keyset.json"),
-            schema_file
+            schema_file,
+            // Pass-through's schema has its markings removed on purpose: say so,
+            // or `run` refuses a route that would encrypt nothing.
+            mode == Mode::Passthrough
         ),
     )?;
     println!(
@@ -522,7 +526,7 @@ fn report(runs: &[Run], out: &Path, a: &Args) -> Result<()> {
         }
         if let (Some(p), Some(e)) = (get(Mode::Passthrough), get(Mode::Encrypt)) {
             println!(
-                "{s}: encrypt / passthrough CPU per record {:.2} (target <= 1.3), records/s {:.2} (target >= 0.9)",
+                "{s}: encrypt / passthrough CPU per record {:.2} (targets: customer <= 1.3, order_1k <= 1.5), records/s {:.2} (order_1k target >= 0.85)",
                 e.1 / p.1,
                 e.0 / p.0
             );
