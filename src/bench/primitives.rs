@@ -116,32 +116,34 @@ impl Primitives {
         self.rows.iter().map(|r| r.ns * r.per_record).sum()
     }
 
-    /// The table `fieldcrypt bench` prints.
+    /// The table `fieldcrypt bench` prints: one row per primitive, its calls'
+    /// sizes as ranges and its time per call weighted by how often each size
+    /// occurs (the sum is over every size measured).
     pub fn table(&self) -> String {
         let mut s = format!(
             "primitives on the {} path, at this schema's field sizes (best of the rounds):\n\n\
-             {:<24} {:>7} {:>7} {:>9} {:>11} {:>12}\n",
+             {:<22} {:>9} {:>9} {:>9} {:>11} {:>10}\n",
             self.path.describe(),
             "primitive",
             "bytes",
-            "AD",
+            "AD bytes",
             "ns/call",
             "per record",
             "ns/record"
         );
-        for r in &self.rows {
+        for g in self.grouped() {
             s.push_str(&format!(
-                "{:<24} {:>7} {:>7} {:>9.1} {:>11.2} {:>12.1}\n",
-                r.call.primitive.name(),
-                r.call.len,
-                r.call.ad_len,
-                r.ns,
-                r.per_record,
-                r.ns * r.per_record
+                "{:<22} {:>9} {:>9} {:>9.1} {:>11.2} {:>10.1}\n",
+                g.primitive.name(),
+                range(g.len),
+                range(g.ad_len),
+                g.ns_per_record / g.per_record,
+                g.per_record,
+                g.ns_per_record
             ));
         }
         s.push_str(&format!(
-            "{:<24} {:>7} {:>7} {:>9} {:>11} {:>12.1}\n",
+            "{:<22} {:>9} {:>9} {:>9} {:>11} {:>10.1}\n",
             "sum",
             "",
             "",
@@ -150,6 +152,50 @@ impl Primitives {
             self.sum_ns()
         ));
         s
+    }
+
+    /// The rows summed per primitive.
+    pub fn grouped(&self) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for r in &self.rows {
+            let g = match groups.iter_mut().find(|g| g.primitive == r.call.primitive) {
+                Some(g) => g,
+                None => {
+                    groups.push(Group {
+                        primitive: r.call.primitive,
+                        len: (r.call.len, r.call.len),
+                        ad_len: (r.call.ad_len, r.call.ad_len),
+                        per_record: 0.0,
+                        ns_per_record: 0.0,
+                    });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            g.len = (g.len.0.min(r.call.len), g.len.1.max(r.call.len));
+            g.ad_len = (g.ad_len.0.min(r.call.ad_len), g.ad_len.1.max(r.call.ad_len));
+            g.per_record += r.per_record;
+            g.ns_per_record += r.ns * r.per_record;
+        }
+        groups
+    }
+}
+
+/// One primitive's calls in a record, all sizes together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub primitive: Primitive,
+    /// Smallest and largest input.
+    pub len: (usize, usize),
+    pub ad_len: (usize, usize),
+    pub per_record: f64,
+    pub ns_per_record: f64,
+}
+
+fn range((lo, hi): (usize, usize)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
     }
 }
 
@@ -212,5 +258,78 @@ pub fn measure(calls: &BTreeMap<Call, f64>, rounds: usize, min_time: Duration) -
     Primitives {
         path: accel::path(),
         rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ciphertext_tells_which_primitives_made_it() {
+        let gcm = Call::for_ciphertext(Algorithm::Aes256Gcm, 46 + 20, "R.f", false);
+        assert_eq!(
+            gcm,
+            vec![
+                Call {
+                    primitive: Primitive::Nonce,
+                    len: 12,
+                    ad_len: 0
+                },
+                Call {
+                    primitive: Primitive::GcmSeal,
+                    len: 20,
+                    ad_len: HEADER_LEN + 3
+                },
+            ]
+        );
+        let siv = Call::for_ciphertext(Algorithm::Aes256Siv, 34 + 7, "R.email", true);
+        assert_eq!(
+            siv,
+            vec![
+                Call {
+                    primitive: Primitive::SivSeal,
+                    len: 7,
+                    ad_len: HEADER_LEN + 7
+                },
+                Call {
+                    primitive: Primitive::Hmac,
+                    len: 7,
+                    ad_len: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_group_per_primitive_and_keep_the_sum() {
+        let row = |primitive, len, ns, per_record| Row {
+            call: Call {
+                primitive,
+                len,
+                ad_len: 40,
+            },
+            ns,
+            per_record,
+        };
+        let p = Primitives {
+            path: accel::Path::Portable,
+            rows: vec![
+                row(Primitive::GcmSeal, 10, 60.0, 1.0),
+                row(Primitive::GcmSeal, 20, 90.0, 3.0),
+                row(Primitive::Hmac, 20, 100.0, 0.5),
+            ],
+        };
+        let g = p.grouped();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].len, (10, 20));
+        assert_eq!(g[0].per_record, 4.0);
+        assert_eq!(g[0].ns_per_record, 330.0);
+        assert_eq!(p.sum_ns(), 380.0);
+        let t = p.table();
+        assert!(t.contains("AES-256-GCM seal"), "{t}");
+        assert!(t.contains("10-20"), "{t}");
+        assert!(t.contains("82.5"), "weighted ns per call: {t}");
+        assert!(t.contains("380.0"), "{t}");
     }
 }
