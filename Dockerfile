@@ -43,7 +43,10 @@ COPY xtask ./xtask
 # The registry and target/ live in cache mounts, which are not part of the
 # image layer, so the binary is copied out of target/ inside the same RUN.
 # The shipped binary carries no debug info or symbols (the repository's release
-# profile keeps line tables for profiling), a fraction of the size.
+# profile keeps line tables for profiling), a fraction of the size. It is built
+# for baseline x86-64 on purpose (no -C target-cpu): AES runs on AES-NI/AVX2
+# where the node has them, chosen at start-up, and portably where it does not
+# (docs/OPERATIONS.md, "The AES path").
 RUN --mount=type=cache,id=fieldcrypt-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=fieldcrypt-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=fieldcrypt-target,target=/src/target,sharing=locked \
