@@ -42,7 +42,8 @@
 //!   struct lives with the code it configures where that is a component of its own
 //!   (`[kms]` in `keys::provider`).
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
-//! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`.
+//! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`, and beside it the
+//!   primitives micro-benchmark (`bench::primitives`) its crypto cost is judged by.
 //! - `cli` (binary only): the `fieldcrypt` command line.
 //!
 //! Where new things go: a KMS provider in `keys/` (see `keys::provider`); an input
