@@ -1,5 +1,5 @@
 //! Which AES implementation the field ciphers run on, chosen once per process:
-//! the AES-NI/PCLMULQDQ/AVX2 kernels of [`super::aesni`] on x86-64 CPUs that have
+//! the AES-NI/PCLMULQDQ/AVX2 kernels of `crypto::aesni` on x86-64 CPUs that have
 //! those instructions, the portable RustCrypto crates (`aes-gcm`, `aes`) on every
 //! other CPU. Both give the same bytes; the binary is built for baseline x86-64,
 //! so it runs (portably) on a CPU without them, and `FIELDCRYPT_CRYPTO=portable`

@@ -4,7 +4,7 @@
 //! message (about 120 ns of its 355 ns for a 20-byte field here) and needs `&mut`;
 //! this module gives the same bytes (cross-checked against that crate in the tests,
 //! on both paths) in about half the time, and on a CPU with AES-NI runs the whole
-//! message in one call of [`super::aesni`] (the path [`accel::path`] chose). Used
+//! message in one call of `crypto::aesni` (the path [`accel::path`] chose). Used
 //! by fieldcrypt's deterministic mode and by the Confluent format's AES256_SIV.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
