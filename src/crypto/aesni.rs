@@ -373,7 +373,7 @@ fn xor_blocks(buf: &mut [u8], ks: &[__m128i]) {
 fn ctr32_xor(rk: &[__m128i; 15], nonce: &[u8; 12], ctr0: u32, buf: &mut [u8]) {
     let mut ctr = ctr0;
     for c in buf.chunks_mut(64) {
-        let ks = encrypt4(
+        let mut ks = encrypt4(
             rk,
             [
                 counter(nonce, ctr),
@@ -384,6 +384,8 @@ fn ctr32_xor(rk: &[__m128i; 15], nonce: &[u8; 12], ctr0: u32, buf: &mut [u8]) {
         );
         ctr = ctr.wrapping_add(4);
         xor_blocks(c, &ks);
+        // Keystream XOR ciphertext is the plaintext: leave none on the stack.
+        ks.zeroize();
     }
 }
 
@@ -656,9 +658,10 @@ fn siv_ctr(s: &Siv, iv: &[u8; 16], buf: &mut [u8]) {
     let rk = &s.ctr.rk;
     let mut i = 0u128;
     for c in buf.chunks_mut(64) {
-        let ks = encrypt4(rk, [block(i), block(i + 1), block(i + 2), block(i + 3)]);
+        let mut ks = encrypt4(rk, [block(i), block(i + 1), block(i + 2), block(i + 3)]);
         i += 4;
         xor_blocks(c, &ks);
+        ks.zeroize();
     }
 }
 
