@@ -68,30 +68,27 @@ impl Drop for Aes256 {
     }
 }
 
+/// Each 32-bit word XORed with every word before it (w0, w0^w1, w0^w1^w2, ...):
+/// the running XOR of the key schedule's word recurrence.
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
-fn assist_1(t1: __m128i, t2: __m128i) -> __m128i {
-    let t2 = _mm_shuffle_epi32::<0xff>(t2);
-    let mut t1 = t1;
-    let mut t4 = _mm_slli_si128::<4>(t1);
-    t1 = _mm_xor_si128(t1, t4);
-    t4 = _mm_slli_si128::<4>(t4);
-    t1 = _mm_xor_si128(t1, t4);
-    t4 = _mm_slli_si128::<4>(t4);
-    t1 = _mm_xor_si128(t1, t4);
-    _mm_xor_si128(t1, t2)
+fn prefix_xor(x: __m128i) -> __m128i {
+    let x = _mm_xor_si128(x, _mm_slli_si128::<4>(x));
+    _mm_xor_si128(x, _mm_slli_si128::<8>(x))
 }
 
+/// The even round key: the previous even one's prefix XOR with
+/// SubWord(RotWord(last word of the odd key)) ^ rcon, from `aeskeygenassist`.
+#[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
+fn assist_1(t1: __m128i, t2: __m128i) -> __m128i {
+    _mm_xor_si128(prefix_xor(t1), _mm_shuffle_epi32::<0xff>(t2))
+}
+
+/// The odd round key: the previous odd one's prefix XOR with SubWord(last word
+/// of the new even key).
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
 fn assist_2(t1: __m128i, t3: __m128i) -> __m128i {
     let t2 = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(t1));
-    let mut t3 = t3;
-    let mut t4 = _mm_slli_si128::<4>(t3);
-    t3 = _mm_xor_si128(t3, t4);
-    t4 = _mm_slli_si128::<4>(t4);
-    t3 = _mm_xor_si128(t3, t4);
-    t4 = _mm_slli_si128::<4>(t4);
-    t3 = _mm_xor_si128(t3, t4);
-    _mm_xor_si128(t3, t2)
+    _mm_xor_si128(prefix_xor(t3), t2)
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx2,sse4.1,ssse3")]
