@@ -6,7 +6,18 @@
 //!   settings as `run`, offsets stored after delivery, no decoding at all;
 //! - `passthrough`: `fieldcrypt run` with the schema's `sensitive` markings removed
 //!   (records validated and forwarded);
-//! - `encrypt`: `fieldcrypt run` with the schema as it is.
+//! - `encrypt`: `fieldcrypt run` with the schema as it is;
+//! - `floor-out`: `fieldcrypt forward` again, over the same round's `encrypt`
+//!   output (the encrypted records with their `fieldcrypt.dek` headers), so the
+//!   cost of consuming and producing the bigger records shows (what a decrypting
+//!   instance downstream pays); not in the default `--modes`.
+//!
+//! When a round ran both `passthrough` and `encrypt`, their outputs are then read
+//! back and produced again by this process alone, with `run`'s producer settings
+//! and headers built per record as `run` builds them ("produce floor"): the CPU
+//! per record of producing encrypt's output minus that of producing
+//! pass-through's is what the bigger records cost the broker client, a floor
+//! under encrypt − pass-through that no transform can remove.
 //!
 //! For each schema (default `schemas/customer.avsc`, ~170 B records, and
 //! `schemas/order_1k.avsc`, ~1 KB with 10 sensitive fields among 25) the modes
@@ -84,6 +95,7 @@ pub enum Mode {
     Floor,
     Passthrough,
     Encrypt,
+    FloorOut,
 }
 
 impl Mode {
@@ -92,6 +104,7 @@ impl Mode {
             Mode::Floor => "floor",
             Mode::Passthrough => "passthrough",
             Mode::Encrypt => "encrypt",
+            Mode::FloorOut => "floor-out",
         }
     }
 }
@@ -129,6 +142,12 @@ pub fn main(a: Args) -> Result<()> {
     if a.records == 0 || a.rounds == 0 || a.modes.is_empty() || a.schemas.is_empty() {
         bail!("--records, --rounds, --modes and --schemas must be non-empty and positive");
     }
+    let pos = |m| a.modes.iter().position(|x| *x == m);
+    if let Some(f) = pos(Mode::FloorOut) {
+        if pos(Mode::Encrypt).is_none_or(|e| e > f) {
+            bail!("--modes: floor-out forwards the round's encrypt output, so encrypt must come before it (e.g. --modes passthrough,encrypt,floor-out)");
+        }
+    }
     let root = repo();
     let out = root.join(&a.out);
     proc::fresh_dir(&out)?;
@@ -158,6 +177,7 @@ pub fn main(a: Args) -> Result<()> {
     proc::create_keys(&fc, &keys)?;
 
     let mut runs = Vec::new();
+    let mut produce_floors = Vec::new();
     for schema in &a.schemas {
         let name = schema
             .file_stem()
@@ -201,7 +221,12 @@ pub fn main(a: Args) -> Result<()> {
                 } else {
                     &pass_schema
                 };
-                let run = one_run(&fc, &out, &bs, &name, &source, schema_file, m, r, &a, hz)?;
+                let from = if m == Mode::FloorOut {
+                    format!("bench.out.{name}.{}.{r}", Mode::Encrypt.name())
+                } else {
+                    source.clone()
+                };
+                let run = one_run(&fc, &out, &bs, &name, &from, schema_file, m, r, &a, hz)?;
                 println!(
                     "   {} records in {:.2} s = {:.0} records/s; CPU {:.2} µs/record, {:.2} millicores per MB/s; peak RSS {:.0} MiB",
                     run.records,
@@ -214,8 +239,14 @@ pub fn main(a: Args) -> Result<()> {
                 runs.push(run);
             }
         }
+        if a.modes.contains(&Mode::Passthrough) && a.modes.contains(&Mode::Encrypt) {
+            produce_floors.push(produce_floor(&bs, &name, a.records, hz)?);
+        }
     }
     report(&runs, &out, &a)?;
+    for f in &produce_floors {
+        f.print();
+    }
     drop(broker);
     Ok(())
 }
@@ -274,6 +305,164 @@ fn produce_source(bs: &str, topic: &str, schema: &Path, n: usize) -> Result<usiz
     }
     p.flush(Duration::from_secs(120))?;
     Ok(total)
+}
+
+/// The "produce floor" of one schema: CPU µs per record of producing the
+/// pass-through output and the encrypt output again (medians of 3 alternated).
+struct ProduceFloor {
+    schema: String,
+    plain_bytes: f64,
+    encrypted_bytes: f64,
+    plain_us: f64,
+    encrypted_us: f64,
+    /// Encrypt's output without its headers.
+    no_headers_us: f64,
+    /// Encrypt's output with each header value cut to 16 bytes.
+    short_headers_us: f64,
+}
+
+impl ProduceFloor {
+    fn print(&self) {
+        println!(
+            "{}: producing encrypt's output ({:.0} B/record, value + key + headers) costs {:.2} µs/record, pass-through's ({:.0} B) {:.2}: the bigger records alone add {:.2} µs/record to encrypt over pass-through",
+            self.schema,
+            self.encrypted_bytes,
+            self.encrypted_us,
+            self.plain_bytes,
+            self.plain_us,
+            self.encrypted_us - self.plain_us
+        );
+        println!(
+            "{}: of which the headers (the fieldcrypt.dek header) {:.2} µs/record: encrypt's output without them costs {:.2}, with each header value cut to 16 bytes {:.2}",
+            self.schema,
+            self.encrypted_us - self.no_headers_us,
+            self.no_headers_us,
+            self.short_headers_us
+        );
+    }
+}
+
+/// This process's CPU so far (utime + stime, clock ticks).
+fn self_cpu_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = &stat[stat.rfind(") ").context("/proc/self/stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+/// Reads round 1's pass-through and encrypt outputs back, then produces each
+/// again (alternating, 3 times) to fresh topics with `run`'s producer settings,
+/// measuring this process's CPU from the first send to the last acknowledgement.
+fn produce_floor(bs: &str, name: &str, records: usize, hz: f64) -> Result<ProduceFloor> {
+    use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+    println!("-- {name}: produce floor (reading the round-1 outputs back)");
+    let read = |mode: Mode| -> Result<Vec<rdkafka::message::OwnedMessage>> {
+        let t = format!("bench.out.{name}.{}.1", mode.name());
+        let got = fieldcrypt_harness::broker::consume(bs, &t, records, Duration::from_secs(120));
+        if got.len() < records {
+            bail!("{t}: read {} of {records} records back", got.len());
+        }
+        Ok(got)
+    };
+    let sets = [read(Mode::Passthrough)?, read(Mode::Encrypt)?];
+    let size = |ms: &[rdkafka::message::OwnedMessage]| {
+        ms.iter()
+            .map(|m| {
+                m.payload().map_or(0, <[u8]>::len)
+                    + m.key().map_or(0, <[u8]>::len)
+                    + m.headers().map_or(0, |h| {
+                        h.iter()
+                            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                            .sum()
+                    })
+            })
+            .sum::<usize>() as f64
+            / ms.len() as f64
+    };
+    let mut us: [Vec<f64>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let names = [
+        "passthrough",
+        "encrypt",
+        "encrypt-noheaders",
+        "encrypt-16B-headers",
+    ];
+    let mut topics = Vec::new();
+    for r in 0..3 {
+        for n in names {
+            topics.push(format!("bench.produce-floor.{name}.{n}.{r}"));
+        }
+    }
+    let refs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 3)).collect();
+    create_topics(bs, &refs);
+    for r in 0..3 {
+        for (i, set) in [&sets[0], &sets[1], &sets[1], &sets[1]]
+            .into_iter()
+            .enumerate()
+        {
+            let topic = format!("bench.produce-floor.{name}.{}.{r}", names[i]);
+            // The settings `run` gives its producer (pipeline/mod.rs).
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", bs)
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .create()?;
+            let t0 = self_cpu_ticks()?;
+            for m in set {
+                // Headers built per record, as the transform builds them.
+                // Variant 2 drops the headers; variant 3 keeps each header with
+                // its value cut to 16 bytes (the size of a DEK id).
+                let headers = m.headers().filter(|_| i != 2).map(|h| {
+                    h.iter().fold(OwnedHeaders::new_with_capacity(1), |o, h| {
+                        o.insert(Header {
+                            key: h.key,
+                            value: h
+                                .value
+                                .map(|v| if i == 3 { &v[..v.len().min(16)] } else { v }),
+                        })
+                    })
+                });
+                let mut rec = BaseRecord::to(&topic).partition(m.partition());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                if let Some(h) = headers {
+                    rec = rec.headers(h);
+                }
+                let mut rec = rec;
+                loop {
+                    match p.send(rec) {
+                        Ok(()) => break,
+                        Err((e, back))
+                            if e.rdkafka_error_code()
+                                == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                        {
+                            rec = back;
+                            p.poll(Duration::from_millis(5));
+                        }
+                        Err((e, _)) => bail!("producing to {topic}: {e}"),
+                    }
+                }
+                p.poll(Duration::ZERO);
+            }
+            p.flush(Duration::from_secs(120))?;
+            let cpu = (self_cpu_ticks()? - t0) as f64 / hz;
+            us[i].push(cpu / set.len() as f64 * 1e6);
+        }
+    }
+    let [plain_us, encrypted_us, no_headers_us, short_headers_us] = us.map(median);
+    Ok(ProduceFloor {
+        schema: name.to_string(),
+        plain_bytes: size(&sets[0]),
+        encrypted_bytes: size(&sets[1]),
+        plain_us,
+        encrypted_us,
+        no_headers_us,
+        short_headers_us,
+    })
 }
 
 /// Counter totals from one /metrics text.
@@ -339,7 +528,7 @@ fn one_run(
         "-- {schema} {} round {round}: {source} -> {target}",
         mode.name()
     );
-    let sub = if mode == Mode::Floor {
+    let sub = if matches!(mode, Mode::Floor | Mode::FloorOut) {
         "forward"
     } else {
         "run"
@@ -429,7 +618,7 @@ fn one_run(
     let fields = metric(&text, "fieldcrypt_fields_total", &[]);
     match mode {
         Mode::Encrypt if fields == 0.0 => bail!("{tag}: the encrypt run transformed no fields"),
-        Mode::Passthrough | Mode::Floor if fields > 0.0 => {
+        Mode::Passthrough | Mode::Floor | Mode::FloorOut if fields > 0.0 => {
             bail!("{tag}: the {} run transformed {fields} fields", mode.name())
         }
         _ => {}
@@ -530,6 +719,16 @@ fn report(runs: &[Run], out: &Path, a: &Args) -> Result<()> {
                 e.1 / p.1,
                 e.0 / p.0
             );
+            if let (Some(f), Some(fo)) = (get(Mode::Floor), get(Mode::FloorOut)) {
+                let wire = fo.1 - f.1;
+                println!(
+                    "{s}: encrypt costs {:.2} µs/record over pass-through; forwarding the encrypted records costs {wire:.2} µs/record over forwarding the plain ones (floor-out / floor {:.2}), leaving {:.2} µs/record for the transform; pass-through + that wire cost alone is {:.2}x pass-through",
+                    e.1 - p.1,
+                    fo.1 / f.1,
+                    e.1 - p.1 - wire,
+                    (p.1 + wire) / p.1
+                );
+            }
         }
     }
     println!("\nraw results: {}", out.join("results.tsv").display());
