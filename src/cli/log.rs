@@ -59,11 +59,15 @@ pub fn filter_spec(
 /// Installs the subscriber and the panic hook. `Err`: the filter is invalid.
 pub fn init(format: LogFormat, spec: &str, from: &str) -> Result<(), String> {
     let _ = FORMAT.set(format);
-    let filter = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| {
+    // Validated as given, so the error quotes what the user wrote.
+    tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| {
         format!(
             "{from}: \"{spec}\" is not a log filter ({e}); use a level (error, warn, info, debug, trace) or e.g. \"info,librdkafka=debug\""
         )
     })?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(fieldcrypt::keys::driver::cap_client_logs(spec))
+            .map_err(|e| format!("{from}: \"{spec}\": {e}"))?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -369,20 +369,18 @@ impl Config {
                 "a letter or '_', then letters, digits, '_' or '-' (at most 64), as the DEK Registry requires",
             ));
         }
-        if !["local-kms", "aws-kms"].contains(&c.kms_type.as_str()) {
+        let Some(kms) = crate::keys::Provider::of_confluent_type(&c.kms_type) else {
             return Err(invalid(
                 key("confluent.kms_type"),
                 format!(
-                    "\"{}\": fieldcrypt speaks local-kms and aws-kms",
-                    c.kms_type
+                    "\"{}\": fieldcrypt speaks {}",
+                    c.kms_type,
+                    crate::keys::Provider::confluent_types()
                 ),
             ));
-        }
-        if c.kms_type == "aws-kms" && !c.kms_key_id.starts_with("arn:aws") {
-            return Err(invalid(
-                key("confluent.kms_key_id"),
-                "aws-kms needs the key's full ARN (Confluent's clients find the region in it)",
-            ));
+        };
+        if let Err(hint) = kms.driver().check_confluent_key_id(&c.kms_key_id) {
+            return Err(invalid(key("confluent.kms_key_id"), hint));
         }
         if c.kms_key_id.is_empty() {
             return Err(invalid(key("confluent.kms_key_id"), "must not be empty"));

@@ -23,12 +23,12 @@ fn against(base: &Path, p: &Path) -> PathBuf {
 /// path against `base`; any other reference as it is.
 fn kek_against(cfg_kind: Provider, base: &Path, r: &str) -> String {
     match crate::keys::provider::KekRef::parse(r, cfg_kind) {
-        Ok(k) if k.provider == Provider::Local => {
+        Ok(k) if k.provider.driver().names_a_file() => {
             let p = Path::new(&k.name);
             if p.is_absolute() {
                 r.to_string()
             } else {
-                format!("local:{}", base.join(p).display())
+                format!("{}:{}", k.provider.name(), base.join(p).display())
             }
         }
         // Invalid references are left for validation to name.

@@ -11,16 +11,13 @@ use moka::future::Cache;
 use zeroize::Zeroizing;
 
 use super::crypto::{Algorithm, Dek};
-use super::local_kms::LocalKek;
 use super::rules::EncryptRule;
-use crate::keys::aws::AwsKms;
-use crate::keys::{EncryptionContext, Kms, KmsError, WrappedKey};
+use crate::keys::driver::Clients;
+use crate::keys::{EncryptionContext, Kms, KmsConfig, KmsError, Provider, WrappedKey};
 use crate::registry::dek::{DekVersion, NewDek, NewKek};
 use crate::registry::{RegistryError, SchemaRegistry};
 
-/// The environment variables holding the `local-kms` secret, in order (the
-/// second is the one Confluent's clients read).
-pub const LOCAL_SECRET_ENV: [&str; 2] = ["FIELDCRYPT_LOCAL_KMS_SECRET", "LOCAL_SECRET"];
+pub use super::local_kms::LOCAL_SECRET_ENV;
 
 /// Why a DEK of Confluent's format is not available. None of these is about one
 /// record: the pipeline waits (unavailable) or stops (the rest).
@@ -40,11 +37,10 @@ pub enum CsfleKeyError {
         algorithm: &'static str,
     },
     #[error(
-        "KEK {kek} is of KMS type {kms_type}, which fieldcrypt does not speak (local-kms, aws-kms)"
+        "KEK {kek} is of KMS type {kms_type}, which fieldcrypt does not speak ({})",
+        Provider::confluent_types()
     )]
     UnsupportedKms { kek: String, kms_type: String },
-    #[error("KEK {0} uses local-kms, but no secret is set: put it in FIELDCRYPT_LOCAL_KMS_SECRET (or LOCAL_SECRET)")]
-    NoLocalSecret(String),
     #[error("KEK {kek} in the DEK Registry names KMS {found}, but the rule says {expected}: refusing to wrap or unwrap data keys with a KEK the rule does not name (fix the rule's encrypt.kms.type / encrypt.kms.key.id, or the KEK)")]
     KekMismatch {
         kek: String,
@@ -103,10 +99,10 @@ type DekKey = (String, String, &'static str, u32);
 /// (KEK, subject, algorithm) for routes whose DEKs expire.
 pub struct CsfleKeys {
     registry: Arc<SchemaRegistry>,
-    /// Where AWS KMS is, for `aws-kms` KEKs; the client is built on first use.
-    aws_settings: crate::keys::aws::AwsSettings,
-    aws: tokio::sync::OnceCell<aws_sdk_kms::Client>,
-    local: Option<LocalKek>,
+    /// What the KMS drivers open KEKs with (clients built on first use).
+    clients: Clients,
+    /// Each (KMS type, key id) opened once through its driver.
+    opened: Cache<(&'static str, String), Arc<dyn Kms>>,
     auto_register: bool,
     deks: Cache<DekKey, Arc<Dek>>,
     latest: Cache<(String, String, &'static str), (u32, i64)>,
@@ -115,31 +111,26 @@ pub struct CsfleKeys {
 impl std::fmt::Debug for CsfleKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CsfleKeys")
-            .field("local_kms", &self.local.is_some())
-            .field("aws_kms", &self.aws.initialized())
+            .field("opened_keks", &self.opened.entry_count())
             .field("cached_deks", &self.deks.entry_count())
             .finish()
     }
 }
 
 impl CsfleKeys {
-    /// `aws_settings`: where AWS KMS is for `aws-kms` KEKs; the `local-kms`
-    /// secret is read from the environment now.
+    /// `kms`: the `[kms]` config, whose provider settings the drivers use (AWS
+    /// KMS's region and endpoint when the provider is AWS); the `local-kms` secret
+    /// is read from the environment when a `local-kms` KEK is first used.
     pub fn new(
         registry: Arc<SchemaRegistry>,
-        aws_settings: crate::keys::aws::AwsSettings,
+        kms: &KmsConfig,
         auto_register: bool,
         capacity: u64,
     ) -> Self {
-        let local = LOCAL_SECRET_ENV
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-            .map(|s| LocalKek::from_secret(&Zeroizing::new(s)));
         CsfleKeys {
             registry,
-            aws_settings,
-            aws: tokio::sync::OnceCell::new(),
-            local,
+            clients: Clients::new(kms),
+            opened: Cache::builder().max_capacity(1_000).build(),
             auto_register,
             deks: Cache::builder().max_capacity(capacity).build(),
             // Short: another writer may rotate the subject's DEK.
@@ -362,29 +353,16 @@ impl CsfleKeys {
         kms_key_id: &str,
         proto: &[u8],
     ) -> Result<Vec<u8>, CsfleKeyError> {
-        match kms_type {
-            "local-kms" => self
-                .local_kek(kek)?
-                .wrap(proto)
-                .map_err(|_| CsfleKeyError::Kms {
-                    kek: kek.into(),
-                    source: KmsError::Config("local-kms could not wrap the DEK".into()),
-                }),
-            "aws-kms" => self
-                .aws_kms(kek, kms_key_id)
-                .await?
-                .encrypt_data_key(proto, &EncryptionContext::new())
-                .await
-                .map(|w| w.blob)
-                .map_err(|source| CsfleKeyError::Kms {
-                    kek: kek.into(),
-                    source,
-                }),
-            other => Err(CsfleKeyError::UnsupportedKms {
-                kek: kek.into(),
-                kms_type: other.into(),
-            }),
-        }
+        let kms_err = |source| CsfleKeyError::Kms {
+            kek: kek.into(),
+            source,
+        };
+        self.kms(kek, kms_type, kms_key_id)
+            .await?
+            .encrypt_data_key(proto, &EncryptionContext::new())
+            .await
+            .map(|w| w.blob)
+            .map_err(kms_err)
     }
 
     async fn unwrap(
@@ -394,54 +372,42 @@ impl CsfleKeys {
         kms_key_id: &str,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CsfleKeyError> {
-        match kms_type {
-            "local-kms" => self
-                .local_kek(kek)?
-                .unwrap(blob)
-                .map_err(|_| CsfleKeyError::Kms {
-                    kek: kek.into(),
-                    source: KmsError::InvalidCiphertext,
-                }),
-            "aws-kms" => self
-                .aws_kms(kek, kms_key_id)
-                .await?
-                .decrypt_data_key(
-                    &WrappedKey {
-                        kek: kms_key_id.to_string(),
-                        blob: blob.to_vec(),
-                    },
-                    &EncryptionContext::new(),
-                )
-                .await
-                .map_err(|source| CsfleKeyError::Kms {
-                    kek: kek.into(),
-                    source,
-                }),
-            other => Err(CsfleKeyError::UnsupportedKms {
+        let kms = self.kms(kek, kms_type, kms_key_id).await?;
+        kms.decrypt_data_key(
+            &WrappedKey {
+                kek: kms_key_id.to_string(),
+                blob: blob.to_vec(),
+            },
+            &EncryptionContext::new(),
+        )
+        .await
+        .map_err(|source| CsfleKeyError::Kms {
+            kek: kek.into(),
+            source,
+        })
+    }
+
+    /// The KEK `kek` of Confluent type `kms_type`, opened by its driver once.
+    async fn kms(
+        &self,
+        kek: &str,
+        kms_type: &str,
+        kms_key_id: &str,
+    ) -> Result<Arc<dyn Kms>, CsfleKeyError> {
+        let Some(p) = Provider::of_confluent_type(kms_type) else {
+            return Err(CsfleKeyError::UnsupportedKms {
                 kek: kek.into(),
-                kms_type: other.into(),
-            }),
-        }
-    }
-
-    fn local_kek(&self, kek: &str) -> Result<&LocalKek, CsfleKeyError> {
-        self.local
-            .as_ref()
-            .ok_or_else(|| CsfleKeyError::NoLocalSecret(kek.into()))
-    }
-
-    /// AWS KMS for the key `kms_key_id` (a key ARN), with no encryption context
-    /// (Confluent's clients bind none).
-    async fn aws_kms(&self, kek: &str, kms_key_id: &str) -> Result<AwsKms, CsfleKeyError> {
-        let client = self
-            .aws
-            .get_or_try_init(|| crate::keys::aws::client(&self.aws_settings))
+                kms_type: kms_type.into(),
+            });
+        };
+        let key = (p.name(), kms_key_id.to_string());
+        self.opened
+            .try_get_with(key, p.driver().open_confluent(kms_key_id, &self.clients))
             .await
-            .map_err(|source| CsfleKeyError::Kms {
+            .map_err(|e: Arc<KmsError>| CsfleKeyError::Kms {
                 kek: kek.into(),
-                source,
-            })?;
-        Ok(AwsKms::new(client.clone(), kms_key_id))
+                source: (*e).clone(),
+            })
     }
 }
 

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::crypto::{CsfleError, GCM_IV_LEN, GCM_TAG_LEN};
+use crate::keys::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
 
 /// Derives the local-kms KEK from its secret: RFC 5869 HKDF-SHA256 with no salt
 /// (32 zero bytes), empty info, 16 bytes out, i.e. `PRK = HMAC(0^32, secret)`,
@@ -124,6 +125,99 @@ impl LocalKek {
             )
             .map_err(|_| CsfleError::Unwrap)?;
         Ok(proto)
+    }
+}
+
+/// The environment variables holding the `local-kms` secret, in order (the
+/// second is the one Confluent's clients read).
+pub const LOCAL_SECRET_ENV: [&str; 2] = ["FIELDCRYPT_LOCAL_KMS_SECRET", "LOCAL_SECRET"];
+
+/// Confluent's `local-kms` as a [`Kms`] (the local driver's Confluent side):
+/// wraps and unwraps DEK protos with the secret's KEK. It binds no encryption
+/// context, as Confluent's clients bind none, so a non-empty one is refused
+/// rather than silently ignored.
+pub struct ConfluentLocalKms {
+    kek: LocalKek,
+}
+
+impl fmt::Debug for ConfluentLocalKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfluentLocalKms(..)")
+    }
+}
+
+impl ConfluentLocalKms {
+    pub fn new(kek: LocalKek) -> Self {
+        ConfluentLocalKms { kek }
+    }
+
+    /// The KEK of the secret in [`LOCAL_SECRET_ENV`].
+    pub fn from_env() -> Result<Self, KmsError> {
+        LOCAL_SECRET_ENV
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+            .map(|s| ConfluentLocalKms::new(LocalKek::from_secret(&Zeroizing::new(s))))
+            .ok_or_else(|| {
+                KmsError::Config(
+                    "local-kms needs its secret: put it in FIELDCRYPT_LOCAL_KMS_SECRET (or LOCAL_SECRET)"
+                        .into(),
+                )
+            })
+    }
+
+    fn no_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
+        if ctx.is_empty() {
+            Ok(())
+        } else {
+            Err(KmsError::Config(
+                "Confluent's local-kms binds no encryption context".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Kms for ConfluentLocalKms {
+    fn kek_id(&self) -> &str {
+        "local-kms"
+    }
+
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let mut plaintext = Zeroizing::new(vec![0u8; len]);
+        rand::rng().fill_bytes(&mut plaintext);
+        let wrapped = self.encrypt_data_key(&plaintext, ctx).await?;
+        Ok(DataKey { plaintext, wrapped })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Self::no_context(ctx)?;
+        self.kek
+            .unwrap(&wrapped.blob)
+            .map_err(|_| KmsError::InvalidCiphertext)
+    }
+
+    async fn encrypt_data_key(
+        &self,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<WrappedKey, KmsError> {
+        Self::no_context(ctx)?;
+        let blob = self
+            .kek
+            .wrap(plaintext)
+            .map_err(|_| KmsError::Config("local-kms could not wrap the DEK".into()))?;
+        Ok(WrappedKey {
+            kek: self.kek_id().to_string(),
+            blob,
+        })
     }
 }
 

@@ -44,7 +44,7 @@ impl AwsConfig {
     pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, (&'static str, String)> {
         match self.key_id.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Ok(super::provider::KekRef {
-                provider: super::provider::Provider::Aws,
+                provider: PROVIDER,
                 name: k.strip_prefix("aws:").unwrap_or(k).to_string(),
             }),
             None => Err((
@@ -62,6 +62,89 @@ impl AwsConfig {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The AWS provider's entry in the driver table: KMS keys by id, alias or ARN
+/// (`aws:KEY`; wrapped keys name the key's ARN), and Confluent's `aws-kms` (a key
+/// ARN, no encryption context). One SDK client per [`super::driver::Clients`],
+/// reaching the `[kms]` table's region and endpoint when the provider is AWS, the
+/// AWS configuration chain's otherwise.
+pub struct AwsDriver;
+
+/// The AWS provider.
+pub const PROVIDER: super::driver::Provider = super::driver::Provider::new(&AwsDriver);
+
+impl AwsDriver {
+    async fn client(&self, clients: &super::driver::Clients) -> Result<Client, KmsError> {
+        let settings = match &clients.config().provider {
+            super::provider::ProviderConfig::Aws(c) => c.settings(),
+            _ => AwsSettings::default(),
+        };
+        let c = clients
+            .get_or_build("aws", || async move { client(&settings).await })
+            .await?;
+        Ok((*c).clone())
+    }
+}
+
+#[async_trait]
+impl super::driver::KmsDriver for AwsDriver {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn confluent_type(&self) -> Option<&'static str> {
+        Some("aws-kms")
+    }
+
+    fn claims_wrapped(&self, kek_id: &str) -> bool {
+        is_aws_key(kek_id)
+    }
+
+    fn chatty_log_targets(&self) -> &'static [&'static str] {
+        // The SDK dumps requests and responses (key ids, ARNs, wrapped keys) at
+        // trace, and its HTTP stack logs connections at debug.
+        &[
+            "aws_smithy_runtime",
+            "aws_smithy_runtime_api",
+            "aws_smithy_http_client",
+            "aws_sdk_kms",
+            "aws_runtime",
+            "aws_config",
+            "hyper",
+            "hyper_util",
+            "rustls",
+        ]
+    }
+
+    fn check_confluent_key_id(&self, kms_key_id: &str) -> Result<(), String> {
+        if is_aws_key(kms_key_id) {
+            Ok(())
+        } else {
+            Err(
+                "aws-kms needs the key's full ARN (Confluent's clients find the region in it)"
+                    .into(),
+            )
+        }
+    }
+
+    async fn open(
+        &self,
+        name: &str,
+        clients: &super::driver::Clients,
+    ) -> Result<std::sync::Arc<dyn Kms>, KmsError> {
+        let c = self.client(clients).await?;
+        Ok(std::sync::Arc::new(AwsKms::new(c, name).resolve().await?))
+    }
+
+    async fn open_confluent(
+        &self,
+        kms_key_id: &str,
+        clients: &super::driver::Clients,
+    ) -> Result<std::sync::Arc<dyn Kms>, KmsError> {
+        let c = self.client(clients).await?;
+        Ok(std::sync::Arc::new(AwsKms::new(c, kms_key_id)))
     }
 }
 
@@ -365,7 +448,7 @@ impl Kms for AwsKms {
         // provider's id (`local:…`) means the caller unwraps and wraps instead.
         let other_provider = matches!(
             super::provider::Provider::of_wrapped(dest),
-            Some(p) if p != super::provider::Provider::Aws
+            Some(p) if p != PROVIDER
         );
         if !is_aws_key(&wrapped.kek) || other_provider || dest.is_empty() {
             return Ok(None);

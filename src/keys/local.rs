@@ -45,9 +45,58 @@ impl LocalConfig {
             return Err(("kek_file", "must name a file".into()));
         }
         Ok(super::provider::KekRef {
-            provider: super::provider::Provider::Local,
+            provider: PROVIDER,
             name: self.kek_file.to_string_lossy().into_owned(),
         })
+    }
+}
+
+/// The local provider's entry in the driver table: KEK files for fieldcrypt's
+/// format (`local:PATH`; wrapped keys name `local:<fingerprint>`), and Confluent's
+/// `local-kms` (a KEK derived from the secret in `FIELDCRYPT_LOCAL_KMS_SECRET` or
+/// `LOCAL_SECRET`, as Confluent's clients derive it).
+pub struct LocalDriver;
+
+/// The local provider.
+pub const PROVIDER: super::driver::Provider = super::driver::Provider::new(&LocalDriver);
+
+#[async_trait]
+impl super::driver::KmsDriver for LocalDriver {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn confluent_type(&self) -> Option<&'static str> {
+        Some("local-kms")
+    }
+
+    fn claims_wrapped(&self, kek_id: &str) -> bool {
+        kek_id.starts_with("local:")
+    }
+
+    fn names_a_file(&self) -> bool {
+        true
+    }
+
+    async fn open(
+        &self,
+        name: &str,
+        _clients: &super::driver::Clients,
+    ) -> Result<std::sync::Arc<dyn Kms>, KmsError> {
+        Ok(std::sync::Arc::new(
+            LocalKms::open(Path::new(name))
+                .map_err(|e| KmsError::Config(format!("{e} (KEK local:{name})")))?,
+        ))
+    }
+
+    async fn open_confluent(
+        &self,
+        _kms_key_id: &str,
+        _clients: &super::driver::Clients,
+    ) -> Result<std::sync::Arc<dyn Kms>, KmsError> {
+        // Confluent's local-kms ignores the key id: the secret is the key.
+        crate::csfle::local_kms::ConfluentLocalKms::from_env()
+            .map(|k| std::sync::Arc::new(k) as std::sync::Arc<dyn Kms>)
     }
 }
 

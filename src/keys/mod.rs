@@ -1,5 +1,5 @@
-//! Key management: the KMS interface, its providers (local KEK file, AWS KMS; chosen
-//! and configured in [`provider`]), the layers around it (instrumented, resilient) and the key ring of KEKs, the
+//! Key management: the KMS interface, its providers (local KEK file, AWS KMS; one
+//! driver each in the table of [`driver`], configured in [`provider`]), the layers around it (instrumented, resilient) and the key ring of KEKs, the
 //! keyset file of long-lived wrapped keys (deterministic and blind-index), and the
 //! data-key caches for randomized encryption (encrypt side) and unwrapping (decrypt
 //! side). Plaintext key bytes never leave this module except into the cipher
@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod clock;
 pub mod dek;
+pub mod driver;
 pub mod instrumented;
 pub mod keyset;
 pub mod kms;
@@ -20,7 +21,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use dek::{Dek, DekCache, DekManager, DekSettings, DekStats, WrappedDek};
 pub use instrumented::Instrumented;
 pub use keyset::{KeyMaterial, Keyset, Purpose};
-pub use kms::{EncryptionContext, Kms, KmsError, WrappedKey};
+pub use kms::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
 pub use local::LocalKms;
 pub use provider::{KekRef, KmsConfig, Provider, ProviderConfig};
 pub use resilient::{Resilient, RetryPolicy};

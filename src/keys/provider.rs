@@ -9,9 +9,8 @@
 //! provider recorded (`local:<fingerprint>`, an `arn:aws…:kms:` ARN), so unwrapping
 //! goes to exactly one provider and an id no provider claims is refused.
 //!
-//! Adding a provider: a file under `keys/` with its config struct, its [`Kms`]
-//! implementation and an `open` function, plus one arm in [`ProviderConfig`] and
-//! in [`Provider`] here.
+//! Providers themselves are the entries of the driver table ([`super::driver`]);
+//! this module only reads the config and opens what it names through them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,43 +19,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::aws::{self, AwsConfig, AwsKms};
+use super::aws::AwsConfig;
+use super::driver::Clients;
+pub use super::driver::Provider;
 use super::kms::{Kms, KmsError};
-use super::local::{LocalConfig, LocalKms};
+use super::local::LocalConfig;
 use super::resilient::RetryPolicy;
 use super::ring::KeyRing;
-
-/// The kinds of KMS fieldcrypt can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    /// A 32-byte KEK in a local file.
-    Local,
-    /// AWS KMS.
-    Aws,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 2] = [Provider::Local, Provider::Aws];
-
-    /// The name used in `provider = "..."` and as a reference prefix.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Local => "local",
-            Provider::Aws => "aws",
-        }
-    }
-
-    /// The provider that recorded `kek_id` in a wrapped key, if any.
-    pub fn of_wrapped(kek_id: &str) -> Option<Provider> {
-        if kek_id.starts_with("local:") {
-            Some(Provider::Local)
-        } else if aws::is_aws_key(kek_id) {
-            Some(Provider::Aws)
-        } else {
-            None
-        }
-    }
-}
 
 /// One KEK as the config names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,12 +38,11 @@ pub struct KekRef {
 impl KekRef {
     /// Reads `local:PATH`, `aws:KEY`, or an unprefixed name of the `default` kind.
     pub fn parse(s: &str, default: Provider) -> Result<KekRef, String> {
-        let (provider, name) = Provider::ALL
-            .iter()
+        let (provider, name) = Provider::all()
             .find_map(|p| {
                 s.strip_prefix(p.name())
                     .and_then(|rest| rest.strip_prefix(':'))
-                    .map(|rest| (*p, rest))
+                    .map(|rest| (p, rest))
             })
             .unwrap_or((default, s));
         if name.is_empty() {
@@ -110,8 +78,8 @@ impl Default for ProviderConfig {
 impl ProviderConfig {
     pub fn kind(&self) -> Provider {
         match self {
-            ProviderConfig::Local(_) => Provider::Local,
-            ProviderConfig::Aws(_) => Provider::Aws,
+            ProviderConfig::Local(_) => super::local::PROVIDER,
+            ProviderConfig::Aws(_) => super::aws::PROVIDER,
         }
     }
 
@@ -176,12 +144,9 @@ impl<'de> Deserialize<'de> for KmsConfig {
         }
         table
             .entry("provider")
-            .or_insert_with(|| Provider::Local.name().into());
+            .or_insert_with(|| super::local::PROVIDER.name().into());
         cfg.provider = toml::Value::Table(table).try_into().map_err(|e| {
-            D::Error::custom(format!(
-                "kms: {e} (providers: {})",
-                Provider::ALL.map(Provider::name).join(", ")
-            ))
+            D::Error::custom(format!("kms: {e} (providers: {})", Provider::names()))
         })?;
         Ok(cfg)
     }
@@ -244,18 +209,17 @@ impl KmsConfig {
     }
 }
 
-/// Opens KEKs of any provider, each client built once.
-struct Opener<'a> {
-    config: &'a KmsConfig,
-    aws: Option<aws_sdk_kms::Client>,
+/// Opens KEKs of any provider through its driver, each client built once and
+/// each KEK opened once.
+struct Opener {
+    clients: Clients,
     opened: HashMap<KekRef, Arc<dyn Kms>>,
 }
 
-impl<'a> Opener<'a> {
-    fn new(config: &'a KmsConfig) -> Self {
+impl Opener {
+    fn new(config: &KmsConfig) -> Self {
         Opener {
-            config,
-            aws: None,
+            clients: Clients::new(config),
             opened: HashMap::new(),
         }
     }
@@ -264,25 +228,7 @@ impl<'a> Opener<'a> {
         if let Some(k) = self.opened.get(r) {
             return Ok(k.clone());
         }
-        let kms: Arc<dyn Kms> = match r.provider {
-            Provider::Local => Arc::new(
-                LocalKms::open(std::path::Path::new(&r.name))
-                    .map_err(|e| KmsError::Config(format!("{e} (KEK {r})")))?,
-            ),
-            Provider::Aws => {
-                if self.aws.is_none() {
-                    // The `[kms]` table's region and endpoint when it is the AWS
-                    // provider; otherwise the AWS configuration chain's.
-                    let settings = match &self.config.provider {
-                        ProviderConfig::Aws(c) => c.settings(),
-                        _ => Default::default(),
-                    };
-                    self.aws = Some(aws::client(&settings).await?);
-                }
-                let client = self.aws.clone().expect("built above");
-                Arc::new(AwsKms::new(client, r.name.clone()).resolve().await?)
-            }
-        };
+        let kms = r.provider.driver().open(&r.name, &self.clients).await?;
         self.opened.insert(r.clone(), kms.clone());
         Ok(kms)
     }
@@ -340,7 +286,7 @@ mod tests {
     #[test]
     fn no_table_and_an_empty_table_are_the_local_provider() {
         let c = parse("[kms]\n").unwrap();
-        assert_eq!(c.provider.kind(), Provider::Local);
+        assert_eq!(c.provider.kind(), crate::keys::local::PROVIDER);
         assert_eq!(
             c.kek_file(),
             Some(std::path::Path::new(".fieldcrypt/kek.key"))
@@ -374,35 +320,31 @@ mod tests {
 
     #[test]
     fn references_name_their_provider_or_take_the_default_kind() {
-        let local = KekRef::parse("local:/k/a.key", Provider::Aws).unwrap();
-        assert_eq!(
-            (local.provider, local.name.as_str()),
-            (Provider::Local, "/k/a.key")
-        );
-        let aws = KekRef::parse("aws:alias/x", Provider::Local).unwrap();
-        assert_eq!(
-            (aws.provider, aws.name.as_str()),
-            (Provider::Aws, "alias/x")
-        );
+        use crate::keys::{aws::PROVIDER as AWS, local::PROVIDER as LOCAL};
+        let local = KekRef::parse("local:/k/a.key", AWS).unwrap();
+        assert_eq!((local.provider, local.name.as_str()), (LOCAL, "/k/a.key"));
+        let aws = KekRef::parse("aws:alias/x", LOCAL).unwrap();
+        assert_eq!((aws.provider, aws.name.as_str()), (AWS, "alias/x"));
         let arn = "arn:aws:kms:us-east-1:111122223333:key/abc";
-        let r = KekRef::parse(arn, Provider::Aws).unwrap();
-        assert_eq!((r.provider, r.name.as_str()), (Provider::Aws, arn));
-        let bare = KekRef::parse("keys/t.key", Provider::Local).unwrap();
-        assert_eq!(bare.provider, Provider::Local);
-        assert!(KekRef::parse("aws:", Provider::Local).is_err());
-        assert!(KekRef::parse("", Provider::Local).is_err());
+        let r = KekRef::parse(arn, AWS).unwrap();
+        assert_eq!((r.provider, r.name.as_str()), (AWS, arn));
+        let bare = KekRef::parse("keys/t.key", LOCAL).unwrap();
+        assert_eq!(bare.provider, LOCAL);
+        assert!(KekRef::parse("aws:", LOCAL).is_err());
+        assert!(KekRef::parse("", LOCAL).is_err());
     }
 
     #[test]
     fn wrapped_key_ids_belong_to_one_provider_or_none() {
-        assert_eq!(Provider::of_wrapped("local:ab12"), Some(Provider::Local));
+        use crate::keys::{aws::PROVIDER as AWS, local::PROVIDER as LOCAL};
+        assert_eq!(Provider::of_wrapped("local:ab12"), Some(LOCAL));
         assert_eq!(
             Provider::of_wrapped("arn:aws:kms:us-east-1:111122223333:key/abc"),
-            Some(Provider::Aws)
+            Some(AWS)
         );
         assert_eq!(
             Provider::of_wrapped("arn:aws-cn:kms:cn-north-1:111122223333:key/abc"),
-            Some(Provider::Aws)
+            Some(AWS)
         );
         // A second remote provider's ids must not be routed to AWS.
         assert_eq!(Provider::of_wrapped("vault:transit/k"), None);

@@ -344,13 +344,9 @@ impl Transformer {
             });
         }
         let csfle = registry.as_ref().map(|reg| {
-            let aws = match &config.kms.provider {
-                crate::config::ProviderConfig::Aws(a) => a.settings(),
-                _ => Default::default(),
-            };
             Arc::new(CsfleKeys::new(
                 reg.clone(),
-                aws,
+                &config.kms,
                 config.schema_registry.auto_register,
                 config.dek.cache_capacity,
             ))
