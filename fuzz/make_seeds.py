@@ -214,11 +214,18 @@ def ciphertext_seeds():
             h = bytes([1, 2]) + SIV_KEY_ID
             ct = AESSIV(SIV_KEY).encrypt(pt, [h + ctx.encode()])  # IV first, then body
             save("ciphertext", bytes([ci]) + h + ct)
+            # Version 2 (GCM only): the id's first 8 bytes in the header, the whole
+            # id in the associated data.
+            h = bytes([2, 1]) + GCM_KEY_ID[:8]
+            ct = AESGCM(GCM_KEY).encrypt(nonce, pt, h + GCM_KEY_ID + ctx.encode())
+            save("ciphertext", bytes([ci]) + h + nonce + ct)
     # Damaged: unknown version, algorithm, key; header only.
     save("ciphertext", bytes([0, 2, 1]) + GCM_KEY_ID + bytes(28))
     save("ciphertext", bytes([0, 1, 3]) + GCM_KEY_ID + bytes(28))
     save("ciphertext", bytes([1, 1, 1]) + bytes(16) + bytes(28))
     save("ciphertext", bytes([1, 1, 2]) + SIV_KEY_ID)
+    save("ciphertext", bytes([0, 2, 2]) + SIV_KEY_ID[:8] + bytes(16))  # v2 has no SIV
+    save("ciphertext", bytes([0, 2, 1]) + GCM_KEY_ID[:8] + bytes(27))  # one byte short
 
 
 def dek_header(scope, kek, blob, kid=bytes(range(16))):

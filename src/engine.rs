@@ -366,7 +366,7 @@ impl Engine {
         };
         self.encryptors.get_or_build(key, || {
             let plan = self.encrypt_plan_tagged(schema, metadata, label)?;
-            Ok(Encryptor::new(plan, &self.keys)?)
+            Ok(Encryptor::new(plan, &self.keys)?.writing(self.config.crypto.write_version()))
         })
     }
 
@@ -382,7 +382,7 @@ impl Engine {
                 label,
                 self.config.schema.max_depth,
             )?);
-            Ok(Decryptor::new(plan, self.keys.clone()))
+            Ok(Decryptor::new(plan, self.keys.clone()).accepting(self.config.crypto.accepted()))
         })
     }
 }

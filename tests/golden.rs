@@ -66,6 +66,32 @@ fn gcm_field_ciphertext_is_pinned() {
 }
 
 #[test]
+fn gcm_field_ciphertext_version_2_is_pinned() {
+    use fieldcrypt::crypto::format::Version;
+    let v = &vectors()["aes_256_gcm_v2"];
+    let k = RandomizedKey::new(hex16(&v["key_id"]), &key(&v["key_labels"])).unwrap();
+    let nonce: [u8; 12] = hex::decode(v["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let pt = avro_string(v["value"].as_str().unwrap());
+    let mut ct = Vec::new();
+    k.seal_with_nonce_in(
+        Version::V2,
+        &nonce,
+        v["context"].as_str().unwrap(),
+        &pt,
+        &mut ct,
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&ct), v["ciphertext"].as_str().unwrap());
+    let mut back = Vec::new();
+    k.open_into(v["context"].as_str().unwrap(), &ct, &mut back)
+        .unwrap();
+    assert_eq!(back, pt);
+}
+
+#[test]
 fn siv_field_ciphertext_is_pinned() {
     let v = &vectors()["aes_256_siv"];
     let k = DeterministicKey::new(hex16(&v["key_id"]), &key(&v["key_labels"])).unwrap();

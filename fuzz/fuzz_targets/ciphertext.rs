@@ -11,9 +11,7 @@
 use std::sync::OnceLock;
 
 use fieldcrypt::crypto::cipher::{DeterministicKey, RandomizedKey};
-use fieldcrypt::crypto::format::{
-    associated_data, Algorithm, Header, GCM_NONCE_LEN, HEADER_LEN, VERSION,
-};
+use fieldcrypt::crypto::format::{associated_data, Algorithm, Header, Version, GCM_NONCE_LEN};
 use fieldcrypt::crypto::CryptoError;
 use fieldcrypt_fuzz::{gcm_key, siv_key, CONTEXTS, GCM_KEY_ID, SIV_KEY_ID};
 use libfuzzer_sys::fuzz_target;
@@ -35,12 +33,12 @@ fuzz_target!(|data: &[u8]| {
     let header = Header::parse(ct);
     match &header {
         Ok(h) => {
-            assert!(ct.len() >= h.algorithm.overhead(), "parsed a ciphertext shorter than its overhead");
-            assert!(h.to_bytes()[..] == ct[..HEADER_LEN], "header does not re-encode to its bytes");
-            assert_eq!(ct[0], VERSION);
+            assert!(ct.len() >= h.algorithm.overhead_in(h.version), "parsed a ciphertext shorter than its overhead");
+            assert!(h.to_bytes()[..] == ct[..h.len()], "header does not re-encode to its bytes");
+            assert_eq!(Version::from_byte(ct[0]), Some(h.version));
             let mut ad = Vec::new();
-            let a = associated_data(&ct[..HEADER_LEN], context, &mut ad);
-            assert_eq!(a.len(), HEADER_LEN + context.len());
+            let a = associated_data(&ct[..h.len()], context, &mut ad);
+            assert_eq!(a.len(), h.len() + context.len());
         }
         Err(e) => assert!(matches!(e, CryptoError::Malformed(_)), "header error of the wrong kind: {e}"),
     }
@@ -51,12 +49,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(()) => {
             let h = header.as_ref().expect("opened a ciphertext whose header does not parse");
             assert_eq!(h.algorithm, Algorithm::Aes256Gcm);
-            assert_eq!(h.key_id, GCM_KEY_ID);
+            assert!(h.key.matches(&GCM_KEY_ID));
             let pt = &out[PREFIX.len()..];
-            assert_eq!(pt.len() + Algorithm::Aes256Gcm.overhead(), ct.len(), "GCM plaintext length");
-            let nonce: [u8; GCM_NONCE_LEN] = ct[HEADER_LEN..HEADER_LEN + GCM_NONCE_LEN].try_into().unwrap();
+            assert_eq!(pt.len() + Algorithm::Aes256Gcm.overhead_in(h.version), ct.len(), "GCM plaintext length");
+            let nonce: [u8; GCM_NONCE_LEN] = ct[h.len()..h.len() + GCM_NONCE_LEN].try_into().unwrap();
             let mut again = Vec::new();
-            gcm.seal_with_nonce(&nonce, context, pt, &mut again).expect("GCM reseal");
+            gcm.seal_with_nonce_in(h.version, &nonce, context, pt, &mut again).expect("GCM reseal");
             assert!(again == ct, "GCM plaintext does not seal back to the same ciphertext");
         }
         Err(e) => {
@@ -73,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(()) => {
             let h = header.as_ref().expect("opened a ciphertext whose header does not parse");
             assert_eq!(h.algorithm, Algorithm::Aes256Siv);
-            assert_eq!(h.key_id, SIV_KEY_ID);
+            assert!(h.key.matches(&SIV_KEY_ID) && h.version == Version::V1);
             let pt = &out[PREFIX.len()..];
             assert_eq!(pt.len() + Algorithm::Aes256Siv.overhead(), ct.len(), "SIV plaintext length");
             let mut again = Vec::new();

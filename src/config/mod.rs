@@ -73,6 +73,8 @@ pub struct Config {
     pub schema_registry: SchemaRegistryConfig,
     /// The `/metrics` and `/health` listener (for `fieldcrypt run`).
     pub metrics: MetricsConfig,
+    /// Field ciphertext format versions written and read.
+    pub crypto: CryptoConfig,
     /// The file this config was read from (`None`: the embedded defaults), so
     /// that the commands a message suggests carry the same `--config`.
     #[serde(skip)]
@@ -147,6 +149,102 @@ impl Default for DekConfig {
             max_uses: DEFAULT_MAX_USES,
             cache_capacity: 10_000,
         }
+    }
+}
+
+/// `[crypto]`: the field ciphertext format versions (docs/ENCRYPTION.md). A new
+/// version rolls out readers first (every instance that decrypts runs a release
+/// that reads it), then writers (`write_version`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    /// The version randomized fields are written in (default 1, the newest
+    /// every supported release reads; 2 saves 8 bytes per field). Deterministic
+    /// fields are version 1 whatever this says, so they stay comparable.
+    pub write_version: u8,
+    /// The versions decrypting opens (default every version this release
+    /// knows); a ciphertext of another is a dead letter (`malformed_ciphertext`).
+    pub read_versions: Vec<u8>,
+}
+
+impl Default for CryptoConfig {
+    fn default() -> Self {
+        CryptoConfig {
+            write_version: crate::crypto::format::Version::DEFAULT_WRITE.number(),
+            read_versions: crate::crypto::format::Version::ALL
+                .iter()
+                .map(|v| v.number())
+                .collect(),
+        }
+    }
+}
+
+impl CryptoConfig {
+    fn known() -> String {
+        crate::crypto::format::Version::ALL
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The version writers write (validated at start-up).
+    pub fn write_version(&self) -> crate::crypto::format::Version {
+        crate::crypto::format::Version::from_byte(self.write_version)
+            .unwrap_or(crate::crypto::format::Version::DEFAULT_WRITE)
+    }
+
+    /// The versions readers open (validated at start-up).
+    pub fn accepted(&self) -> crate::crypto::format::Accepted {
+        let v: Vec<_> = self
+            .read_versions
+            .iter()
+            .filter_map(|b| crate::crypto::format::Version::from_byte(*b))
+            .collect();
+        crate::crypto::format::Accepted::of(&v)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        use crate::crypto::format::Version;
+        if Version::from_byte(self.write_version).is_none() {
+            return Err((
+                "crypto.write_version".into(),
+                format!(
+                    "{} is not a format version this release writes ({})",
+                    self.write_version,
+                    Self::known()
+                ),
+            ));
+        }
+        if self.read_versions.is_empty() {
+            return Err((
+                "crypto.read_versions".into(),
+                format!("must name at least one version ({})", Self::known()),
+            ));
+        }
+        if let Some(v) = self
+            .read_versions
+            .iter()
+            .find(|v| Version::from_byte(**v).is_none())
+        {
+            return Err((
+                "crypto.read_versions".into(),
+                format!(
+                    "{v} is not a format version this release reads ({})",
+                    Self::known()
+                ),
+            ));
+        }
+        if !self.read_versions.contains(&self.write_version) {
+            return Err((
+                "crypto.write_version".into(),
+                format!(
+                    "{} is not in crypto.read_versions {:?}: this instance could not read what it writes; add it there",
+                    self.write_version, self.read_versions
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -400,6 +498,7 @@ impl Config {
         component(self.kms.validate())?;
         component(self.pipeline.validate())?;
         component(self.schema_registry.validate())?;
+        component(self.crypto.validate())?;
         if !(1..=1_000_000).contains(&self.schema.max_fields) {
             return Err(invalid(
                 "schema.max_fields",

@@ -9,7 +9,8 @@ use rand::RngCore;
 
 use super::accel::Gcm256;
 use super::format::{
-    associated_data, Algorithm, Header, KeyId, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN, SIV_IV_LEN,
+    associated_data, Algorithm, Header, KeyId, Version, GCM_NONCE_LEN, GCM_TAG_LEN, HEADER_LEN,
+    SIV_IV_LEN,
 };
 use super::siv::{Siv, SivPrefix};
 use super::CryptoError;
@@ -42,17 +43,28 @@ impl RandomizedKey {
         &self.id
     }
 
-    /// Appends the ciphertext of `plaintext` for field `context` to `out`. On
-    /// error `out` is left as it was (never with the plaintext in it).
+    /// Appends the version 1 ciphertext of `plaintext` for field `context` to
+    /// `out`. On error `out` is left as it was (never with the plaintext in it).
     pub fn seal_into(
         &self,
         context: &str,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
+        self.seal_in(Version::V1, context, plaintext, out)
+    }
+
+    /// As [`seal_into`](Self::seal_into) in format `version`.
+    pub fn seal_in(
+        &self,
+        version: Version,
+        context: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let mut nonce = [0u8; GCM_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        self.seal_with_nonce(&nonce, context, plaintext, out)
+        self.seal_with_nonce_in(version, &nonce, context, plaintext, out)
     }
 
     /// As [`seal_into`](Self::seal_into) with a caller-chosen nonce. Only for golden
@@ -65,22 +77,33 @@ impl RandomizedKey {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let header = Header {
-            algorithm: Algorithm::Aes256Gcm,
-            key_id: self.id,
-        }
-        .to_bytes();
-        out.reserve(plaintext.len() + Algorithm::Aes256Gcm.overhead());
+        self.seal_with_nonce_in(Version::V1, nonce, context, plaintext, out)
+    }
+
+    /// As [`seal_with_nonce`](Self::seal_with_nonce) in format `version`.
+    #[doc(hidden)]
+    pub fn seal_with_nonce_in(
+        &self,
+        version: Version,
+        nonce: &[u8; GCM_NONCE_LEN],
+        context: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let h = Header::new(version, Algorithm::Aes256Gcm, &self.id);
+        let header = h.to_bytes();
+        out.reserve(plaintext.len() + Algorithm::Aes256Gcm.overhead_in(version));
         let start = out.len();
         out.extend_from_slice(&header);
         out.extend_from_slice(nonce);
         let body = out.len();
         out.extend_from_slice(plaintext);
-        // The associated data (format::associated_data) in two parts, not copied.
+        // The associated data (format::associated_data) in parts, not copied.
         // GCM only refuses plaintexts over 64 GiB; fail closed all the same.
+        let [hd, id] = Header::ad_parts(&header, h.version, &self.id);
         let tag = self
             .cipher
-            .seal(nonce, &[&header, context.as_bytes()], &mut out[body..]);
+            .seal(nonce, &[hd, id, context.as_bytes()], &mut out[body..]);
         match tag {
             Ok(tag) => {
                 out.extend_from_slice(&tag);
@@ -109,19 +132,21 @@ impl RandomizedKey {
                 "not an AES-256-GCM ciphertext".into(),
             ));
         }
-        if header.key_id != self.id {
-            return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
+        if !header.key.matches(&self.id) {
+            return Err(CryptoError::UnknownKey(header.key.hex()));
         }
-        let nonce: &[u8; GCM_NONCE_LEN] = ct[HEADER_LEN..HEADER_LEN + GCM_NONCE_LEN]
+        let hl = header.len();
+        let nonce: &[u8; GCM_NONCE_LEN] = ct[hl..hl + GCM_NONCE_LEN]
             .try_into()
             .expect("Header::parse checked the length");
-        let body = &ct[HEADER_LEN + GCM_NONCE_LEN..ct.len() - GCM_TAG_LEN];
+        let body = &ct[hl + GCM_NONCE_LEN..ct.len() - GCM_TAG_LEN];
         let tag: &[u8; GCM_TAG_LEN] = ct[ct.len() - GCM_TAG_LEN..]
             .try_into()
             .expect("Header::parse checked the length");
         let start = out.len();
         out.extend_from_slice(body);
-        let ad: [&[u8]; 2] = [&ct[..HEADER_LEN], context.as_bytes()];
+        let [hd, id] = Header::ad_parts(&ct[..hl], header.version, &self.id);
+        let ad: [&[u8]; 3] = [hd, id, context.as_bytes()];
         let ok = self.cipher.open(nonce, &ad, &mut out[start..], tag).is_ok();
         if !ok {
             out.truncate(start);
@@ -198,12 +223,10 @@ impl DeterministicKey {
         Ok(())
     }
 
-    fn header(&self) -> [u8; HEADER_LEN] {
-        Header {
-            algorithm: Algorithm::Aes256Siv,
-            key_id: self.id,
-        }
-        .to_bytes()
+    /// Always version 1: SIV has no other layout, so equal values give equal
+    /// bytes whatever version a writer is configured for.
+    fn header(&self) -> super::format::HeaderBytes {
+        Header::new(Version::V1, Algorithm::Aes256Siv, &self.id).to_bytes()
     }
 
     /// Appends the plaintext of `ct` to `out`; on failure `out` is unchanged.
@@ -219,9 +242,10 @@ impl DeterministicKey {
                 "not an AES-256-SIV ciphertext".into(),
             ));
         }
-        if header.key_id != self.id {
-            return Err(CryptoError::UnknownKey(hex::encode(header.key_id)));
+        if !header.key.matches(&self.id) {
+            return Err(CryptoError::UnknownKey(header.key.hex()));
         }
+        // Parsing refuses SIV in any version but 1: the header is HEADER_LEN long.
         let iv = &ct[HEADER_LEN..HEADER_LEN + SIV_IV_LEN];
         let start = out.len();
         out.extend_from_slice(&ct[HEADER_LEN + SIV_IV_LEN..]);
@@ -274,20 +298,20 @@ mod tests {
     fn every_flipped_bit_is_detected() {
         let k = gcm();
         let d = siv();
-        for key in 0..2 {
+        for key in 0..3 {
             let mut ct = Vec::new();
-            if key == 0 {
-                k.seal_into("R.a", b"abc", &mut ct).unwrap()
-            } else {
-                d.seal_into("R.a", b"abc", &mut ct).unwrap()
+            match key {
+                0 => k.seal_into("R.a", b"abc", &mut ct).unwrap(),
+                1 => d.seal_into("R.a", b"abc", &mut ct).unwrap(),
+                _ => k.seal_in(Version::V2, "R.a", b"abc", &mut ct).unwrap(),
             }
             for i in 0..ct.len() * 8 {
                 let mut bad = ct.clone();
                 bad[i / 8] ^= 1 << (i % 8);
-                let r = if key == 0 {
-                    k.open_into("R.a", &bad, &mut Vec::new())
-                } else {
+                let r = if key == 1 {
                     d.open_into("R.a", &bad, &mut Vec::new())
+                } else {
+                    k.open_into("R.a", &bad, &mut Vec::new())
                 };
                 assert!(r.is_err(), "bit {i} flip went unnoticed");
             }
@@ -329,5 +353,81 @@ mod tests {
             gcm().open_into("R.a", &ct[..20], &mut Vec::new()),
             Err(CryptoError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn version_2_is_8_bytes_shorter_and_binds_the_whole_key_id() {
+        let k = gcm();
+        let mut ct = Vec::new();
+        k.seal_in(Version::V2, "R.a", b"hello", &mut ct).unwrap();
+        assert_eq!(ct.len(), 5 + Algorithm::Aes256Gcm.overhead() - 8);
+        assert_eq!((ct[0], ct[1]), (2, 1));
+        let mut pt = Vec::new();
+        k.open_into("R.a", &ct, &mut pt).unwrap();
+        assert_eq!(pt, b"hello");
+        // The same key bytes under an id that shares the stored 8 bytes: the
+        // header matches, the associated data (the whole id) does not.
+        let mut twin_id = [7u8; 16];
+        twin_id[15] = 8;
+        let twin = RandomizedKey::new(twin_id, &[1u8; 32]).unwrap();
+        assert_eq!(
+            twin.open_into("R.a", &ct, &mut Vec::new()),
+            Err(CryptoError::Authentication)
+        );
+        // SIV has no version 2 layout: a "version 2" SIV header is malformed.
+        let mut s = Vec::new();
+        siv().seal_into("R.a", b"x", &mut s).unwrap();
+        s[0] = 2;
+        assert!(matches!(
+            siv().open_into("R.a", &s, &mut Vec::new()),
+            Err(CryptoError::Malformed(_))
+        ));
+    }
+
+    /// A reader of version 1 only, written from docs/ENCRYPTION.md with the
+    /// `aes-gcm` crate (not this module): what a release from before version 2
+    /// does with a GCM field ciphertext.
+    fn v1_only_reader(
+        key: &[u8; 32],
+        key_id: &[u8; 16],
+        context: &str,
+        ct: &[u8],
+    ) -> Result<Vec<u8>, &'static str> {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        if ct.len() < 46 || ct[0] != 1 {
+            return Err("unknown format version");
+        }
+        if ct[1] != 1 || &ct[2..18] != key_id {
+            return Err("not this key");
+        }
+        let mut aad = ct[..18].to_vec();
+        aad.extend_from_slice(context.as_bytes());
+        aes_gcm::Aes256Gcm::new_from_slice(key)
+            .unwrap()
+            .decrypt(
+                aes_gcm::Nonce::from_slice(&ct[18..30]),
+                Payload {
+                    msg: &ct[30..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| "authentication")
+    }
+
+    #[test]
+    fn a_v1_only_reader_reads_a_writer_configured_for_v1_and_refuses_v2() {
+        let k = gcm();
+        let mut v1 = Vec::new();
+        k.seal_in(Version::V1, "R.a", b"hello", &mut v1).unwrap();
+        assert_eq!(
+            v1_only_reader(&[1u8; 32], &[7u8; 16], "R.a", &v1).unwrap(),
+            b"hello"
+        );
+        let mut v2 = Vec::new();
+        k.seal_in(Version::V2, "R.a", b"hello", &mut v2).unwrap();
+        assert_eq!(
+            v1_only_reader(&[1u8; 32], &[7u8; 16], "R.a", &v2),
+            Err("unknown format version")
+        );
     }
 }

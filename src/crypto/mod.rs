@@ -29,6 +29,9 @@ pub enum CryptoError {
     /// Authentication failed: tampered, truncated, moved to another field, or wrong key.
     #[error("ciphertext failed authentication (tampered, moved from another field, or wrong key)")]
     Authentication,
+    /// A ciphertext of a known format version this reader is configured to refuse.
+    #[error("ciphertext is in format version {0}, which this reader does not accept (crypto.read_versions); add it there, or have writers write a version readers accept (crypto.write_version)")]
+    VersionRefused(u8),
     /// A key of the wrong length reached a cipher.
     #[error("key material has the wrong length for {0}")]
     KeyLength(&'static str),

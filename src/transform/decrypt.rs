@@ -13,7 +13,7 @@ use super::{
 };
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::cipher::RandomizedKey;
-use crate::crypto::format::{Algorithm, Header, KeyId};
+use crate::crypto::format::{Accepted, Algorithm, Header, KeyId, KeyRef};
 use crate::crypto::CryptoError;
 use crate::keys::keyset::KeyMaterial;
 use crate::schema::model::{NodeId, SchemaTree};
@@ -22,11 +22,23 @@ use crate::schema::plan::{DecryptAction, DecryptField, DecryptPlan};
 /// Unwrapped DEKs available to one decrypt call, by key id.
 pub type DekSet = HashMap<KeyId, Arc<RandomizedKey>>;
 
+/// The DEK a header names: by its id (version 1), or the one whose id starts
+/// with the header's 8 bytes (version 2; the cipher then authenticates the whole
+/// id, so a second DEK sharing those bytes could only fail to open, never open).
+fn find_dek<'a>(deks: &'a DekSet, key: &KeyRef) -> Option<&'a Arc<RandomizedKey>> {
+    match key {
+        KeyRef::Id(id) => deks.get(id),
+        KeyRef::Prefix(_) => deks.iter().find(|(id, _)| key.matches(id)).map(|(_, k)| k),
+    }
+}
+
 /// Decrypts records of one encrypted schema. Built once per schema, shared by threads.
 #[derive(Debug)]
 pub struct Decryptor {
     plan: Arc<DecryptPlan>,
     keys: Arc<KeyMaterial>,
+    /// The ciphertext format versions this reader opens (`crypto.read_versions`).
+    accepted: Accepted,
 }
 
 /// Per-call state.
@@ -37,7 +49,17 @@ pub struct DecState<'a> {
 
 impl Decryptor {
     pub fn new(plan: Arc<DecryptPlan>, keys: Arc<KeyMaterial>) -> Self {
-        Decryptor { plan, keys }
+        Decryptor {
+            plan,
+            keys,
+            accepted: Accepted::default(),
+        }
+    }
+
+    /// This decryptor, opening only ciphertexts of the `accepted` versions.
+    pub fn accepting(mut self, accepted: Accepted) -> Self {
+        self.accepted = accepted;
+        self
     }
 
     pub fn plan(&self) -> &Arc<DecryptPlan> {
@@ -93,21 +115,24 @@ impl Decryptor {
         let ct = cur.read_bytes()?;
         let crypto = |e: CryptoError| TransformError::new(TransformErrorKind::Crypto(e));
         let header = Header::parse(ct).map_err(crypto)?;
+        self.accepted.check(&header).map_err(crypto)?;
         let start = out.len();
         match header.algorithm {
             Algorithm::Aes256Gcm => {
-                let key = st
-                    .deks
-                    .get(&header.key_id)
-                    .ok_or_else(|| crypto(CryptoError::UnknownKey(hex::encode(header.key_id))))?;
+                let key = find_dek(st.deks, &header.key)
+                    .ok_or_else(|| crypto(CryptoError::UnknownKey(header.key.hex())))?;
                 key.open_into(&f.context, ct, out).map_err(crypto)?;
                 st.counts.randomized += 1;
             }
             Algorithm::Aes256Siv => {
+                let KeyRef::Id(id) = &header.key else {
+                    // Parsing admits SIV only in version 1, which names whole ids.
+                    return Err(crypto(CryptoError::UnknownKey(header.key.hex())));
+                };
                 let key = self
                     .keys
-                    .deterministic_by_id(&header.key_id)
-                    .ok_or_else(|| crypto(CryptoError::UnknownKey(hex::encode(header.key_id))))?;
+                    .deterministic_by_id(id)
+                    .ok_or_else(|| crypto(CryptoError::UnknownKey(header.key.hex())))?;
                 key.open_into(&f.context, ct, out).map_err(crypto)?;
                 st.counts.deterministic += 1;
             }

@@ -11,7 +11,7 @@ use super::{
 use crate::avro::binary::{walk, write_long, Cursor, Discard};
 use crate::crypto::blind_index::BlindIndexKey;
 use crate::crypto::cipher::DeterministicKey;
-use crate::crypto::format::Algorithm;
+use crate::crypto::format::{Algorithm, Version};
 use crate::crypto::siv::SivPrefix;
 use crate::keys::keyset::{KeyMaterial, KeysetError};
 use crate::keys::Dek;
@@ -45,6 +45,9 @@ pub struct Encryptor {
     /// or map claims more as it repeats; a null or a branch not taken leaves a
     /// use unspent, which only retires the DEK a little early).
     randomized: u64,
+    /// The field ciphertext format version randomized fields are written in
+    /// (`crypto.write_version`; SIV fields are always version 1).
+    version: Version,
 }
 
 /// The blind index of one encrypted field: its key, whether its value is text,
@@ -149,7 +152,14 @@ impl Encryptor {
             plan,
             acts,
             randomized,
+            version: Version::DEFAULT_WRITE,
         })
+    }
+
+    /// This encryptor, writing randomized fields in format `version`.
+    pub fn writing(mut self, version: Version) -> Self {
+        self.version = version;
+        self
     }
 
     pub fn plan(&self) -> &Arc<EncryptPlan> {
@@ -250,12 +260,17 @@ impl Encryptor {
                     st.claimed = n;
                 }
                 st.claimed -= 1;
-                write_long(out, (pt.len() + Algorithm::Aes256Gcm.overhead()) as i64);
+                write_long(
+                    out,
+                    (pt.len() + Algorithm::Aes256Gcm.overhead_in(self.version)) as i64,
+                );
                 let start = out.len();
-                dek.key().seal_into(&f.context, pt, out).map_err(|e| {
-                    out.truncate(start);
-                    TransformError::new(TransformErrorKind::Crypto(e))
-                })?;
+                dek.key()
+                    .seal_in(self.version, &f.context, pt, out)
+                    .map_err(|e| {
+                        out.truncate(start);
+                        TransformError::new(TransformErrorKind::Crypto(e))
+                    })?;
                 st.counts.randomized += 1;
             }
             Some((k, prefix)) => {

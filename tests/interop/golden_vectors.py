@@ -1,7 +1,9 @@
 """Checks tests/golden/vectors.json with an independent implementation (pyca/cryptography),
 following docs/ENCRYPTION.md only: header = version 0x01, algorithm, 16-byte key id;
 associated data = header || field context; GCM: header || nonce || ct || tag;
-SIV: header || siv || ct; blind index = HMAC-SHA256 truncated.
+SIV: header || siv || ct; version 2 (GCM): header = 0x02, 0x01, the key id's first 8
+bytes, associated data = header || whole key id || field context; blind index =
+HMAC-SHA256 truncated.
 
 Usage: golden_vectors.py [--write]   (--write fills in the expected values)
 """
@@ -57,6 +59,15 @@ def compute(v):
     ct_tag = AESGCM(key(g["key_labels"])).encrypt(nonce, pt, header + g["context"].encode())
     g["plaintext"], g["ciphertext"] = pt.hex(), (header + nonce + ct_tag).hex()
     assert AESGCM(key(g["key_labels"])).decrypt(nonce, ct_tag, header + g["context"].encode()) == pt
+
+    g2 = v["aes_256_gcm_v2"]
+    pt = avro_string(g2["value"])
+    kid = bytes.fromhex(g2["key_id"])
+    header = bytes([2, 1]) + kid[:8]
+    nonce = bytes.fromhex(g2["nonce"])
+    aad = header + kid + g2["context"].encode()
+    ct_tag = AESGCM(key(g2["key_labels"])).encrypt(nonce, pt, aad)
+    g2["plaintext"], g2["ciphertext"] = pt.hex(), (header + nonce + ct_tag).hex()
 
     s = v["aes_256_siv"]
     pt = avro_string(s["value"])
