@@ -7,14 +7,15 @@
 //! - [`schema`]: compiles Avro schemas, selects sensitive fields (attributes, tags,
 //!   rules), and derives transform plans and the encrypted output schema.
 //! - [`avro`]: the Avro binary encoding walked as bytes, and object container files.
-//! - [`crypto`]: the field ciphertext format, AES-256-GCM / AES-SIV ciphers and HMAC
+//! - [`crypto`]: the field ciphertext format (versioned: readers accept every
+//!   version they know, writers write `crypto.write_version`), AES-256-GCM / AES-SIV ciphers and HMAC
 //!   blind indexes. Pure: bytes and keys in, bytes out. AES runs on AES-NI kernels
 //!   where the CPU has them, portably elsewhere (`crypto::accel` chooses once).
 //! - [`csfle`]: Confluent's client-side field-level encryption format (Tink
 //!   ciphertexts, DEK protos, local-kms), spoken per route beside fieldcrypt's own.
-//! - [`keys`]: the KMS interface and its providers (`keys::provider` says which
-//!   exist and opens them from `[kms]`: the local KEK file, AWS KMS; a new provider
-//!   is one file there plus one enum arm), the instrumented and resilient layers,
+//! - [`keys`]: the KMS interface and its providers (one driver each in the table of
+//!   `keys::driver`, used by both formats: the local KEK file, AWS KMS; configured
+//!   from `[kms]` by `keys::provider`), the instrumented and resilient layers,
 //!   the key ring of KEKs (per route or tenant), the keyset file of wrapped
 //!   long-lived keys (rotate, rewrap), and the DEK caches.
 //! - [`transform`]: the record walker that encrypts or decrypts one datum by plan, and
@@ -46,9 +47,10 @@
 //!   primitives micro-benchmark (`bench::primitives`) its crypto cost is judged by.
 //! - `cli` (binary only): the `fieldcrypt` command line.
 //!
-//! Where new things go: a KMS provider in `keys/` (see `keys::provider`); an input
-//! or ciphertext format beside `kafka::wire` and `crypto::format`, chosen per route
-//! in `kafka::route`; a sink beside `pipeline::produce`.
+//! Where new things go (CONTRIBUTING.md has the files of each): a KMS provider in
+//! `keys/` with its driver in `keys::driver`; a ciphertext version in
+//! `crypto::format`; a sink beside `pipeline::produce`. An input format other than
+//! Avro has no seam yet.
 
 // `unsafe` only in `crypto::aesni`: calling its AES-NI functions once the CPU
 // has been seen to have the instructions (that module says why it is sound).
