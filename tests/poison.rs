@@ -655,7 +655,7 @@ fn a_schema_version_without_the_markings_is_refused() {
     let v2_file = dir.path().join("v2.avsc");
     std::fs::write(&v2_file, &v2).unwrap();
     raw.routes[0].value_schema = Some(v2_file);
-    raw.routes[0].require = vec!["com.example.crm.Customer.ssn".into()];
+    raw.routes[0].require = vec!["com.example.crm.Customer.ssn".parse().unwrap()];
     let e = match fieldcrypt::pipeline::record::Transformer::new(engine(&raw), &raw, None) {
         Err(e) => e,
         Ok(_) => panic!("a raw schema below the route's require was accepted"),
@@ -664,7 +664,7 @@ fn a_schema_version_without_the_markings_is_refused() {
         e.contains("leaves in clear") && e.contains("Customer.ssn"),
         "{e}"
     );
-    raw.routes[0].require = vec!["com.example.crm.Customer.nope".into()];
+    raw.routes[0].require = vec!["com.example.crm.Customer.nope".parse().unwrap()];
     let e = match fieldcrypt::pipeline::record::Transformer::new(engine(&raw), &raw, None) {
         Err(e) => e,
         Ok(_) => panic!("a typo in require was accepted"),

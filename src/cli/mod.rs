@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use fieldcrypt::config::Config;
 use fieldcrypt::engine::{open_kek, open_kms, Engine};
-use fieldcrypt::file::{decrypt_file, encrypt_file_with};
+use fieldcrypt::file::{decrypt_file_with, encrypt_file_with};
 use fieldcrypt::keys::keyset::Purpose;
 use fieldcrypt::keys::{Keyset, Kms, LocalKms};
 use fieldcrypt::loadgen::{self, Limit, LoadSpec};
@@ -388,7 +388,10 @@ async fn run(cmd: Command) -> Result<()> {
             input,
             output,
         } => {
-            let opts = fieldcrypt::file::EncryptOptions { allow_unencrypted };
+            let opts = fieldcrypt::file::EncryptOptions {
+                allow_unencrypted,
+                ..Default::default()
+            };
             file_cmd(config.as_deref(), &input, &output, Some(opts)).await
         }
         Command::DecryptFile {
@@ -611,14 +614,16 @@ async fn file_cmd(
     output: &Path,
     encrypting: Option<fieldcrypt::file::EncryptOptions>,
 ) -> Result<()> {
-    stop_file_commands_on_signal();
+    let cancel = cancel_on_signal();
     let engine = Engine::start(load_config(config)?).await?;
     let bar = ProgressView::new(input);
     let mut progress = |b, r| bar.update(b, r);
+    let encrypts = encrypting.is_some();
     let report = if let Some(opts) = encrypting {
+        let opts = fieldcrypt::file::EncryptOptions { cancel, ..opts };
         encrypt_file_with(&engine, input, output, opts, &mut progress).await
     } else {
-        decrypt_file(&engine, input, output, &mut progress).await
+        decrypt_file_with(&engine, input, output, &cancel, &mut progress).await
     };
     bar.finish();
     let r = report?;
@@ -629,7 +634,7 @@ async fn file_cmd(
         output.display()
     );
     let f = &r.fields;
-    let summary = if encrypting.is_some() {
+    let summary = if encrypts {
         format!(
             "encrypted {} records ({} randomized, {} deterministic, {} blind indexes, {} null) \
              with {} data key(s) {rate}",
@@ -761,16 +766,20 @@ fn finish_report(r: &loadgen::Report, path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-/// On SIGINT or SIGTERM, file commands stop at their next block and leave no
-/// output (the staged file is dropped unnamed); the process then exits non-zero.
-fn stop_file_commands_on_signal() {
-    tokio::spawn(async {
+/// A token cancelled on SIGINT or SIGTERM (the pipeline's cancellation type):
+/// file commands stop at their next block and leave no output (the staged file
+/// is dropped unnamed); the process then exits non-zero.
+fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
         shutdown_signal().await;
-        fieldcrypt::file::interrupt();
+        on_signal.cancel();
     });
+    cancel
 }
 
+/// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

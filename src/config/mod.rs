@@ -657,16 +657,6 @@ impl Config {
                     "require and allow_downgrade shape what is encrypted; a decrypting route has neither",
                 ));
             }
-            if let Some(bad) = r
-                .require
-                .iter()
-                .find(|x| !x.starts_with("tag:") && !x.contains('.'))
-            {
-                return Err(invalid(
-                    format!("routes[{i}].require"),
-                    format!("\"{bad}\" is neither <record full name>.<field> nor tag:NAME"),
-                ));
-            }
             let registry = self.schema_registry.url.is_some();
             if !registry && r.value_schema.is_none() {
                 return Err(invalid(

@@ -35,18 +35,13 @@ use crate::transform::{Counts, TransformError};
 pub mod staged;
 
 use staged::Staged;
+use tokio_util::sync::CancellationToken;
 
-/// Set by [`interrupt`]; file commands stop at the next block.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Asks running file commands to stop (SIGINT/SIGTERM): each returns
-/// [`FileError::Interrupted`] at its next block, and its output never appears.
-pub fn interrupt() {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-fn check_interrupted(output: &Path) -> Result<(), FileError> {
-    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+/// A cancelled token (SIGINT/SIGTERM in the CLI; the pipeline's type) stops a
+/// file command at its next block with [`FileError::Interrupted`], and its output
+/// never appears.
+fn check_interrupted(output: &Path, cancel: &CancellationToken) -> Result<(), FileError> {
+    if cancel.is_cancelled() {
         return Err(FileError::Interrupted {
             path: output.to_path_buf(),
         });
@@ -269,12 +264,14 @@ fn same_file(input: &Path, output: &Path) -> bool {
 }
 
 /// How `encrypt-file` treats a schema with nothing to encrypt.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct EncryptOptions {
     /// Write the file even when its schema encrypts nothing (default: refuse,
     /// since that is most often a misspelled rule or marking and the output
     /// would be plaintext).
     pub allow_unencrypted: bool,
+    /// Stops the command at its next block (default: never cancelled).
+    pub cancel: CancellationToken,
 }
 
 /// Encrypts `input` into `output`; a schema with nothing to encrypt is refused.
@@ -345,7 +342,7 @@ pub async fn encrypt_file_with(
     let mut report = FileReport::default();
     let mut block_index = 0u64;
     while let Some(block) = reader.next_block().map_err(container_err(input))? {
-        check_interrupted(output)?;
+        check_interrupted(output, &options.cancel)?;
         let min = enc.plan().tree.min_size(enc.plan().tree.root);
         block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
         let mut out = Vec::with_capacity(block.data.len() + block.data.len() / 2 + 64);
@@ -403,7 +400,7 @@ pub async fn encrypt_file_with(
         std::io::copy(&mut body, &mut w).map_err(io_err(output))?;
         w.flush().map_err(io_err(output))?;
     }
-    check_interrupted(output)?;
+    check_interrupted(output, &options.cancel)?;
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)
@@ -477,6 +474,17 @@ pub async fn decrypt_file(
     output: &Path,
     progress: Progress<'_>,
 ) -> Result<FileReport, FileError> {
+    decrypt_file_with(engine, input, output, &CancellationToken::new(), progress).await
+}
+
+/// [`decrypt_file`], stopped at the next block when `cancel` is cancelled.
+pub async fn decrypt_file_with(
+    engine: &Engine,
+    input: &Path,
+    output: &Path,
+    cancel: &CancellationToken,
+    progress: Progress<'_>,
+) -> Result<FileReport, FileError> {
     let started = Instant::now();
     let invalid = |msg: String| FileError::Invalid {
         path: input.to_path_buf(),
@@ -523,7 +531,7 @@ pub async fn decrypt_file(
         let mut blocks = BlockWriter::new(w, reader.codec(), sync);
         let mut block_index = 0u64;
         while let Some(block) = reader.next_block().map_err(container_err(input))? {
-            check_interrupted(output)?;
+            check_interrupted(output, cancel)?;
             let min = dec.plan().tree.min_size(dec.plan().tree.root);
             block_count_plausible(input, block_index, block.count, block.data.len(), min)?;
             let mut out = Vec::with_capacity(block.data.len());
@@ -550,7 +558,7 @@ pub async fn decrypt_file(
         report.blocks = block_index;
         blocks.into_inner().flush().map_err(io_err(output))?;
     }
-    check_interrupted(output)?;
+    check_interrupted(output, cancel)?;
     finish(tmp, output, &mut report, reader_bytes(&reader))?;
     report.elapsed = started.elapsed();
     Ok(report)

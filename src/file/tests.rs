@@ -375,3 +375,38 @@ async fn a_successful_run_replaces_an_existing_output_whole() {
     assert_eq!(read_back(&fx.path("out.avro")).0, values);
     assert_eq!(fx.listing(), ["enc.avro", "in.avro", "out.avro"]);
 }
+
+#[tokio::test]
+async fn a_cancelled_command_stops_and_leaves_nothing() {
+    let fx = Fixture::new().await;
+    write_input(&fx.path("in.avro"), Codec::Null, 50);
+    fx.encrypt("in.avro", "enc.avro").await.unwrap();
+    let before = fx.listing();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel.cancel();
+    let r = encrypt_file_with(
+        &fx.engine,
+        &fx.path("in.avro"),
+        &fx.path("x.avro"),
+        EncryptOptions {
+            cancel: cancel.clone(),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .await;
+    assert!(matches!(r, Err(FileError::Interrupted { .. })), "{r:?}");
+    let r = decrypt_file_with(
+        &fx.engine,
+        &fx.path("enc.avro"),
+        &fx.path("y.avro"),
+        &cancel,
+        &mut |_, _| {},
+    )
+    .await;
+    assert!(matches!(r, Err(FileError::Interrupted { .. })), "{r:?}");
+    assert_eq!(fx.listing(), before, "a cancelled command left a file");
+    // A fresh token: the same process runs the next command (nothing global is
+    // left set, as the static flag this replaced was).
+    fx.decrypt("enc.avro", "y.avro").await.unwrap();
+}

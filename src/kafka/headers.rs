@@ -111,6 +111,13 @@ fn install_quiet_hook() {
 #[error("fieldcrypt.dek header is damaged: {0}")]
 pub struct DekHeaderError(&'static str);
 
+impl DekHeaderError {
+    /// What is wrong, without the "damaged" framing (for encoding failures).
+    pub fn reason(&self) -> &'static str {
+        self.0
+    }
+}
+
 /// Encodes a wrapped DEK as a header value.
 pub fn encode_dek(w: &WrappedDek) -> Result<Vec<u8>, DekHeaderError> {
     let mut v =

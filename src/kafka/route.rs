@@ -50,7 +50,7 @@ pub struct RouteConfig {
     /// (every field carrying that `confluent:tags` tag). A schema that leaves one
     /// in clear is refused (`policy_downgrade`); raw schemas are checked at start-up.
     #[serde(default)]
-    pub require: Vec<String>,
+    pub require: Vec<Requirement>,
     /// Encrypting with a registry: accept a writer schema that encrypts less than
     /// earlier versions of its subject (a deliberate downgrade). Default false:
     /// the encryption policy of a subject only grows.
@@ -398,6 +398,59 @@ impl Router {
     }
 }
 
+/// One `require` entry of a route, parsed once when the config is read: a field
+/// (`<record full name>.<field>`) or every field carrying a tag (`tag:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Requirement {
+    /// A field context: `com.acme.Customer.ssn`.
+    Field(String),
+    /// Every field carrying this `confluent:tags` tag.
+    Tag(String),
+}
+
+impl std::str::FromStr for Requirement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("tag:") {
+            Some("") => Err(format!("\"{s}\" names no tag: write tag:NAME")),
+            Some(tag) => Ok(Requirement::Tag(tag.to_string())),
+            None if s
+                .rsplit_once('.')
+                .is_some_and(|(r, f)| !r.is_empty() && !f.is_empty()) =>
+            {
+                Ok(Requirement::Field(s.to_string()))
+            }
+            None => Err(format!(
+                "\"{s}\" is neither <record full name>.<field> nor tag:NAME"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Requirement {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Requirement> for String {
+    fn from(r: Requirement) -> String {
+        r.to_string()
+    }
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Field(c) => f.write_str(c),
+            Requirement::Tag(t) => write!(f, "tag:{t}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +494,20 @@ mod tests {
         assert!(e.contains("routes[0].target"), "{e}");
         let e = Router::new(&[rc("^(", "t")]).err().unwrap().to_string();
         assert!(e.contains("invalid regex"), "{e}");
+    }
+
+    #[test]
+    fn require_entries_are_fields_or_tags_and_nothing_else() {
+        use super::Requirement;
+        assert_eq!(
+            "com.acme.Customer.ssn".parse(),
+            Ok(Requirement::Field("com.acme.Customer.ssn".into()))
+        );
+        assert_eq!("tag:PII".parse(), Ok(Requirement::Tag("PII".into())));
+        for bad in ["ssn", "tag:", ".ssn", "Customer."] {
+            let e = bad.parse::<Requirement>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert_eq!(Requirement::Tag("PII".into()).to_string(), "tag:PII");
     }
 }

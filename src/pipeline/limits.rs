@@ -26,12 +26,18 @@ pub const RECORD_OVERHEAD: usize = 128;
 /// How long a topic's limit is trusted before it is read again.
 const TTL: Duration = Duration::from_secs(300);
 
-/// The size a record takes against `message.max.bytes` / `max.message.bytes`.
-pub fn record_size<H: Headers>(key: Option<&[u8]>, payload: Option<&[u8]>, headers: &H) -> usize {
-    let hdrs: usize = headers
-        .iter()
-        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 10)
-        .sum();
+/// The size a record takes against `message.max.bytes` / `max.message.bytes`
+/// (the one size rule: the producer checks every output record with it).
+pub fn record_size<H: Headers>(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<&H>,
+) -> usize {
+    let hdrs: usize = headers.map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 10)
+            .sum()
+    });
     key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + hdrs + RECORD_OVERHEAD
 }
 
@@ -136,11 +142,11 @@ mod tests {
             value: Some(&[0u8; 100][..]),
         });
         assert_eq!(
-            record_size(Some(&[0u8; 10]), Some(&[0u8; 1000]), &h),
+            record_size(Some(&[0u8; 10]), Some(&[0u8; 1000]), Some(&h)),
             10 + 1000 + 3 + 100 + 10 + RECORD_OVERHEAD
         );
         assert_eq!(
-            record_size(None, None, &OwnedHeaders::new()),
+            record_size(None, None, Some(&OwnedHeaders::new())),
             RECORD_OVERHEAD
         );
     }

@@ -127,15 +127,7 @@ impl Out {
     }
 
     fn size<M: Message>(&self, msg: &M, buf: &[u8]) -> usize {
-        let hdrs = self.headers.as_ref().map_or(0, |h| {
-            h.iter()
-                .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 10)
-                .sum()
-        });
-        self.key(msg).map_or(0, <[u8]>::len)
-            + self.payload(msg, buf).map_or(0, <[u8]>::len)
-            + hdrs
-            + super::limits::RECORD_OVERHEAD
+        super::limits::record_size(self.key(msg), self.payload(msg, buf), self.headers.as_ref())
     }
 
     /// The dead letter of `msg`: its key and (per config) payload, its headers and

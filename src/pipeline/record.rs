@@ -25,7 +25,7 @@ use crate::csfle::plan::CsflePlan;
 use crate::csfle::transform::{CsfleCodec, DecryptFailure, ReadKeys};
 use crate::engine::{EncryptFailure, Engine};
 use crate::kafka::headers::{self, HeaderRef};
-use crate::kafka::route::{AcceptScopes, KeyFormat};
+use crate::kafka::route::{AcceptScopes, KeyFormat, Requirement};
 use crate::kafka::wire;
 use crate::keys::KmsError;
 use crate::registry::{RegistryError, SchemaRegistry, SubjectStrategy};
@@ -65,6 +65,10 @@ pub enum Fatal {
     /// A DEK of Confluent's format could not be had (DEK Registry or KMS).
     #[error(transparent)]
     Csfle(CsfleKeyError),
+    /// The current DEK's `fieldcrypt.dek` header cannot be written (its scope or
+    /// KEK id does not fit): every record under it would fail alike.
+    #[error("the fieldcrypt.dek header of the current DEK cannot be encoded: {}; shorten the route's scope (tenant) or KEK id", .0.reason())]
+    DekHeader(crate::kafka::headers::DekHeaderError),
 }
 
 impl Fatal {
@@ -75,6 +79,7 @@ impl Fatal {
             Fatal::Kms(e) => e.is_retriable(),
             Fatal::Registry(e) => matches!(e, RegistryError::Unavailable { .. }),
             Fatal::Csfle(e) => e.is_transient(),
+            Fatal::DekHeader(_) => false,
         }
     }
 
@@ -86,6 +91,7 @@ impl Fatal {
             Fatal::Csfle(CsfleKeyError::Registry(e)) => e.code(),
             Fatal::Csfle(e) if e.is_transient() => Code::KmsUnavailable,
             Fatal::Csfle(_) => Code::KmsRefused,
+            Fatal::DekHeader(_) => Code::Setup,
         }
     }
 }
@@ -220,7 +226,7 @@ struct RouteCodecs {
     /// across instances and restarts.
     scope: String,
     /// Fields that must be encrypted (`require`).
-    require: Vec<String>,
+    require: Vec<Requirement>,
     /// Accept writer schemas that encrypt less than earlier versions.
     allow_downgrade: bool,
     /// Let schemas with nothing to encrypt (or nothing encrypted) through.
@@ -271,22 +277,22 @@ fn refuse_for_good<T>(cache: &FramedCache, id: u32, target: &str, refused: Refus
 /// The first of a route's `require` entries that a Confluent-format plan leaves
 /// in clear (field contexts, and `tag:NAME` for every field carrying the tag).
 fn required_in_clear(
-    require: &[String],
+    require: &[Requirement],
     plan: &CsflePlan,
     metadata: &crate::schema::policy::MetadataTags,
 ) -> Option<String> {
     let encrypted = |ctx: &str| plan.selected.iter().any(|(n, _)| n == ctx);
     for r in require {
-        match r.strip_prefix("tag:") {
-            Some(tag) => {
+        match r {
+            Requirement::Tag(tag) => {
                 for ctx in crate::schema::policy::fields_tagged(&plan.tree, tag, metadata) {
                     if !encrypted(&ctx) {
                         return Some(format!("{ctx} (tag {tag})"));
                     }
                 }
             }
-            None if !encrypted(r) => return Some(r.clone()),
-            None => {}
+            Requirement::Field(f) if !encrypted(f) => return Some(f.clone()),
+            Requirement::Field(_) => {}
         }
     }
     None
@@ -294,16 +300,16 @@ fn required_in_clear(
 
 /// Adds a route's `require` entries to a floor: field contexts as they are, and
 /// for `tag:NAME` every field of the schema that carries the tag.
-fn add_required(require: &[String], plan: &EncryptPlan, floor: &mut Floor) {
+fn add_required(require: &[Requirement], plan: &EncryptPlan, floor: &mut Floor) {
     for r in require {
-        match r.strip_prefix("tag:") {
-            Some(tag) => {
+        match r {
+            Requirement::Tag(tag) => {
                 for ctx in plan.tagged(tag) {
                     floor.entry(ctx).or_insert(None);
                 }
             }
-            None => {
-                floor.entry(r.clone()).or_insert(None);
+            Requirement::Field(f) => {
+                floor.entry(f.clone()).or_insert(None);
             }
         }
     }
@@ -649,7 +655,7 @@ impl Transformer {
             let v = self
                 .engine
                 .dek_header(dek)
-                .map_err(|e| KmsError::Config(e.to_string()))?;
+                .map_err(|e| Failure::Infra(Fatal::DekHeader(e)))?;
             *headers = Some(headers.take().unwrap_or_default().insert(Header {
                 key: headers::DEK,
                 value: Some(&*v),
@@ -1396,8 +1402,11 @@ fn check_raw_value(
 
 /// A raw route's schema must encrypt what the route requires; a required field
 /// path the schema does not have is a typo, refused too.
-fn check_required(i: usize, require: &[String], plan: &EncryptPlan) -> Result<(), String> {
-    for r in require.iter().filter(|r| !r.starts_with("tag:")) {
+fn check_required(i: usize, require: &[Requirement], plan: &EncryptPlan) -> Result<(), String> {
+    for r in require.iter().filter_map(|r| match r {
+        Requirement::Field(f) => Some(f),
+        Requirement::Tag(_) => None,
+    }) {
         let has = r
             .rsplit_once('.')
             .and_then(|(rec, f)| {
