@@ -21,7 +21,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::crypto::{CsfleError, GCM_IV_LEN, GCM_TAG_LEN};
-use crate::keys::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
+use crate::keys::{EncryptionContext, Kms, KmsError, WrappedKey};
 
 /// Derives the local-kms KEK from its secret: RFC 5869 HKDF-SHA256 with no salt
 /// (32 zero bytes), empty info, 16 bytes out, i.e. `PRK = HMAC(0^32, secret)`,
@@ -180,17 +180,6 @@ impl ConfluentLocalKms {
 impl Kms for ConfluentLocalKms {
     fn kek_id(&self) -> &str {
         "local-kms"
-    }
-
-    async fn generate_data_key(
-        &self,
-        len: usize,
-        ctx: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        let mut plaintext = Zeroizing::new(vec![0u8; len]);
-        rand::rng().fill_bytes(&mut plaintext);
-        let wrapped = self.encrypt_data_key(&plaintext, ctx).await?;
-        Ok(DataKey { plaintext, wrapped })
     }
 
     async fn decrypt_data_key(

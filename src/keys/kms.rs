@@ -64,12 +64,20 @@ pub trait Kms: Send + Sync + std::fmt::Debug {
     /// Identifies the KEK, as recorded in [`WrappedKey::kek`].
     fn kek_id(&self) -> &str;
 
-    /// Generates `len` random key bytes and wraps them under the KEK.
+    /// Generates `len` random key bytes and wraps them under the KEK. The
+    /// default draws them from the thread-local CSPRNG and wraps them with
+    /// [`encrypt_data_key`](Self::encrypt_data_key); a KMS that generates keys
+    /// itself (AWS GenerateDataKey) overrides it.
     async fn generate_data_key(
         &self,
         len: usize,
         ctx: &EncryptionContext,
-    ) -> Result<DataKey, KmsError>;
+    ) -> Result<DataKey, KmsError> {
+        let mut plaintext = Zeroizing::new(vec![0u8; len]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut plaintext);
+        let wrapped = self.encrypt_data_key(&plaintext, ctx).await?;
+        Ok(DataKey { plaintext, wrapped })
+    }
 
     /// Unwraps a data key; the context must equal the one it was generated with.
     async fn decrypt_data_key(

@@ -17,7 +17,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::kms::{DataKey, EncryptionContext, Kms, KmsError, WrappedKey};
+use super::kms::{EncryptionContext, Kms, KmsError, WrappedKey};
 
 const BLOB_VERSION: u8 = 1;
 const FP_LEN: usize = 8;
@@ -299,17 +299,6 @@ fn check_private(path: &Path, m: &fs::Metadata, groups: &[u32]) -> Result<(), Km
 impl Kms for LocalKms {
     fn kek_id(&self) -> &str {
         &self.id
-    }
-
-    async fn generate_data_key(
-        &self,
-        len: usize,
-        ctx: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        let mut plaintext = Zeroizing::new(vec![0u8; len]);
-        rand::rng().fill_bytes(&mut plaintext);
-        let wrapped = self.encrypt_data_key(&plaintext, ctx).await?;
-        Ok(DataKey { plaintext, wrapped })
     }
 
     async fn encrypt_data_key(
