@@ -82,6 +82,24 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
+/// `count` records of customer.avsc into `file`, compressed with `codec`.
+fn sample(dir: &Path, count: usize, codec: &str, file: &str) {
+    let count = count.to_string();
+    ok(
+        dir,
+        &[
+            "sample",
+            "--schema",
+            "customer.avsc",
+            "--count",
+            &count,
+            "--codec",
+            codec,
+            file,
+        ],
+    );
+}
+
 fn cat(dir: &Path, file: &str) -> Vec<serde_json::Value> {
     ok(dir, &["cat", file])
         .lines()
@@ -107,19 +125,7 @@ fn encrypt_and_decrypt_round_trip_and_leave_no_plaintext() {
         plan.contains("address.street") && plan.contains("email_bidx (email)"),
         "{plan}"
     );
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "5000",
-            "--codec",
-            "null",
-            "in.avro",
-        ],
-    );
+    sample(d, 5000, "null", "in.avro");
     ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
     ok(d, &["decrypt-file", "enc.avro", "dec.avro"]);
 
@@ -188,19 +194,7 @@ fn deks_rotate_by_usage_and_all_travel_in_the_file() {
     let dir = setup();
     let d = dir.path();
     std::fs::write(d.join("small.toml"), "[dek]\nmax_uses = 50\n").unwrap();
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "300",
-            "--codec",
-            "snappy",
-            "in.avro",
-        ],
-    );
+    sample(d, 300, "snappy", "in.avro");
     let out = ok(
         d,
         &[
@@ -340,19 +334,7 @@ fn damaged_inputs_name_file_record_and_field_and_write_nothing() {
         "{e}"
     );
 
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "20",
-            "--codec",
-            "null",
-            "in.avro",
-        ],
-    );
+    sample(d, 20, "null", "in.avro");
     let full = std::fs::read(d.join("in.avro")).unwrap();
     std::fs::write(d.join("cut.avro"), &full[..full.len() - 30]).unwrap();
     let e = fails(d, &["encrypt-file", "cut.avro", "out.avro"]);
@@ -401,19 +383,7 @@ fn damaged_inputs_name_file_record_and_field_and_write_nothing() {
 fn tampered_ciphertext_is_rejected_with_its_location() {
     let dir = setup();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "50",
-            "--codec",
-            "null",
-            "in.avro",
-        ],
-    );
+    sample(d, 50, "null", "in.avro");
     ok(d, &["encrypt-file", "in.avro", "enc.avro"]);
     let mut bytes = std::fs::read(d.join("enc.avro")).unwrap();
     let r = fieldcrypt::avro::container::ContainerReader::open(bytes.as_slice()).unwrap();
@@ -519,19 +489,7 @@ fn schema_files_with_bom_comments_and_empty_unions() {
     assert!(!d.join("x.avro").exists());
 
     // A damaged record: the message names file, record and field once.
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "20",
-            "--codec",
-            "null",
-            "in.avro",
-        ],
-    );
+    sample(d, 20, "null", "in.avro");
     let mut bytes = std::fs::read(d.join("in.avro")).unwrap();
     let n = bytes.len();
     bytes.truncate(n - 40);
@@ -680,19 +638,7 @@ fn interrupted_decrypt_leaves_nothing_readable() {
 fn ciphertext_versions_roll_out_readers_first() {
     let dir = setup();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "sample",
-            "--schema",
-            "customer.avsc",
-            "--count",
-            "500",
-            "--codec",
-            "null",
-            "in.avro",
-        ],
-    );
+    sample(d, 500, "null", "in.avro");
     std::fs::write(d.join("v2.toml"), "[crypto]\nwrite_version = 2\n").unwrap();
     std::fs::write(d.join("v1only.toml"), "[crypto]\nread_versions = [1]\n").unwrap();
     let plain = cat(d, "in.avro");
