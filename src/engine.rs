@@ -310,6 +310,16 @@ impl Engine {
         }
     }
 
+    /// The same encryptor writing randomized fields in ciphertext `version` (for
+    /// comparing versions; the product writes `crypto.write_version`).
+    pub fn encryptor_writing(
+        &self,
+        enc: &Encryptor,
+        version: crate::crypto::format::Version,
+    ) -> Result<Encryptor, EngineError> {
+        Ok(Encryptor::new(enc.plan().clone(), &self.keys)?.writing(version))
+    }
+
     /// The `fieldcrypt.dek` header value for a DEK, encoded once per DEK.
     pub fn dek_header(
         &self,

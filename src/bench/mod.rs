@@ -61,7 +61,12 @@ pub struct BenchReport {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Wire {
     pub plain: f64,
+    /// The field ciphertext version the engine writes (`crypto.write_version`).
+    pub ours_version: u8,
     pub ours_value: f64,
+    /// The value in the other field ciphertext version than the engine writes:
+    /// (version, bytes).
+    pub ours_other_version: Option<(u8, f64)>,
     /// The `fieldcrypt.dek` header with the wrapped DEK (local KEK here; AWS
     /// KMS wraps into a larger blob, about 180 bytes more).
     pub ours_headers: f64,
@@ -86,7 +91,18 @@ impl Wire {
             ))
         };
         row("plain", self.plain, 0.0);
-        row("fieldcrypt", self.ours_value, self.ours_headers);
+        row(
+            &format!("fieldcrypt (ciphertext v{})", self.ours_version),
+            self.ours_value,
+            self.ours_headers,
+        );
+        if let Some((v, bytes)) = self.ours_other_version {
+            row(
+                &format!("fieldcrypt (ciphertext v{v})"),
+                bytes,
+                self.ours_headers,
+            );
+        }
         if let Some(v) = self.confluent_value {
             row("Confluent CSFLE (AES256_GCM)", v, 0.0);
         }
@@ -222,6 +238,20 @@ pub async fn run(
         encrypted.push(o);
     }
     let avg_encrypted_bytes = encrypted.iter().map(Vec::len).sum::<usize>() as f64 / records as f64;
+    // The same records in the other ciphertext version, for the bytes table.
+    use crate::crypto::format::Version;
+    let version = engine.config().crypto.write_version();
+    let other = if version == Version::V1 { Version::V2 } else { Version::V1 };
+    let enc_other = engine.encryptor_writing(&enc, other)?;
+    let mut other_bytes = 0usize;
+    for d in &data {
+        let mut o = Vec::new();
+        engine
+            .encrypt(&enc_other, BENCH_SCOPE, d, &mut o)
+            .await
+            .map_err(|e| anyhow::anyhow!("encrypting a generated record failed: {e}"))?;
+        other_bytes += o.len();
+    }
     // The primitive calls those records needed, read off their ciphertexts.
     let dec = engine.decryptor(&enc.plan().output_json, "bench output schema")?;
     let inspector = crate::transform::inspect::Inspector::new(dec.plan().clone());
@@ -372,7 +402,9 @@ pub async fn run(
         primitives,
         wire: Wire {
             plain: avg_datum_bytes,
+            ours_version: version.number(),
             ours_value: avg_encrypted_bytes,
+            ours_other_version: Some((other.number(), other_bytes as f64 / records as f64)),
             ours_headers: header_bytes as f64 / records as f64,
             confluent_value: csfle.as_ref().map(|_| {
                 csfle_encrypted.iter().map(Vec::len).sum::<usize>() as f64 / records as f64
