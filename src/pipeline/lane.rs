@@ -140,18 +140,32 @@ struct TopicCounters {
 
 /// Everything a lane owns except its consumer (which records borrow from).
 pub struct LaneState {
+    /// The lane's number (logs, `lane` labels).
     pub id: usize,
+    /// Its producer, with the size limits of the topics it writes to.
     pub(super) sender: Sender,
+    /// The transform step (`pipeline::record`), shared by the lanes.
     transformer: Arc<Transformer>,
+    /// Source topic → route and target topic.
     router: Arc<Router>,
     pub(super) metrics: Arc<Metrics>,
+    /// `pipeline.on_error`: dead-letter bad records, or stop on the first.
     on_error: OnError,
+    /// Exactly-once delivery (`pipeline.delivery = "exactly-once"`).
     eos: bool,
+    /// Records handed to the producer and not yet acknowledged, at most
+    /// (`pipeline.max_in_flight`): the lane stops taking at this many.
     max_in_flight: usize,
+    /// How long shutdown waits for acknowledgements (`pipeline.drain_timeout_seconds`).
     drain_timeout: Duration,
+    /// Exactly-once: how often the open transaction commits
+    /// (`pipeline.transaction_interval_ms`).
     txn_interval: Duration,
+    /// Per partition: offsets begun and done, and what may be committed.
     pub(super) tracker: OffsetTracker,
+    /// Records in flight by their delivery-report token.
     inflight: Slab,
+    /// Delivery reports collected from the producer, reused between batches.
     acks: Vec<Ack>,
     /// The transform's output, reused record after record.
     value: Vec<u8>,
@@ -159,14 +173,24 @@ pub struct LaneState {
     taken: u64,
     /// Fields transformed since the counters were last updated (per batch).
     fields: crate::transform::Counts,
+    /// Source topic → where its records go (route, target, dead-letter topic),
+    /// resolved once per topic.
     destinations: foldhash::HashMap<String, Arc<Destination>>,
+    /// Source topic → its interned name and consumed-record counters.
     topics: foldhash::HashMap<Arc<str>, (Arc<str>, TopicCounters)>,
+    /// Target topic → its produced-record counters.
     produced: foldhash::HashMap<String, TopicCounters>,
+    /// Records the brokers refused after they were sent, by partition: each is
+    /// dead-lettered when its partition is read again from its offset.
     late: HashMap<(Arc<str>, i32), LateDeadLetter>,
+    /// The record held through a KMS or registry outage (the lane takes nothing
+    /// else until it goes through).
     stall: Option<Stall>,
+    /// Partitions currently assigned to this lane.
     assigned: usize,
     /// Exactly-once: records acknowledged in the open transaction.
     pub(super) sent_in_txn: u64,
+    /// Totals for the `stopped:` summary.
     pub(super) stats: RunStats,
 }
 
