@@ -1,14 +1,13 @@
 //! How large a record each output topic takes, known before producing: the
 //! producer's `message.max.bytes` and the topic's `max.message.bytes` (read with
-//! DescribeConfigs and cached per topic), and the size a record will have. A record
+//! DescribeConfigs; `produce::Sender` caches it with the rest of what it knows of
+//! a topic), and the size a record will have. A record
 //! over its topic's limit is a dead letter (`record_too_large`) instead of a
 //! produce error that would stop the pipeline; a dead letter over the limit of the
 //! dead-letter topic goes without its payload (and, if need be, without the
 //! original key and headers), saying so in a header.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -23,8 +22,6 @@ pub const DEFAULT_PRODUCER_MAX: usize = 1_000_000;
 /// (61 bytes) and the record's own varints, with margin. Sizes are checked before
 /// compression, so a record that only fits compressed is also refused (fail safe).
 pub const RECORD_OVERHEAD: usize = 128;
-/// How long a topic's limit is trusted before it is read again.
-const TTL: Duration = Duration::from_secs(300);
 
 /// The size a record takes against `message.max.bytes` / `max.message.bytes`
 /// (the one size rule: the producer checks every output record with it).
@@ -45,7 +42,6 @@ pub fn record_size<H: Headers>(
 pub struct Limits {
     producer_max: usize,
     admin: Option<AdminClient<DefaultClientContext>>,
-    topics: Mutex<HashMap<String, (Option<usize>, Instant)>>,
 }
 
 impl Limits {
@@ -56,7 +52,6 @@ impl Limits {
         Ok(Limits {
             producer_max: producer_max(config),
             admin: Some(admin),
-            topics: Mutex::default(),
         })
     }
 
@@ -65,31 +60,18 @@ impl Limits {
         Limits {
             producer_max,
             admin: None,
-            topics: Mutex::default(),
         }
     }
 
     /// The largest record `topic` takes: the smaller of the producer's limit and
-    /// the topic's, when the topic's can be read.
+    /// the topic's, when the topic's can be read. Asks the brokers on every call:
+    /// the caller caches.
     pub async fn for_topic(&self, topic: &str) -> usize {
-        let cached = self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-            .filter(|(_, at)| at.elapsed() < TTL)
-            .map(|(l, _)| *l);
-        let topic_max = match cached {
-            Some(l) => l,
-            None => {
-                let l = self.describe(topic).await;
-                self.topics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(topic.to_string(), (l, Instant::now()));
-                l
-            }
-        };
+        self.effective(self.describe(topic).await)
+    }
+
+    /// The smaller of the producer's limit and a topic's (`None`: unknown).
+    fn effective(&self, topic_max: Option<usize>) -> usize {
         topic_max.map_or(self.producer_max, |t| t.min(self.producer_max))
     }
 
@@ -154,16 +136,9 @@ mod tests {
     #[tokio::test]
     async fn the_smaller_limit_wins() {
         let l = Limits::fixed(5000);
+        // No brokers: the topic's limit is unknown and the producer's holds.
         assert_eq!(l.for_topic("any").await, 5000);
-        l.topics
-            .lock()
-            .unwrap()
-            .insert("small".into(), (Some(2000), Instant::now()));
-        assert_eq!(l.for_topic("small").await, 2000);
-        l.topics
-            .lock()
-            .unwrap()
-            .insert("big".into(), (Some(9000), Instant::now()));
-        assert_eq!(l.for_topic("big").await, 5000);
+        assert_eq!(l.effective(Some(2000)), 2000);
+        assert_eq!(l.effective(Some(9000)), 5000);
     }
 }

@@ -5,9 +5,8 @@
 //! collects the reports where it polls the producer, on its own thread, so no
 //! future or channel is made per record.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -204,18 +203,17 @@ pub fn record_error(e: &KafkaError) -> Option<Code> {
     }
 }
 
-/// How long an unknown partition count is trusted before asking again.
-const UNKNOWN_PARTITIONS_TTL: Duration = Duration::from_secs(30);
-
-/// A lane's sending side: its producer, the topics' size limits and partition
-/// counts (looked up once per topic).
+/// A lane's sending side: its producer, and what it knows of the topics it
+/// writes to.
 pub struct Sender {
     pub producer: std::sync::Arc<LaneProducer>,
     pub limits: Limits,
     pub dead_letter_payload: DeadLetterPayload,
-    partitions: HashMap<String, (Option<i32>, Instant)>,
-    /// Per topic: its size limit and partition count, as last looked up (cleared
-    /// by [`refresh`](Sender::refresh), so the hot path reads no clock).
+    /// Per topic: its size limit and partition count, looked up together on first
+    /// use and again after each [`refresh`](Sender::refresh) (every minute, by the
+    /// lane): the one freshness rule for topic metadata, so a raised
+    /// `max.message.bytes` or added partitions are seen within a minute, a failed
+    /// lookup is retried within a minute, and the hot path reads no clock.
     topics: foldhash::HashMap<String, (usize, Option<i32>)>,
 }
 
@@ -245,7 +243,6 @@ impl Sender {
             producer,
             limits,
             dead_letter_payload,
-            partitions: HashMap::new(),
             topics: Default::default(),
         }
     }
@@ -393,14 +390,9 @@ impl Sender {
         result
     }
 
-    /// The target's partition count, looked up once per topic (off the async
-    /// threads); unknown for a while when the lookup fails.
-    async fn partition_count(&mut self, topic: &str) -> Option<i32> {
-        if let Some((p, at)) = self.partitions.get(topic) {
-            if p.is_some() || at.elapsed() < UNKNOWN_PARTITIONS_TTL {
-                return *p;
-            }
-        }
+    /// The target's partition count from the brokers (off the async threads);
+    /// `None` when the lookup fails. Uncached: [`topic`](Sender::topic) caches.
+    async fn partition_count(&self, topic: &str) -> Option<i32> {
         let producer = self.producer.clone();
         let t = topic.to_string();
         let count = tokio::task::spawn_blocking(move || {
@@ -417,8 +409,6 @@ impl Sender {
         if count.is_none() {
             tracing::warn!(topic, "partition count of the target unknown; records are partitioned by key until it is known");
         }
-        self.partitions
-            .insert(topic.to_string(), (count, Instant::now()));
         count
     }
 }
