@@ -69,12 +69,12 @@ impl Default for SchemaRegistryConfig {
 }
 
 impl SchemaRegistryConfig {
-    /// Checks what serde cannot: `Err((key, message))`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         if self.timeout_seconds == 0 {
-            return Err((
-                "schema_registry.timeout_seconds".into(),
-                "must be at least 1".into(),
+            return Err(crate::config::invalid(
+                "schema_registry.timeout_seconds",
+                "must be at least 1",
             ));
         }
         Ok(())

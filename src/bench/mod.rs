@@ -241,7 +241,11 @@ pub async fn run(
     // The same records in the other ciphertext version, for the bytes table.
     use crate::crypto::format::Version;
     let version = engine.config().crypto.write_version();
-    let other = if version == Version::V1 { Version::V2 } else { Version::V1 };
+    let other = if version == Version::V1 {
+        Version::V2
+    } else {
+        Version::V1
+    };
     let enc_other = engine.encryptor_writing(&enc, other)?;
     let mut other_bytes = 0usize;
     for d in &data {

@@ -38,7 +38,18 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The config key a refused value sits at.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A refused config value: its key and what is wrong.
+pub(crate) fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         msg: msg.into(),
@@ -204,11 +215,11 @@ impl CryptoConfig {
         crate::crypto::format::Accepted::of(&v)
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), ConfigError> {
         use crate::crypto::format::Version;
         if Version::from_byte(self.write_version).is_none() {
-            return Err((
-                "crypto.write_version".into(),
+            return Err(invalid(
+                "crypto.write_version",
                 format!(
                     "{} is not a format version this release writes ({})",
                     self.write_version,
@@ -217,8 +228,8 @@ impl CryptoConfig {
             ));
         }
         if self.read_versions.is_empty() {
-            return Err((
-                "crypto.read_versions".into(),
+            return Err(invalid(
+                "crypto.read_versions",
                 format!("must name at least one version ({})", Self::known()),
             ));
         }
@@ -227,8 +238,8 @@ impl CryptoConfig {
             .iter()
             .find(|v| Version::from_byte(**v).is_none())
         {
-            return Err((
-                "crypto.read_versions".into(),
+            return Err(invalid(
+                "crypto.read_versions",
                 format!(
                     "{v} is not a format version this release reads ({})",
                     Self::known()
@@ -236,13 +247,10 @@ impl CryptoConfig {
             ));
         }
         if !self.read_versions.contains(&self.write_version) {
-            return Err((
-                "crypto.write_version".into(),
-                format!(
+            return Err(invalid("crypto.write_version", format!(
                     "{} is not in crypto.read_versions {:?}: this instance could not read what it writes; add it there",
                     self.write_version, self.read_versions
-                ),
-            ));
+                )));
         }
         Ok(())
     }
@@ -491,14 +499,11 @@ impl Config {
 
     /// Checks values and combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let component = |r: Result<(), (String, String)>| {
-            r.map_err(|(key, msg)| ConfigError::Invalid { key, msg })
-        };
-        component(self.metrics.validate())?;
-        component(self.kms.validate())?;
-        component(self.pipeline.validate())?;
-        component(self.schema_registry.validate())?;
-        component(self.crypto.validate())?;
+        self.metrics.validate()?;
+        self.kms.validate()?;
+        self.pipeline.validate()?;
+        self.schema_registry.validate()?;
+        self.crypto.validate()?;
         if !(1..=1_000_000).contains(&self.schema.max_fields) {
             return Err(invalid(
                 "schema.max_fields",

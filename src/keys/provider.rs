@@ -35,9 +35,14 @@ pub struct KekRef {
     pub name: String,
 }
 
+/// A KEK reference that names no KEK (`aws:`, empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("\"{0}\" names no KEK")]
+pub struct NoKek(pub String);
+
 impl KekRef {
     /// Reads `local:PATH`, `aws:KEY`, or an unprefixed name of the `default` kind.
-    pub fn parse(s: &str, default: Provider) -> Result<KekRef, String> {
+    pub fn parse(s: &str, default: Provider) -> Result<KekRef, NoKek> {
         let (provider, name) = Provider::all()
             .find_map(|p| {
                 s.strip_prefix(p.name())
@@ -46,7 +51,7 @@ impl KekRef {
             })
             .unwrap_or((default, s));
         if name.is_empty() {
-            return Err(format!("\"{s}\" names no KEK"));
+            return Err(NoKek(s.to_string()));
         }
         Ok(KekRef {
             provider,
@@ -180,7 +185,7 @@ impl KmsConfig {
     }
 
     /// Reads a KEK reference from the config (unprefixed: this provider's kind).
-    pub fn kek_ref(&self, s: &str) -> Result<KekRef, String> {
+    pub fn kek_ref(&self, s: &str) -> Result<KekRef, NoKek> {
         KekRef::parse(s, self.provider.kind())
     }
 
@@ -193,17 +198,18 @@ impl KmsConfig {
         }
     }
 
-    /// Checks what serde cannot: `Err((key, message))`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::invalid;
         self.provider
             .validate()
-            .map_err(|(k, m)| (format!("kms.{k}"), m))?;
+            .map_err(|(k, m)| invalid(format!("kms.{k}"), m))?;
         for (i, k) in self.decrypt_keks.iter().enumerate() {
             self.kek_ref(k)
-                .map_err(|m| (format!("kms.decrypt_keks[{i}]"), m))?;
+                .map_err(|e| invalid(format!("kms.decrypt_keks[{i}]"), e.to_string()))?;
         }
         if self.timeout_seconds == 0 {
-            return Err(("kms.timeout_seconds".into(), "must be at least 1".into()));
+            return Err(invalid("kms.timeout_seconds", "must be at least 1"));
         }
         Ok(())
     }
@@ -237,7 +243,7 @@ impl Opener {
 fn reference(config: &KmsConfig, what: &str, s: &str) -> Result<KekRef, KmsError> {
     config
         .kek_ref(s)
-        .map_err(|m| KmsError::Config(format!("{what}: {m}")))
+        .map_err(|e| KmsError::Config(format!("{what}: {e}")))
 }
 
 /// Opens one KEK named the way the config names them (`keys rewrap --to-kek`).
@@ -355,20 +361,26 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let mut c = KmsConfig::aws(AwsConfig::default());
-        assert_eq!(c.validate().unwrap_err().0, "kms.key_id");
+        assert_eq!(c.validate().unwrap_err().key().unwrap(), "kms.key_id");
         c.provider = ProviderConfig::Aws(AwsConfig {
             key_id: Some("alias/k".into()),
             endpoint_url: Some("ftp://x".into()),
             ..Default::default()
         });
-        assert_eq!(c.validate().unwrap_err().0, "kms.endpoint_url");
+        assert_eq!(c.validate().unwrap_err().key().unwrap(), "kms.endpoint_url");
         let mut c = KmsConfig::local("");
-        assert_eq!(c.validate().unwrap_err().0, "kms.kek_file");
+        assert_eq!(c.validate().unwrap_err().key().unwrap(), "kms.kek_file");
         c = KmsConfig::local("k");
         c.decrypt_keks = vec!["aws:".into()];
-        assert_eq!(c.validate().unwrap_err().0, "kms.decrypt_keks[0]");
+        assert_eq!(
+            c.validate().unwrap_err().key().unwrap(),
+            "kms.decrypt_keks[0]"
+        );
         c.decrypt_keks.clear();
         c.timeout_seconds = 0;
-        assert_eq!(c.validate().unwrap_err().0, "kms.timeout_seconds");
+        assert_eq!(
+            c.validate().unwrap_err().key().unwrap(),
+            "kms.timeout_seconds"
+        );
     }
 }

@@ -46,12 +46,12 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// Checks what serde cannot: `Err((key, message))`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         if self.max_topics == 0 {
-            return Err((
-                "metrics.max_topics".into(),
-                "must be at least 1 (topics past it share the label \"other\")".into(),
+            return Err(crate::config::invalid(
+                "metrics.max_topics",
+                "must be at least 1 (topics past it share the label \"other\")",
             ));
         }
         Ok(())

@@ -87,15 +87,18 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// Checks what serde cannot: `Err((key, message))`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         if self.max_in_flight == 0 {
-            return Err(("pipeline.max_in_flight".into(), "must be at least 1".into()));
+            return Err(crate::config::invalid(
+                "pipeline.max_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.transaction_interval_ms == 0 {
-            return Err((
-                "pipeline.transaction_interval_ms".into(),
-                "must be at least 1".into(),
+            return Err(crate::config::invalid(
+                "pipeline.transaction_interval_ms",
+                "must be at least 1",
             ));
         }
         Ok(())
