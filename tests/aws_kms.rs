@@ -214,15 +214,13 @@ fn unreachable_kms_is_an_outage_and_the_layers_retry_it() {
 }
 
 fn fc(dir: &Path, args: &[&str]) -> String {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fieldcrypt"))
-        .current_dir(dir)
-        .args(args)
-        .envs(CREDENTIALS)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "fieldcrypt {args:?} failed: {out}");
-    out
+    CREDENTIALS
+        .iter()
+        .fold(
+            common::cli::Fc::new(env!("CARGO_BIN_EXE_fieldcrypt")),
+            |f, (k, v)| f.env(k, v),
+        )
+        .ok(dir, args)
 }
 
 fn aws_config(dir: &Path, url: &str, key: &str) {

@@ -13,7 +13,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_fieldcrypt");
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    fieldcrypt_harness::broker::repo()
 }
 
 fn run(dir: &Path, args: &[&str]) -> Result<String, String> {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::broker::{create_topics, free_port, http_get, try_http_get, Broker};
+use common::cli::{text, Fc};
 use fieldcrypt::avro::binary::{write_bytes, write_long};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
@@ -36,40 +37,16 @@ const PLAIN_NOTE: &str = r#"{"type":"record","name":"Note","namespace":"t","fiel
 
 /// The binary in `dir`, deaf to the caller's FIELDCRYPT_* and RUST_LOG.
 fn command(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.current_dir(dir);
-    for v in [
-        "FIELDCRYPT_CONFIG",
-        "FIELDCRYPT_LOG",
-        "FIELDCRYPT_LOG_FORMAT",
-        "RUST_LOG",
-        "FC_TEST_GROUP",
-    ] {
-        c.env_remove(v);
-    }
-    c
+    Fc::new(BIN).command(dir)
 }
 
 fn fc(dir: &Path, args: &[&str]) -> Output {
-    command(dir).args(args).output().expect("runs the binary")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    Fc::new(BIN).output(dir, args)
 }
 
 /// Runs a command that must succeed; returns stdout + stderr.
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = fc(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "fieldcrypt {args:?} failed:\n{out}{err}"
-    );
-    out + &err
+    Fc::new(BIN).ok(dir, args)
 }
 
 /// A command line's words (none of them holds a space).
@@ -79,15 +56,7 @@ fn argv(line: &str) -> Vec<&str> {
 
 /// Runs a command that must fail with one error and no panic; returns stderr.
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let o = fc(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        !o.status.success(),
-        "fieldcrypt {args:?} should have failed:\n{out}{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("error: "), "an error line: {err}");
-    err
+    Fc::new(BIN).fails(dir, args)
 }
 
 /// The `fieldcrypt ...` commands a message quotes in backticks.

@@ -10,7 +10,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_fieldcrypt");
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    fieldcrypt_harness::broker::repo()
 }
 
 fn python(args: &[&str], dir: &Path) -> String {
@@ -29,16 +29,7 @@ fn python(args: &[&str], dir: &Path) -> String {
 }
 
 fn fc(dir: &Path, args: &[&str]) {
-    let o = Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "fieldcrypt {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    fieldcrypt_harness::cli::Fc::new(BIN).ok(dir, args);
 }
 
 fn script(name: &str) -> String {

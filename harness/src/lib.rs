@@ -3,10 +3,12 @@
 //! handle drops — the tansu broker and the test Schema Registry ([`broker`]), moto's
 //! KMS emulator and a fault-injecting proxy ([`kms`]) — plus keys on disk, Kafka
 //! client helpers, an engine with a throwaway KEK ([`Fixture`]), and the
-//! scale-out churn run of several `fieldcrypt run` replicas ([`churn`]).
+//! scale-out churn run of several `fieldcrypt run` replicas ([`churn`]), and the
+//! binary run from a test, deaf to the caller's FIELDCRYPT_* ([`cli`]).
 
 pub mod broker;
 pub mod churn;
+pub mod cli;
 pub mod kms;
 
 use std::sync::Arc;
