@@ -34,11 +34,11 @@ fuzz_target!(|data: &[u8]| {
     match &header {
         Ok(h) => {
             assert!(ct.len() >= h.algorithm.overhead_in(h.version), "parsed a ciphertext shorter than its overhead");
-            assert!(h.to_bytes()[..] == ct[..h.len()], "header does not re-encode to its bytes");
+            assert!(h.to_bytes()[..] == ct[..h.byte_len()], "header does not re-encode to its bytes");
             assert_eq!(Version::from_byte(ct[0]), Some(h.version));
             let mut ad = Vec::new();
-            let a = associated_data(&ct[..h.len()], context, &mut ad);
-            assert_eq!(a.len(), h.len() + context.len());
+            let a = associated_data(&ct[..h.byte_len()], context, &mut ad);
+            assert_eq!(a.len(), h.byte_len() + context.len());
         }
         Err(e) => assert!(matches!(e, CryptoError::Malformed(_)), "header error of the wrong kind: {e}"),
     }
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(h.key.matches(&GCM_KEY_ID));
             let pt = &out[PREFIX.len()..];
             assert_eq!(pt.len() + Algorithm::Aes256Gcm.overhead_in(h.version), ct.len(), "GCM plaintext length");
-            let nonce: [u8; GCM_NONCE_LEN] = ct[h.len()..h.len() + GCM_NONCE_LEN].try_into().unwrap();
+            let nonce: [u8; GCM_NONCE_LEN] = ct[h.byte_len()..h.byte_len() + GCM_NONCE_LEN].try_into().unwrap();
             let mut again = Vec::new();
             gcm.seal_with_nonce_in(h.version, &nonce, context, pt, &mut again).expect("GCM reseal");
             assert!(again == ct, "GCM plaintext does not seal back to the same ciphertext");

@@ -67,20 +67,9 @@ impl RandomizedKey {
         self.seal_with_nonce_in(version, &nonce, context, plaintext, out)
     }
 
-    /// As [`seal_into`](Self::seal_into) with a caller-chosen nonce. Only for golden
-    /// vectors: reusing a nonce under one key destroys GCM's security.
-    #[doc(hidden)]
-    pub fn seal_with_nonce(
-        &self,
-        nonce: &[u8; GCM_NONCE_LEN],
-        context: &str,
-        plaintext: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
-        self.seal_with_nonce_in(Version::V1, nonce, context, plaintext, out)
-    }
-
-    /// As [`seal_with_nonce`](Self::seal_with_nonce) in format `version`.
+    /// As [`seal_in`](Self::seal_in) with a caller-chosen nonce. Only for golden
+    /// vectors and the fuzzer: reusing a nonce under one key destroys GCM's
+    /// security.
     #[doc(hidden)]
     pub fn seal_with_nonce_in(
         &self,
@@ -135,7 +124,7 @@ impl RandomizedKey {
         if !header.key.matches(&self.id) {
             return Err(CryptoError::UnknownKey(header.key.hex()));
         }
-        let hl = header.len();
+        let hl = header.byte_len();
         let nonce: &[u8; GCM_NONCE_LEN] = ct[hl..hl + GCM_NONCE_LEN]
             .try_into()
             .expect("Header::parse checked the length");

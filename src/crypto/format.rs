@@ -190,16 +190,11 @@ impl Header {
     }
 
     /// Its length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         match self.key {
             KeyRef::Id(_) => HEADER_LEN,
             KeyRef::Prefix(_) => 2 + KEY_PREFIX_LEN,
         }
-    }
-
-    /// Never: a header has at least a version and an algorithm.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The header bytes.
@@ -213,7 +208,7 @@ impl Header {
         }
         HeaderBytes {
             buf,
-            len: self.len(),
+            len: self.byte_len(),
         }
     }
 
