@@ -198,6 +198,96 @@ pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// a registry with reference cycles or absurd fan-out.
 const MAX_REFERENCES: usize = 1_000;
 
+/// What fieldcrypt asks of a Schema Registry: writer schemas by id, a subject's
+/// versions (for policy floors), output-schema ids, and the DEK Registry's KEKs
+/// and DEKs (Confluent's format). [`SchemaRegistry`] answers over HTTP; the
+/// transform's unit tests answer from memory, so the registry and CSFLE paths are
+/// tested without a server.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync {
+    /// The writer schema with this id.
+    async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError>;
+    /// The versions registered under `subject` (none if the subject is unknown).
+    async fn subject_versions(&self, subject: &str) -> Result<Vec<i64>, RegistryError>;
+    /// A subject's version as one self-contained schema.
+    async fn subject_schema(
+        &self,
+        subject: &str,
+        version: i64,
+    ) -> Result<SubjectVersion, RegistryError>;
+    /// The id of `schema` (with its rule set and metadata) under `subject`,
+    /// registered first when `register` is true.
+    async fn id_for_with(
+        &self,
+        subject: &str,
+        schema: &Json,
+        rule_set: Option<&Json>,
+        metadata: Option<&Json>,
+        register: bool,
+    ) -> Result<u32, RegistryError>;
+    /// The KEK named `name` (`None`: there is none).
+    async fn kek(&self, name: &str) -> Result<Option<dek::Kek>, RegistryError>;
+    /// Creates a KEK (or reads back the one another writer created).
+    async fn create_kek(&self, new: &dek::NewKek) -> Result<dek::Kek, RegistryError>;
+    /// A DEK of `subject` under `kek` (`None`: there is none).
+    async fn dek(
+        &self,
+        kek: &str,
+        subject: &str,
+        version: dek::DekVersion,
+        algorithm: &str,
+        deleted: bool,
+    ) -> Result<Option<dek::Dek>, RegistryError>;
+    /// Creates a DEK (or reads back the one another writer created).
+    async fn create_dek(&self, kek: &str, new: &dek::NewDek) -> Result<dek::Dek, RegistryError>;
+}
+
+#[async_trait::async_trait]
+impl Registry for SchemaRegistry {
+    async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
+        SchemaRegistry::schema_by_id(self, id).await
+    }
+    async fn subject_versions(&self, subject: &str) -> Result<Vec<i64>, RegistryError> {
+        SchemaRegistry::subject_versions(self, subject).await
+    }
+    async fn subject_schema(
+        &self,
+        subject: &str,
+        version: i64,
+    ) -> Result<SubjectVersion, RegistryError> {
+        SchemaRegistry::subject_schema(self, subject, version).await
+    }
+    async fn id_for_with(
+        &self,
+        subject: &str,
+        schema: &Json,
+        rule_set: Option<&Json>,
+        metadata: Option<&Json>,
+        register: bool,
+    ) -> Result<u32, RegistryError> {
+        SchemaRegistry::id_for_with(self, subject, schema, rule_set, metadata, register).await
+    }
+    async fn kek(&self, name: &str) -> Result<Option<dek::Kek>, RegistryError> {
+        SchemaRegistry::kek(self, name).await
+    }
+    async fn create_kek(&self, new: &dek::NewKek) -> Result<dek::Kek, RegistryError> {
+        SchemaRegistry::create_kek(self, new).await
+    }
+    async fn dek(
+        &self,
+        kek: &str,
+        subject: &str,
+        version: dek::DekVersion,
+        algorithm: &str,
+        deleted: bool,
+    ) -> Result<Option<dek::Dek>, RegistryError> {
+        SchemaRegistry::dek(self, kek, subject, version, algorithm, deleted).await
+    }
+    async fn create_dek(&self, kek: &str, new: &dek::NewDek) -> Result<dek::Dek, RegistryError> {
+        SchemaRegistry::create_dek(self, kek, new).await
+    }
+}
+
 /// The client. Cheap to share (`Arc`).
 pub struct SchemaRegistry {
     http: reqwest::Client,

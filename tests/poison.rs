@@ -660,6 +660,8 @@ fn a_schema_version_without_the_markings_is_refused() {
         Err(e) => e,
         Ok(_) => panic!("a raw schema below the route's require was accepted"),
     };
+    assert_eq!(e.key(), Some("routes[0].require"), "{e}");
+    let e = e.to_string();
     assert!(
         e.contains("leaves in clear") && e.contains("Customer.ssn"),
         "{e}"
@@ -669,5 +671,6 @@ fn a_schema_version_without_the_markings_is_refused() {
         Err(e) => e,
         Ok(_) => panic!("a typo in require was accepted"),
     };
-    assert!(e.contains("not a field"), "{e}");
+    assert_eq!(e.key(), Some("routes[0].require"), "{e}");
+    assert!(e.to_string().contains("not a field"), "{e}");
 }

@@ -109,7 +109,7 @@ pub async fn run(path: Option<&Path>, offline: bool) -> Result<()> {
         match &engine {
             Some(e) => match fieldcrypt::pipeline::record::check_raw_route(e, i) {
                 Ok(line) => v.ok(&what, line),
-                Err(m) => v.fail(&what, m),
+                Err(e) => v.fail(&what, e.to_string()),
             },
             None => v.skip(&what, "needs the keys"),
         }

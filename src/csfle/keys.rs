@@ -15,7 +15,7 @@ use super::rules::EncryptRule;
 use crate::keys::driver::Clients;
 use crate::keys::{EncryptionContext, Kms, KmsConfig, KmsError, Provider, WrappedKey};
 use crate::registry::dek::{DekVersion, NewDek, NewKek};
-use crate::registry::{RegistryError, SchemaRegistry};
+use crate::registry::{Registry, RegistryError};
 
 pub use super::local_kms::LOCAL_SECRET_ENV;
 
@@ -98,7 +98,7 @@ type DekKey = (String, String, &'static str, u32);
 /// DEKs by (KEK, subject, algorithm, version), and the latest version per
 /// (KEK, subject, algorithm) for routes whose DEKs expire.
 pub struct CsfleKeys {
-    registry: Arc<SchemaRegistry>,
+    registry: Arc<dyn Registry>,
     /// What the KMS drivers open KEKs with (clients built on first use).
     clients: Clients,
     /// Each (KMS type, key id) opened once through its driver.
@@ -122,7 +122,7 @@ impl CsfleKeys {
     /// KMS's region and endpoint when the provider is AWS); the `local-kms` secret
     /// is read from the environment when a `local-kms` KEK is first used.
     pub fn new(
-        registry: Arc<SchemaRegistry>,
+        registry: Arc<dyn Registry>,
         kms: &KmsConfig,
         auto_register: bool,
         capacity: u64,

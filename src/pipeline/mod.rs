@@ -196,7 +196,7 @@ pub async fn run(
         Some(_) => Some(Arc::new(
             SchemaRegistry::new(&config.schema_registry, metrics.clone())
                 .map_err(|e| setup(e.to_string()))?,
-        )),
+        ) as Arc<dyn crate::registry::Registry>),
         None => None,
     };
     let router = Arc::new(Router::new(&config.routes).map_err(|e| setup(e.to_string()))?);
@@ -212,7 +212,9 @@ pub async fn run(
             metrics.prepare_route(&r.source, target.as_deref());
         }
     }
-    let transformer = Arc::new(Transformer::new(engine.clone(), config, registry).map_err(setup)?);
+    let transformer = Arc::new(
+        Transformer::new(engine.clone(), config, registry).map_err(|e| setup(e.to_string()))?,
+    );
     let server = if config.metrics.listen.is_empty() {
         None
     } else {

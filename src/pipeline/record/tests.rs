@@ -84,7 +84,7 @@ impl Fixture {
         let encrypt = Transformer::new(engine.clone(), &enc_cfg, None).unwrap();
 
         let output = dir.path().join("order.out.avsc");
-        std::fs::write(&output, output_schema(&encrypt).to_string()).unwrap();
+        std::fs::write(&output, output_schema(&engine).to_string()).unwrap();
         let mut dec_cfg = cfg;
         dec_cfg.pipeline.mode = PipelineMode::Decrypt;
         let mut route = RouteConfig {
@@ -118,11 +118,9 @@ impl Fixture {
 }
 
 /// The output schema of the encrypting route.
-fn output_schema(t: &Transformer) -> Json {
-    match &t.routes[0].raw_value {
-        Some(Codec::Encrypt(e)) => e.plan().output_json.clone(),
-        _ => panic!("the encrypting route has no raw encryptor"),
-    }
+fn output_schema(engine: &Engine) -> Json {
+    let enc = engine.encryptor(&order_schema(), "order.avsc").unwrap();
+    enc.plan().output_json.clone()
 }
 
 fn message(topic: &str, payload: Option<Vec<u8>>, headers: Option<OwnedHeaders>) -> OwnedMessage {
@@ -222,7 +220,7 @@ async fn a_good_record_is_encrypted_under_the_output_schema_with_its_dek_header(
     assert_eq!((counts.randomized, counts.deterministic), (1, 1));
     assert!(!contains(&value, CARD) && !contains(&value, EMAIL));
 
-    let out_schema = apache_avro::Schema::parse(&output_schema(&fx.encrypt)).unwrap();
+    let out_schema = apache_avro::Schema::parse(&output_schema(&fx.engine)).unwrap();
     let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&out_schema)
         .build()
         .unwrap()
