@@ -231,29 +231,7 @@ fn plan_out(
     let mut plan =
         CsflePlan::build(&base, Some(rules), md, label, max_depth).map_err(|m| policy(&m))?;
     let tags = crate::csfle::rules::metadata_tags(md).map_err(|m| policy(&m))?;
-    // What fieldcrypt's own policy (markings, tags, rules) would encrypt must
-    // be encrypted here too, or it would go out in clear.
-    let ours = cx
-        .engine
-        .encrypt_plan_tagged(&base, &tags, label)
-        .map_err(|e| policy(&e))?;
-    let unselected: Vec<String> = ours
-        .floor()
-        .into_keys()
-        .filter(|ctx| !plan.selected.iter().any(|(n, _)| n == ctx))
-        .collect();
-    if !unselected.is_empty() {
-        return Err(policy(&format!(
-            "fieldcrypt's policy encrypts {} but the route's Confluent rule does not select it (tag the field with one of the rule's tags): it would go out in clear",
-            unselected.join(", ")
-        )));
-    }
-    if let Some(missing) = policy::required_in_clear(&cx.route.require, &plan, &tags) {
-        return Err(Refused::new(
-            Code::PolicyDowngrade,
-            format!("{label} leaves in clear what the route requires: {missing}"),
-        ));
-    }
+    check_covers(cx, &base, &plan, &tags)?;
     // Blind indexes fieldcrypt's policy puts on these fields are written as
     // extra bytes fields, which Confluent's clients read as they are.
     let out_json = cx
@@ -281,6 +259,40 @@ fn plan_out(
         keep_metadata: true,
     };
     Ok((built, plan))
+}
+
+/// The route's rule must select what fieldcrypt's own policy (markings, tags,
+/// rules) would encrypt in `base`, and what the route requires, or it would go
+/// out in clear.
+fn check_covers(
+    cx: &SchemaCx<'_>,
+    base: &Json,
+    plan: &CsflePlan,
+    tags: &crate::schema::policy::MetadataTags,
+) -> Result<(), Refused> {
+    let label = cx.label;
+    let ours = cx
+        .engine
+        .encrypt_plan_tagged(base, tags, label)
+        .map_err(|e| Refused::policy(label, e))?;
+    let unselected: Vec<String> = ours
+        .floor()
+        .into_keys()
+        .filter(|ctx| !plan.selected.iter().any(|(n, _)| n == ctx))
+        .collect();
+    if !unselected.is_empty() {
+        return Err(Refused::policy(label, format!(
+            "fieldcrypt's policy encrypts {} but the route's Confluent rule does not select it (tag the field with one of the rule's tags): it would go out in clear",
+            unselected.join(", ")
+        )));
+    }
+    match policy::required_in_clear(&cx.route.require, plan, tags) {
+        Some(missing) => Err(Refused::new(
+            Code::PolicyDowngrade,
+            format!("{label} leaves in clear what the route requires: {missing}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Confluent's format in, fieldcrypt's out (re-keying): every field the ENCRYPT

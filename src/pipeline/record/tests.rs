@@ -45,6 +45,26 @@ fn order(id: i64) -> Vec<u8> {
         .unwrap()
 }
 
+/// An engine over a local KEK and a keyset with the `default` deterministic key,
+/// its config, and the directory holding the keyset.
+async fn local_engine() -> (Arc<Engine>, Config, tempfile::TempDir) {
+    local_engine_with(Config::default()).await
+}
+
+/// [`local_engine`] over `cfg`.
+async fn local_engine_with(mut cfg: Config) -> (Arc<Engine>, Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_bytes(&[7; 32]).unwrap());
+    cfg.keyset.file = dir.path().join("keyset.json");
+    let mut ks = Keyset::default();
+    ks.create(kms.as_ref(), Purpose::Deterministic, "default")
+        .await
+        .unwrap();
+    ks.save(&cfg.keyset.file).unwrap();
+    let engine = Arc::new(Engine::with_kms(cfg.clone(), kms).await.unwrap());
+    (engine, cfg, dir)
+}
+
 /// An engine over a local KEK, a keyset with the `default` deterministic key, and
 /// an encrypting and a decrypting transformer for the orders topics.
 struct Fixture {
@@ -61,16 +81,7 @@ impl Fixture {
 
     /// As [`new`](Self::new), with the decrypting route adjusted by `f`.
     async fn with_decrypt_route(f: impl FnOnce(&mut RouteConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kms: Arc<dyn Kms> = Arc::new(LocalKms::from_bytes(&[7; 32]).unwrap());
-        let mut cfg = Config::default();
-        cfg.keyset.file = dir.path().join("keyset.json");
-        let mut ks = Keyset::default();
-        ks.create(kms.as_ref(), Purpose::Deterministic, "default")
-            .await
-            .unwrap();
-        ks.save(&cfg.keyset.file).unwrap();
-        let engine = Arc::new(Engine::with_kms(cfg.clone(), kms).await.unwrap());
+        let (engine, cfg, dir) = local_engine().await;
 
         let input = dir.path().join("order.avsc");
         std::fs::write(&input, order_schema().to_string()).unwrap();
@@ -434,3 +445,5 @@ async fn a_route_index_without_a_transform_is_dead_lettered() {
         .unwrap();
     assert_eq!(dead_letter(o).0, Code::NoRoute);
 }
+
+mod registry;
