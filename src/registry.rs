@@ -147,12 +147,19 @@ impl RegistryError {
     }
 }
 
+/// The registry's name for Avro schemas (`schemaType`, the default).
+pub const AVRO: &str = "AVRO";
+
 /// A schema as the registry stores it: text and parsed JSON.
 #[derive(Debug)]
 pub struct RegisteredSchema {
     pub id: u32,
-    /// The schema, standing alone: the named types of its references (and theirs)
-    /// are defined at their first use in it.
+    /// `AVRO`, `JSON`, `PROTOBUF`, ... (the registry's `schemaType`). Which value
+    /// format takes the schema is the pipeline's choice, not the client's.
+    pub schema_type: String,
+    /// The schema, standing alone: for Avro, the named types of its references
+    /// (and theirs) are defined at their first use in it. A schema whose text is
+    /// not JSON (Protobuf) is its text as a JSON string.
     pub json: Json,
     /// The schema's references, as registered (`[{name, subject, version}]`).
     pub references: Vec<SchemaReference>,
@@ -174,6 +181,7 @@ pub struct SchemaReference {
 /// A subject's version as fetched (references not yet resolved).
 #[derive(Debug)]
 struct VersionBody {
+    schema_type: String,
     json: Json,
     references: Vec<SchemaReference>,
     rule_set: Option<Json>,
@@ -183,6 +191,8 @@ struct VersionBody {
 /// One registered version of a subject, standing alone (references resolved).
 #[derive(Debug, Clone)]
 pub struct SubjectVersion {
+    /// The registry's `schemaType` (see [`RegisteredSchema::schema_type`]).
+    pub schema_type: String,
     pub json: Json,
     /// Confluent data-contract `ruleSet`, if the version has one.
     pub rule_set: Option<Json>,
@@ -215,14 +225,12 @@ pub trait Registry: Send + Sync {
         subject: &str,
         version: i64,
     ) -> Result<SubjectVersion, RegistryError>;
-    /// The id of `schema` (with its rule set and metadata) under `subject`,
-    /// registered first when `register` is true.
-    async fn id_for_with(
+    /// The id of an output schema under `subject`, registered first when
+    /// `register` is true.
+    async fn output_id(
         &self,
         subject: &str,
-        schema: &Json,
-        rule_set: Option<&Json>,
-        metadata: Option<&Json>,
+        out: &OutputSchema<'_>,
         register: bool,
     ) -> Result<u32, RegistryError>;
     /// The KEK named `name` (`None`: there is none).
@@ -257,15 +265,13 @@ impl Registry for SchemaRegistry {
     ) -> Result<SubjectVersion, RegistryError> {
         SchemaRegistry::subject_schema(self, subject, version).await
     }
-    async fn id_for_with(
+    async fn output_id(
         &self,
         subject: &str,
-        schema: &Json,
-        rule_set: Option<&Json>,
-        metadata: Option<&Json>,
+        out: &OutputSchema<'_>,
         register: bool,
     ) -> Result<u32, RegistryError> {
-        SchemaRegistry::id_for_with(self, subject, schema, rule_set, metadata, register).await
+        SchemaRegistry::output_id(self, subject, out, register).await
     }
     async fn kek(&self, name: &str) -> Result<Option<dek::Kek>, RegistryError> {
         SchemaRegistry::kek(self, name).await
@@ -308,7 +314,17 @@ pub struct SchemaRegistry {
 /// What a schema id is looked up by: subject, schema text and the compact JSON
 /// of its ruleSet and metadata (the registry gives the same text with other
 /// rules another id).
-type IdKey = (String, String, Option<String>, Option<String>);
+type IdKey = (String, &'static str, String, Option<String>, Option<String>);
+
+/// An output schema to register (or look up) under a subject: its type, text,
+/// and the data-contract rule set and metadata that are part of its identity.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSchema<'a> {
+    pub schema_type: &'static str,
+    pub json: &'a Json,
+    pub rule_set: Option<&'a Json>,
+    pub metadata: Option<&'a Json>,
+}
 
 impl std::fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -428,10 +444,15 @@ impl SchemaRegistry {
                         None,
                     )
                     .await?;
-                let (json, references) = parse_schema_body(&body, &what)?;
-                let json = self.resolve_references(json, &references, &what).await?;
+                let (schema_type, json, references) = parse_schema_body(&body, &what)?;
+                let json = match schema_type.as_str() {
+                    AVRO => self.resolve_references(json, &references, &what).await?,
+                    // Another format resolves its references its own way.
+                    _ => json,
+                };
                 Ok(Arc::new(RegisteredSchema {
                     id,
+                    schema_type,
                     json,
                     references,
                     rule_set: body.get("ruleSet").filter(|v| !v.is_null()).cloned(),
@@ -465,8 +486,9 @@ impl SchemaRegistry {
                     None,
                 )
                 .await?;
-            let (json, references) = parse_schema_body(&body, &what)?;
+            let (schema_type, json, references) = parse_schema_body(&body, &what)?;
             Ok(Arc::new(VersionBody {
+                schema_type,
                 json,
                 references,
                 rule_set: body.get("ruleSet").filter(|v| !v.is_null()).cloned(),
@@ -514,10 +536,15 @@ impl SchemaRegistry {
     ) -> Result<SubjectVersion, RegistryError> {
         let body = self.version(subject, version).await?;
         let what = format!("subject {subject} version {version}");
-        let json = self
-            .resolve_references(body.json.clone(), &body.references, &what)
-            .await?;
+        let json = match body.schema_type.as_str() {
+            AVRO => {
+                self.resolve_references(body.json.clone(), &body.references, &what)
+                    .await?
+            }
+            _ => body.json.clone(),
+        };
         Ok(SubjectVersion {
+            schema_type: body.schema_type.clone(),
             json,
             rule_set: body.rule_set.clone(),
             metadata: body.metadata.clone(),
@@ -597,21 +624,42 @@ impl SchemaRegistry {
         metadata: Option<&Json>,
         register: bool,
     ) -> Result<u32, RegistryError> {
-        let text = schema.to_string();
+        let out = OutputSchema {
+            schema_type: AVRO,
+            json: schema,
+            rule_set,
+            metadata,
+        };
+        self.output_id(subject, &out, register).await
+    }
+
+    /// [`id_for_with`](Self::id_for_with) for a schema of any type.
+    pub async fn output_id(
+        &self,
+        subject: &str,
+        out: &OutputSchema<'_>,
+        register: bool,
+    ) -> Result<u32, RegistryError> {
+        let text = match out.json {
+            Json::String(t) if out.schema_type != AVRO => t.clone(),
+            j => j.to_string(),
+        };
         let key = (
             subject.to_string(),
+            out.schema_type,
             text.clone(),
-            rule_set.map(Json::to_string),
-            metadata.map(Json::to_string),
+            out.rule_set.map(Json::to_string),
+            out.metadata.map(Json::to_string),
         );
         self.ids
             .try_get_with(key, async move {
                 let enc = encode_segment(subject);
-                let mut body = serde_json::json!({ "schema": text, "schemaType": "AVRO" });
-                if let Some(r) = rule_set {
+                let mut body =
+                    serde_json::json!({ "schema": text, "schemaType": out.schema_type });
+                if let Some(r) = out.rule_set {
                     body["ruleSet"] = r.clone();
                 }
-                if let Some(m) = metadata {
+                if let Some(m) = out.metadata {
                     body["metadata"] = m.clone();
                 }
                 let (op, path, what) = if register {
@@ -760,12 +808,14 @@ impl SchemaRegistry {
     }
 }
 
-/// The schema JSON and references of a `/schemas/ids/{id}` or
-/// `/subjects/{s}/versions/{v}` answer; a schema type other than Avro is refused.
+/// A `/schemas/ids/{id}` or `/subjects/{s}/versions/{v}` answer's type (`AVRO`
+/// when absent), schema and references. Avro and
+/// JSON Schema texts must be JSON; another type's text that is not JSON is kept
+/// as a JSON string.
 fn parse_schema_body(
     body: &Json,
     what: &str,
-) -> Result<(Json, Vec<SchemaReference>), RegistryError> {
+) -> Result<(String, Json, Vec<SchemaReference>), RegistryError> {
     let text = body
         .get("schema")
         .and_then(Json::as_str)
@@ -773,20 +823,21 @@ fn parse_schema_body(
             what: what.to_string(),
             msg: "no \"schema\" string in the answer".into(),
         })?;
-    if let Some(t) = body.get("schemaType").and_then(Json::as_str) {
-        if t != "AVRO" {
-            return Err(RegistryError::Rejected {
+    let schema_type = body
+        .get("schemaType")
+        .and_then(Json::as_str)
+        .unwrap_or(AVRO)
+        .to_string();
+    let json = match serde_json::from_str(text) {
+        Ok(j) => j,
+        Err(_) if !matches!(schema_type.as_str(), AVRO | "JSON") => Json::String(text.into()),
+        Err(e) => {
+            return Err(RegistryError::Invalid {
                 what: what.to_string(),
-                status: 200,
-                code: 0,
-                message: format!("schema type {t} is not Avro"),
-            });
+                msg: format!("schema is not JSON: {e}"),
+            })
         }
-    }
-    let json = serde_json::from_str(text).map_err(|e| RegistryError::Invalid {
-        what: what.to_string(),
-        msg: format!("schema is not JSON: {e}"),
-    })?;
+    };
     let references = match body.get("references") {
         None | Some(Json::Null) => Vec::new(),
         Some(r) => serde_json::from_value(r.clone()).map_err(|e| RegistryError::Invalid {
@@ -794,7 +845,7 @@ fn parse_schema_body(
             msg: format!("\"references\" is not a list of {{name, subject, version}}: {e}"),
         })?,
     };
-    Ok((json, references))
+    Ok((schema_type, json, references))
 }
 
 /// A transport error without the URL (which is ours) repeated, with its cause.

@@ -94,6 +94,10 @@ impl Expectations {
             ));
         };
         let found = match reg.schema_by_id(id).await {
+            Ok(s) if s.schema_type != crate::registry::AVRO => Err(format!(
+                "output schema id {id} is of type {}, not Avro",
+                s.schema_type
+            )),
             Ok(s) => match DecryptPlan::build(&s.json, &format!("schema id {id}")) {
                 Ok(plan) => {
                     let ins = Inspector::new(Arc::new(plan));

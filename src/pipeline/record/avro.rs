@@ -18,6 +18,7 @@ use crate::config::PipelineMode;
 use crate::engine::{EncryptFailure, Engine};
 use crate::kafka::headers;
 use crate::keys::KmsError;
+use crate::registry::AVRO;
 use crate::schema::policy::{MetadataTags, Mode};
 use crate::transform::decrypt::DekSet;
 use crate::transform::{Counts, Decryptor, Encryptor};
@@ -242,7 +243,11 @@ impl ValueFormat for FieldcryptAvro {
     }
 
     async fn build(&self, cx: &SchemaCx<'_>) -> Step<Claim> {
+        if cx.schema.schema_type != AVRO {
+            return Ok(None);
+        }
         Ok(Some(build(cx, false).await?.map(|plan| Built {
+            schema_type: AVRO,
             out_json: plan.output_json().clone(),
             codec: Arc::new(plan),
             out_rules: None,

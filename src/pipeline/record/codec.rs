@@ -115,6 +115,8 @@ pub(super) struct SchemaCx<'a> {
 /// A codec for a writer schema, and the output schema to register for it.
 pub(super) struct Built {
     pub codec: Arc<dyn ValueCodec>,
+    /// The output schema's type (the registry's `schemaType`).
+    pub schema_type: &'static str,
     pub out_json: Json,
     /// The data-contract rule set registered with the output schema.
     pub out_rules: Option<Arc<Json>>,
@@ -133,7 +135,7 @@ pub(super) trait ValueFormat: Sync {
     fn name(&self) -> &'static str;
 
     /// The codec for `cx.schema`, or `None` when the schema is not this
-    /// format's. `Err` is a failure that is not for good (an outage, or a
+    /// format's (its type, `cx.schema.schema_type`, first of all). `Err` is a failure that is not for good (an outage, or a
     /// registry answer about this record).
     async fn build(&self, cx: &SchemaCx<'_>) -> Step<Claim>;
 }

@@ -22,6 +22,7 @@ use crate::csfle::keys::{CsfleKeyError, CsfleKeys};
 use crate::csfle::plan::CsflePlan;
 use crate::csfle::transform::{CsfleCodec, DecryptFailure, ReadKeys};
 use crate::engine::Engine;
+use crate::registry::AVRO;
 use crate::transform::Counts;
 
 /// Most DEK versions one record may name (each fetched at most once).
@@ -151,6 +152,9 @@ impl ValueFormat for ConfluentAvro {
     }
 
     async fn build(&self, cx: &SchemaCx<'_>) -> Step<Claim> {
+        if cx.schema.schema_type != AVRO {
+            return Ok(None);
+        }
         let md = cx.schema.metadata.as_ref();
         let writer_rules = match crate::csfle::rules::encrypt_rules(cx.schema.rule_set.as_ref(), md)
         {
@@ -253,6 +257,7 @@ fn plan_out(
         None => to,
     };
     let built = Built {
+        schema_type: AVRO,
         codec,
         out_json,
         out_rules: Some(rules.clone()),
@@ -349,6 +354,7 @@ async fn rekey_in(cx: &SchemaCx<'_>) -> Step<Result<Built, Refused>> {
         to: Arc::new(Plan::Encrypt(enc)),
     });
     Ok(Ok(Built {
+        schema_type: AVRO,
         codec,
         out_json,
         out_rules: None,
@@ -366,6 +372,7 @@ fn decrypt_in(cx: &SchemaCx<'_>) -> Result<Built, Refused> {
         held: RwLock::default(),
     });
     Ok(Built {
+        schema_type: AVRO,
         codec,
         out_json: cx.schema.json.clone(),
         out_rules: None,

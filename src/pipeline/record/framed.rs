@@ -8,15 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value as Json;
-
 use super::avro::{self, Plan};
 use super::codec::{SchemaCx, ValueCodec, FORMATS};
 use super::failure::{record, Failure, Refused, Step};
 use super::{Route, Transformer};
 use crate::codes::Code;
 use crate::kafka::wire;
-use crate::registry::{RegisteredSchema, Registry, RegistryError};
+use crate::registry::{OutputSchema, RegisteredSchema, Registry, RegistryError, AVRO};
 
 /// A codec for one registry schema id, and the id of its output schema.
 pub(super) struct Framed<C> {
@@ -56,14 +54,6 @@ impl Part {
             Part::Value => "value",
         }
     }
-}
-
-/// The output schema registered for a writer schema, with the data-contract
-/// rule set and metadata that are part of its identity.
-struct Output<'a> {
-    json: &'a Json,
-    rules: Option<&'a Json>,
-    metadata: Option<&'a Json>,
 }
 
 /// What one schema id became, before it is cached: codec and output id, or a
@@ -221,9 +211,14 @@ impl Transformer {
             }
         }
         let Some((format, built)) = claimed else {
-            return Ok(Err(Refused::policy(
-                &label,
-                "no value format takes this schema",
+            let names: Vec<&str> = FORMATS.iter().map(|f| f.name()).collect();
+            return Ok(Err(Refused::new(
+                Code::SchemaRejected,
+                format!(
+                    "{label}: its type is {}, which no value format of this build reads (formats: {})",
+                    schema.schema_type,
+                    names.join(", ")
+                ),
             )));
         };
         let built = match built {
@@ -235,9 +230,10 @@ impl Transformer {
             tracing::error!(schema_id = schema.id, code = %refused.code, "writer schema refused: {}", refused.message);
             return Ok(Err(refused));
         }
-        let out = Output {
+        let out = OutputSchema {
+            schema_type: built.schema_type,
             json: &built.out_json,
-            rules: built.out_rules.as_deref(),
+            rule_set: built.out_rules.as_deref(),
             metadata: built
                 .keep_metadata
                 .then_some(schema.metadata.as_ref())
@@ -263,9 +259,10 @@ impl Transformer {
             Ok(p) => p,
             Err(refused) => return Ok(Err(refused)),
         };
-        let out = Output {
+        let out = OutputSchema {
+            schema_type: AVRO,
             json: plan.output_json(),
-            rules: None,
+            rule_set: None,
             metadata: None,
         };
         let out_id = self.register(&cx, Part::Key, out, "fieldcrypt").await?;
@@ -277,20 +274,14 @@ impl Transformer {
         &self,
         cx: &SchemaCx<'_>,
         part: Part,
-        out: Output<'_>,
+        out: OutputSchema<'_>,
         format: &'static str,
     ) -> Step<u32> {
         let is_key = matches!(part, Part::Key);
         let subject = self.strategy.subject(cx.target, is_key, out.json);
         let out_id = cx
             .registry
-            .id_for_with(
-                &subject,
-                out.json,
-                out.rules,
-                out.metadata,
-                self.auto_register,
-            )
+            .output_id(&subject, &out, self.auto_register)
             .await
             .map_err(|e| Failure::from(e).about(part.name()))?;
         tracing::info!(

@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use super::*;
 use crate::kafka::route::{ConfluentRule, Format};
 use crate::registry::dek::{Dek, DekVersion, Kek, NewDek, NewKek};
-use crate::registry::{RegisteredSchema, RegistryError, SubjectVersion};
+use crate::registry::{OutputSchema, RegisteredSchema, RegistryError, SubjectVersion, AVRO};
 
-/// One registered schema: subject, text, rule set, metadata.
-type Entry = (String, Json, Option<Json>, Option<Json>);
+/// One registered schema: subject, type, text, rule set, metadata.
+type Entry = (String, String, Json, Option<Json>, Option<Json>);
 
 /// A Schema Registry (and DEK Registry) in memory. Ids are 1, 2, ... in
 /// registration order; a subject's versions are its entries in that order.
@@ -42,9 +42,18 @@ impl FakeRegistry {
 
     /// Registers `json` under `subject` as a writer would, returning its id.
     fn add(&self, subject: &str, json: Json, rules: Option<Json>) -> u32 {
+        self.add_typed(subject, AVRO, json, rules)
+    }
+
+    fn add_typed(&self, subject: &str, schema_type: &str, json: Json, rules: Option<Json>) -> u32 {
         let mut s = self.schemas.lock().unwrap();
-        s.push((subject.into(), json, rules, None));
+        s.push((subject.into(), schema_type.into(), json, rules, None));
         s.len() as u32
+    }
+
+    /// The schema registered with id `id`.
+    fn json(&self, id: u32) -> Json {
+        self.entry(id).unwrap().2
     }
 
     fn entry(&self, id: u32) -> Option<Entry> {
@@ -65,11 +74,13 @@ impl Registry for FakeRegistry {
     async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
         self.up("schema")?;
         self.schema_fetches.fetch_add(1, Ordering::SeqCst);
-        let (_, json, rule_set, metadata) = self.entry(id).ok_or(RegistryError::NotFound {
-            what: format!("schema id {id}"),
-        })?;
+        let (_, schema_type, json, rule_set, metadata) =
+            self.entry(id).ok_or(RegistryError::NotFound {
+                what: format!("schema id {id}"),
+            })?;
         Ok(Arc::new(RegisteredSchema {
             id,
+            schema_type,
             json,
             references: Vec::new(),
             rule_set,
@@ -89,28 +100,28 @@ impl Registry for FakeRegistry {
     ) -> Result<SubjectVersion, RegistryError> {
         self.up("version")?;
         let id = self.ids_of(subject)[version as usize - 1];
-        let (_, json, rule_set, metadata) = self.entry(id).unwrap();
+        let (_, schema_type, json, rule_set, metadata) = self.entry(id).unwrap();
         Ok(SubjectVersion {
+            schema_type,
             json,
             rule_set,
             metadata,
         })
     }
 
-    async fn id_for_with(
+    async fn output_id(
         &self,
         subject: &str,
-        schema: &Json,
-        rule_set: Option<&Json>,
-        metadata: Option<&Json>,
+        out: &OutputSchema<'_>,
         register: bool,
     ) -> Result<u32, RegistryError> {
         self.up("register")?;
         let wanted = (
             subject.to_string(),
-            schema.clone(),
-            rule_set.cloned(),
-            metadata.cloned(),
+            out.schema_type.to_string(),
+            out.json.clone(),
+            out.rule_set.cloned(),
+            out.metadata.cloned(),
         );
         let mut s = self.schemas.lock().unwrap();
         if let Some(i) = s.iter().position(|e| *e == wanted) {
@@ -270,7 +281,7 @@ async fn a_registry_value_is_encrypted_under_its_registered_output_schema_and_de
     let out_id = schema_id(&enc);
     assert_eq!(fx.reg.ids_of("secure.orders-value"), vec![out_id]);
     let expected = fx.engine.encryptor(&order_schema(), "o").unwrap();
-    assert_eq!(fx.reg.entry(out_id).unwrap().1, expected.plan().output_json);
+    assert_eq!(fx.reg.json(out_id), expected.plan().output_json);
 
     let (o, plain) = fx.decrypt(enc, headers).await;
     let (_, _, headers, _) = produced(o);
@@ -282,7 +293,7 @@ async fn a_registry_value_is_encrypted_under_its_registered_output_schema_and_de
     // Decrypted under the plain schema, registered under the decrypted topic's subject.
     let plain_id = schema_id(&plain);
     assert_eq!(fx.reg.ids_of("plain.orders-value"), vec![plain_id]);
-    assert_eq!(fx.reg.entry(plain_id).unwrap().1, order_schema());
+    assert_eq!(fx.reg.json(plain_id), order_schema());
 }
 
 #[tokio::test]
@@ -437,7 +448,7 @@ async fn confluents_format_goes_through_the_dek_registry_and_decrypts_exactly() 
         assert!(!enc.windows(secret.len()).any(|w| w == secret.as_bytes()));
     }
     // The output schema carries the route's rule; the DEK was created, wrapped.
-    let (subject, _, rules, _) = fx.reg.entry(schema_id(&enc)).unwrap();
+    let (subject, _, _, rules, _) = fx.reg.entry(schema_id(&enc)).unwrap();
     assert_eq!(subject, "secure.orders-value");
     assert!(rules.unwrap().to_string().contains("orders-kek"));
     let deks = fx.reg.deks.lock().unwrap().clone();
@@ -499,4 +510,21 @@ async fn confluents_format_is_rekeyed_into_fieldcrypts() {
     assert_eq!(counts.randomized, 2);
     assert!(pairs(&headers).iter().any(|(k, _)| k == headers::DEK));
     assert!(!fc.windows(CARD.len()).any(|w| w == CARD.as_bytes()));
+}
+
+#[tokio::test]
+async fn a_schema_type_no_value_format_reads_is_refused_for_good() {
+    let fx = Registered::new(|_| {}).await;
+    let proto = Json::String("syntax = \"proto3\"; message Order { string card = 1; }".into());
+    let id = fx.reg.add_typed("orders-value", "PROTOBUF", proto, None);
+    for _ in 0..2 {
+        let msg = message(SOURCE, Some(framed(id, b"\x0a\x04abcd")), None);
+        let (code, m) = dead_letter(fx.encrypt(&msg).await.0);
+        assert_eq!(code, Code::SchemaRejected, "{m}");
+        assert!(
+            m.contains("PROTOBUF") && m.contains("confluent, fieldcrypt"),
+            "{m}"
+        );
+    }
+    assert_eq!(fx.reg.schema_fetches.load(Ordering::SeqCst), 1);
 }
