@@ -29,7 +29,8 @@
 //! - [`registry`]: the Schema Registry client (writer schemas by id, output schemas
 //!   registered under the target subject).
 //! - [`pipeline`]: `fieldcrypt run`, lanes of consume → transform → produce →
-//!   acknowledge (rdkafka): the transform step (`pipeline::record`), size limits,
+//!   acknowledge (rdkafka): the transform step (`pipeline::record`: resolve →
+//!   value codec → outcome, one file per value format), size limits,
 //!   offsets, rebalances and transactions in their own files; at-least-once or
 //!   exactly-once; dead letters.
 //! - [`loadgen`]: `fieldcrypt loadgen` and `check`: synthetic records at a target
@@ -49,8 +50,8 @@
 //!
 //! Where new things go (CONTRIBUTING.md has the files of each): a KMS provider in
 //! `keys/` with its driver in `keys::driver`; a ciphertext version in
-//! `crypto::format`; a sink beside `pipeline::produce`. An input format other than
-//! Avro has no seam yet.
+//! `crypto::format`; a sink beside `pipeline::produce`; a value format (JSON Schema,
+//! Protobuf) as a `ValueFormat` in `pipeline::record` and one line in its `FORMATS`.
 
 // `unsafe` only in `crypto::aesni`: calling its AES-NI functions once the CPU
 // has been seen to have the instructions (that module says why it is sound).

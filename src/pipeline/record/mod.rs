@@ -8,7 +8,15 @@
 //! it is never produced to the target with a sensitive field in plaintext. A
 //! failure of the KMS or registry is a [`Fatal`], kept apart: nothing is wrong with
 //! the record. No broker is involved, so unit tests call it with an
-//! [`OwnedMessage`](rdkafka::message::OwnedMessage).
+//! [`OwnedMessage`](rdkafka::message::OwnedMessage), and with a registry held in
+//! memory behind [`Registry`].
+//!
+//! This file is the composition — resolve (route, key, the value's codec) →
+//! [`ValueCodec::apply`](codec::ValueCodec) → outcome. Around it: `codec` (the
+//! seam: value codecs and the formats that build them), `avro` and `confluent`
+//! (the two formats), `framed` (codecs per registry schema id), `policy` (the
+//! route's floor), `raw` (raw routes' plans, checked at start-up), `failure`
+//! (dead letter or [`Fatal`]).
 
 use std::sync::{Arc, Mutex};
 
