@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
 
-use super::rules::{encrypt_rules, metadata_tags, wildcard_match, EncryptRule};
+use super::rules::{encrypt_rules, metadata_tags, wildcard_match, ContractError, EncryptRule};
 use crate::schema::model::{Node, NodeId, SchemaTree};
 
 /// The rules of one schema and the fields each encrypts.
@@ -40,12 +40,12 @@ impl CsflePlan {
         metadata: Option<&Json>,
         label: &str,
         max_depth: usize,
-    ) -> Result<Self, String> {
-        let err = |m: String| format!("{label}: {m}");
-        let mut tree = SchemaTree::compile(schema).map_err(|e| err(e.to_string()))?;
+    ) -> Result<Self, ContractError> {
+        let err = |m: &dyn std::fmt::Display| ContractError(format!("{label}: {m}"));
+        let mut tree = SchemaTree::compile(schema).map_err(|e| err(&e))?;
         tree.max_depth = max_depth;
-        let rules = encrypt_rules(rule_set, metadata).map_err(err)?;
-        let patterns = metadata_tags(metadata).map_err(err)?;
+        let rules = encrypt_rules(rule_set, metadata).map_err(|e| err(&e))?;
+        let patterns = metadata_tags(metadata).map_err(|e| err(&e))?;
         let mut fields: Vec<Vec<Option<usize>>> = vec![Vec::new(); tree.nodes.len()];
         let mut selected = Vec::new();
         for (id, n) in tree.nodes.iter().enumerate() {
@@ -72,7 +72,7 @@ impl CsflePlan {
                     [] => None,
                     [one] => Some(*one),
                     [a, b, ..] => {
-                        return Err(err(format!(
+                        return Err(err(&format!(
                             "field {full} is selected by two ENCRYPT rules ({:?} and {:?}); fieldcrypt encrypts a field under one rule",
                             rules[*a].name, rules[*b].name
                         )))
@@ -83,7 +83,7 @@ impl CsflePlan {
                 let rule = rule.filter(|_| !only_records(&tree, f.node, &mut Vec::new()));
                 if let Some(ri) = rule {
                     if let Some(bad) = unsupported_leaf(&tree, f.node, &mut Vec::new()) {
-                        return Err(err(format!(
+                        return Err(err(&format!(
                             "field {full} is selected by ENCRYPT rule {:?} but can hold {bad}; Confluent's format encrypts only string and bytes values",
                             rules[ri].name
                         )));
@@ -117,7 +117,7 @@ impl CsflePlan {
         &mut self,
         enc: &crate::transform::Encryptor,
         schema: &Json,
-    ) -> Result<Json, String> {
+    ) -> Result<Json, ContractError> {
         let mut index_fields = std::collections::HashMap::new();
         let mut out = enc.plan().output_json.clone();
         crate::schema::plan::rewrite_records(&mut out, "", &mut |record, fields| {
@@ -249,9 +249,13 @@ mod tests {
     fn unsupported_types_and_double_selection_are_refused_at_plan_time() {
         let s = json!({"type": "record", "name": "R", "fields": [
             {"name": "n", "type": ["null", "string", "int"], "confluent:tags": ["PII"]}]});
-        let e = CsflePlan::build(&s, Some(&rule(&["PII"])), None, "t", 64).unwrap_err();
+        let e = CsflePlan::build(&s, Some(&rule(&["PII"])), None, "t", 64)
+            .unwrap_err()
+            .0;
         assert!(e.contains("R.n") && e.contains("int"), "{e}");
-        let e = CsflePlan::build(&schema(), Some(&rule(&[])), None, "t", 64).unwrap_err();
+        let e = CsflePlan::build(&schema(), Some(&rule(&[])), None, "t", 64)
+            .unwrap_err()
+            .0;
         assert!(
             e.contains("Payment.id"),
             "a rule without tags selects every leaf: {e}"
@@ -261,7 +265,9 @@ mod tests {
              "tags": ["PII"], "params": {"encrypt.kek.name": "k"}},
             {"name": "b", "type": "ENCRYPT", "kind": "TRANSFORM", "mode": "WRITEREAD",
              "tags": ["PII"], "params": {"encrypt.kek.name": "k2"}}]});
-        let e = CsflePlan::build(&schema(), Some(&two), None, "t", 64).unwrap_err();
+        let e = CsflePlan::build(&schema(), Some(&two), None, "t", 64)
+            .unwrap_err()
+            .0;
         assert!(e.contains("two ENCRYPT rules"), "{e}");
     }
 

@@ -40,13 +40,31 @@ impl EncryptRule {
     }
 }
 
+/// What fieldcrypt cannot follow in a schema's data contract (its `ruleSet` or
+/// `metadata`): the message names the part and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ContractError(pub String);
+
+impl From<String> for ContractError {
+    fn from(m: String) -> Self {
+        ContractError(m)
+    }
+}
+
+impl From<&str> for ContractError {
+    fn from(m: &str) -> Self {
+        ContractError(m.into())
+    }
+}
+
 /// The enabled `ENCRYPT` rules of a rule set, in order. A rule fieldcrypt cannot
 /// honour exactly (another kind or mode, a parameter it does not understand) is an
 /// error, never skipped: skipping would leave fields in clear or undecrypted.
 pub fn encrypt_rules(
     rule_set: Option<&Json>,
     metadata: Option<&Json>,
-) -> Result<Vec<EncryptRule>, String> {
+) -> Result<Vec<EncryptRule>, ContractError> {
     let Some(rules) = rule_set.and_then(|r| r.get("domainRules")) else {
         return Ok(Vec::new());
     };
@@ -56,7 +74,7 @@ pub fn encrypt_rules(
     let properties = metadata.and_then(|m| m.get("properties"));
     let mut out = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        let at = |msg: String| format!("ruleSet.domainRules[{i}]: {msg}");
+        let at = |msg: String| ContractError(format!("ruleSet.domainRules[{i}]: {msg}"));
         let text = |k: &str| r.get(k).and_then(Json::as_str);
         if !text("type").is_some_and(|t| t.eq_ignore_ascii_case("ENCRYPT")) {
             continue;
@@ -148,7 +166,7 @@ pub fn disabled_rules_enabled(rule_set: Option<&Json>) -> Option<Json> {
 }
 
 /// `metadata.tags`: field-name pattern → tags.
-pub fn metadata_tags(metadata: Option<&Json>) -> Result<Vec<(String, Vec<String>)>, String> {
+pub fn metadata_tags(metadata: Option<&Json>) -> Result<Vec<(String, Vec<String>)>, ContractError> {
     let Some(tags) = metadata.and_then(|m| m.get("tags")) else {
         return Ok(Vec::new());
     };
@@ -281,19 +299,23 @@ mod tests {
         assert!(rule(json!({})).is_ok());
         assert!(rule(json!({"mode": "WRITE"}))
             .unwrap_err()
+            .0
             .contains("WRITEREAD"));
         assert!(rule(json!({"params": {}}))
             .unwrap_err()
+            .0
             .contains("encrypt.kek.name"));
         assert!(
             rule(json!({"params": {"encrypt.kek.name": "k", "encrypt.dek.algorithm": "DES"}}))
                 .unwrap_err()
+                .0
                 .contains("algorithm")
         );
         assert!(rule(
             json!({"params": {"encrypt.kek.name": "k", "encrypt.dek.expiry.days": "-1"}})
         )
         .unwrap_err()
+        .0
         .contains("expiry"));
         assert!(encrypt_rules(None, None).unwrap().is_empty());
     }

@@ -20,6 +20,7 @@ use crate::codes::Code;
 use crate::config::PipelineMode;
 use crate::csfle::keys::{CsfleKeyError, CsfleKeys};
 use crate::csfle::plan::CsflePlan;
+use crate::csfle::rules::ContractError;
 use crate::csfle::transform::{CsfleCodec, DecryptFailure, ReadKeys};
 use crate::engine::Engine;
 use crate::registry::AVRO;
@@ -241,7 +242,7 @@ fn plan_out(
     let out_json = cx
         .engine
         .encryptor_tagged(&base, &tags, label)
-        .map_err(|e| e.to_string())
+        .map_err(|e| ContractError(e.to_string()))
         .and_then(|enc| plan.with_indexes(&enc, &base))
         .map_err(|m| policy(&m))?;
     let plan = Arc::new(plan);
