@@ -57,15 +57,26 @@ pub struct Generator<'a> {
     in_source: Option<String>,
 }
 
-/// Why no record of this schema can be generated (nor exist): a type on every
-/// value's path that has no values, an empty union. Names the field.
-pub fn check(tree: &SchemaTree) -> Result<(), String> {
-    fn go(t: &SchemaTree, id: NodeId, path: &str, seen: &mut Vec<NodeId>) -> Result<(), String> {
+/// A schema no record can be generated for (nor exist): `field` (or "the schema")
+/// has a type on every value's path that has no values, an empty union.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} has an empty union type ([]): no value can be written for it")]
+pub struct Ungeneratable {
+    pub field: String,
+}
+
+/// Why no record of this schema can be generated (nor exist). Names the field.
+pub fn check(tree: &SchemaTree) -> Result<(), Ungeneratable> {
+    fn go(
+        t: &SchemaTree,
+        id: NodeId,
+        path: &str,
+        seen: &mut Vec<NodeId>,
+    ) -> Result<(), Ungeneratable> {
         match t.node(id) {
-            Node::Union(bs) if bs.is_empty() => Err(format!(
-                "{} has an empty union type ([]): no value can be written for it",
-                if path.is_empty() { "the schema" } else { path }
-            )),
+            Node::Union(bs) if bs.is_empty() => Err(Ungeneratable {
+                field: if path.is_empty() { "the schema" } else { path }.to_string(),
+            }),
             Node::Record(r) => {
                 if seen.contains(&id) {
                     return Ok(());

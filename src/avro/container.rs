@@ -248,37 +248,50 @@ impl<R: Read> ContainerReader<R> {
     }
 }
 
+/// Why a block did not decompress.
+#[derive(Debug, thiserror::Error)]
+enum DecompressError {
+    #[error("the block decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")]
+    TooBig,
+    /// The codec's own message: the block is not valid for it.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+fn corrupt(e: impl std::fmt::Display) -> DecompressError {
+    DecompressError::Corrupt(e.to_string())
+}
+
 /// Decompresses a block, refusing to produce more than [`MAX_DECOMPRESSED_BYTES`].
-fn decompress(codec: Codec, mut data: Vec<u8>) -> Result<Vec<u8>, String> {
-    let too_big = || format!("the block decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes");
+fn decompress(codec: Codec, mut data: Vec<u8>) -> Result<Vec<u8>, DecompressError> {
     match codec {
         Codec::Null => Ok(data),
         Codec::Deflate(_) => {
             miniz_oxide::inflate::decompress_to_vec_with_limit(&data, MAX_DECOMPRESSED_BYTES)
                 .map_err(|e| match e.status {
-                    miniz_oxide::inflate::TINFLStatus::HasMoreOutput => too_big(),
-                    s => format!("{s:?}"),
+                    miniz_oxide::inflate::TINFLStatus::HasMoreOutput => DecompressError::TooBig,
+                    s => DecompressError::Corrupt(format!("{s:?}")),
                 })
         }
         Codec::Snappy => {
             // The block is the raw snappy stream plus a 4-byte CRC32 of the output.
             let body = &data[..data.len().saturating_sub(4)];
-            let n = snap::raw::decompress_len(body).map_err(|e| e.to_string())?;
+            let n = snap::raw::decompress_len(body).map_err(corrupt)?;
             if n > MAX_DECOMPRESSED_BYTES {
-                return Err(too_big());
+                return Err(DecompressError::TooBig);
             }
-            codec.decompress(&mut data).map_err(|e| e.to_string())?;
+            codec.decompress(&mut data).map_err(corrupt)?;
             Ok(data)
         }
         Codec::Zstandard(_) => {
             let mut out = Vec::new();
             zstd::stream::read::Decoder::new(data.as_slice())
-                .map_err(|e| e.to_string())?
+                .map_err(corrupt)?
                 .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|e| e.to_string())?;
+                .map_err(corrupt)?;
             if out.len() > MAX_DECOMPRESSED_BYTES {
-                return Err(too_big());
+                return Err(DecompressError::TooBig);
             }
             Ok(out)
         }
@@ -410,14 +423,14 @@ mod tests {
         let small = miniz_oxide::deflate::compress_to_vec(&zeros, 6);
         assert!(small.len() < 1 << 20);
         let e = decompress(Codec::Deflate(Default::default()), small).unwrap_err();
-        assert!(e.contains("more than"), "{e}");
+        assert!(matches!(e, DecompressError::TooBig), "{e}");
         let z = zstd::bulk::compress(&zeros, 1).unwrap();
         let e = decompress(Codec::Zstandard(Default::default()), z).unwrap_err();
-        assert!(e.contains("more than"), "{e}");
+        assert!(matches!(e, DecompressError::TooBig), "{e}");
         let mut s = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
         s.extend_from_slice(&[0, 0, 0, 0]);
         let e = decompress(Codec::Snappy, s).unwrap_err();
-        assert!(e.contains("more than"), "{e}");
+        assert!(matches!(e, DecompressError::TooBig), "{e}");
     }
 
     #[test]

@@ -56,18 +56,30 @@ pub fn filter_spec(
     (default.to_string(), "default")
 }
 
+/// A log filter (from `from`: a flag, a variable or the default) that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{from}: \"{spec}\" is not a log filter ({source}); use a level (error, warn, info, debug, trace) or e.g. \"info,librdkafka=debug\""
+)]
+pub struct FilterError {
+    from: String,
+    spec: String,
+    source: tracing_subscriber::filter::ParseError,
+}
+
 /// Installs the subscriber and the panic hook. `Err`: the filter is invalid.
-pub fn init(format: LogFormat, spec: &str, from: &str) -> Result<(), String> {
+pub fn init(format: LogFormat, spec: &str, from: &str) -> Result<(), FilterError> {
     let _ = FORMAT.set(format);
+    let invalid = |source| FilterError {
+        from: from.to_string(),
+        spec: spec.to_string(),
+        source,
+    };
     // Validated as given, so the error quotes what the user wrote.
-    tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| {
-        format!(
-            "{from}: \"{spec}\" is not a log filter ({e}); use a level (error, warn, info, debug, trace) or e.g. \"info,librdkafka=debug\""
-        )
-    })?;
+    tracing_subscriber::EnvFilter::try_new(spec).map_err(invalid)?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(fieldcrypt::keys::driver::cap_client_logs(spec))
-            .map_err(|e| format!("{from}: \"{spec}\": {e}"))?;
+            .map_err(invalid)?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

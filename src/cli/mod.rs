@@ -272,7 +272,7 @@ pub fn main() -> ExitCode {
     let (spec, from) = log::filter_spec(cli.log.as_deref(), &env, default_level);
     if let Err(e) = log::init(cli.log_format, &spec, from) {
         // No subscriber is installed: the line is written as the format asks.
-        log::line(tracing::Level::ERROR, &e);
+        log::line(tracing::Level::ERROR, &e.to_string());
         return ExitCode::FAILURE;
     }
     // The AES path is chosen once, here, before any key is built: a value of

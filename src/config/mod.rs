@@ -486,7 +486,7 @@ impl Config {
             ));
         };
         if let Err(hint) = kms.driver().check_confluent_key_id(&c.kms_key_id) {
-            return Err(invalid(key("confluent.kms_key_id"), hint));
+            return Err(invalid(key("confluent.kms_key_id"), hint.0));
         }
         if c.kms_key_id.is_empty() {
             return Err(invalid(key("confluent.kms_key_id"), "must not be empty"));
@@ -793,9 +793,9 @@ fn check_policy(key: &str, p: &PolicySpec) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
-        c.validate().map_err(|e| e.to_string())?;
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(s, Path::new("t.toml"), &|_| None)?;
+        c.validate()?;
         Ok(c)
     }
 
@@ -813,7 +813,7 @@ mod tests {
     #[test]
     fn pipeline_combinations_are_checked() {
         let route = "[[routes]]\nsource = \"a\"\ntarget = \"b\"\n";
-        let e = parse(route).unwrap_err();
+        let e = parse(route).unwrap_err().to_string();
         assert!(
             e.contains("routes[0].value_schema") && e.contains("schema_registry"),
             "{e}"
@@ -823,16 +823,21 @@ mod tests {
         let e = parse(&format!(
             "{route}value_schema = \"s.avsc\"\nkey_format = \"avro\"\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("routes[0].key_schema"), "{e}");
         // Exactly-once commits on revoke, so incremental rebalancing is fine.
         parse(
             "[pipeline]\ndelivery = \"exactly-once\"\n[kafka.properties]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
         )
         .unwrap();
-        let e = parse("[kafka.properties]\n\"transactional.id\" = \"x\"\n").unwrap_err();
+        let e = parse("[kafka.properties]\n\"transactional.id\" = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("managed by fieldcrypt"), "{e}");
-        let e = parse("[pipeline]\ndelivery = \"twice\"\n").unwrap_err();
+        let e = parse("[pipeline]\ndelivery = \"twice\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("delivery") || e.contains("twice"), "{e}");
     }
 
@@ -857,12 +862,14 @@ mod tests {
             ("[[rules]]\nrecord = \"R\"\nfields = []", "rules[0].fields"),
             ("[tags.PII]\ndomain = \"d\"", "tags.PII.domain"),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
-        let e = parse("[kms]\nkek_fil = \"x\"").unwrap_err();
+        let e = parse("[kms]\nkek_fil = \"x\"").unwrap_err().to_string();
         assert!(e.contains("kek_fil"), "{e}");
-        let e = parse("[tags.PII]\nmode = \"scrambled\"").unwrap_err();
+        let e = parse("[tags.PII]\nmode = \"scrambled\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("scrambled"), "{e}");
     }
 }

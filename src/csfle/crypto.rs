@@ -217,17 +217,18 @@ impl Dek {
             algorithm: algorithm.name(),
             reason,
         };
+        let unreadable = |e: ProtoError| bad(e.to_string());
         let mut r = ProtoReader { buf: proto, pos: 0 };
         let mut key: Option<&[u8]> = None;
         while !r.done() {
-            let tag = r.varint().map_err(&bad)?;
+            let tag = r.varint().map_err(unreadable)?;
             let (field, wire) = (tag >> 3, tag & 7);
             if field == 0 {
                 return Err(bad("field number 0".into()));
             }
             match (field, wire) {
                 (1, 0) => {
-                    let version = r.varint().map_err(&bad)?;
+                    let version = r.varint().map_err(unreadable)?;
                     if version != 0 {
                         return Err(bad(format!(
                             "key version {version} is not supported (only 0)"
@@ -235,7 +236,7 @@ impl Dek {
                     }
                 }
                 (f, 2) if f == algorithm.key_field() => {
-                    let value = r.length_delimited().map_err(&bad)?;
+                    let value = r.length_delimited().map_err(unreadable)?;
                     if key.is_some() {
                         return Err(bad("key_value appears more than once".into()));
                     }
@@ -255,7 +256,7 @@ impl Dek {
                         "key_value has wire type {w}, not length-delimited"
                     )))
                 }
-                (_, _) => r.skip(wire).map_err(&bad)?,
+                (_, _) => r.skip(wire).map_err(unreadable)?,
             }
         }
         let key = key.ok_or_else(|| bad("no key_value".into()))?;
@@ -467,6 +468,21 @@ pub fn decode_text(text: &str) -> Result<Vec<u8>, CsfleError> {
         .map_err(|_| CsfleError::Base64 { len: text.len() })
 }
 
+/// Why a protobuf message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ProtoError {
+    #[error("truncated varint")]
+    TruncatedVarint,
+    #[error("varint overflows 64 bits")]
+    VarintOverflow,
+    #[error("varint longer than 10 bytes")]
+    VarintTooLong,
+    #[error("field of {n} bytes with only {left} left")]
+    Short { n: u64, left: usize },
+    #[error("unsupported wire type {0}")]
+    WireType(u64),
+}
+
 /// Just enough protobuf to read a Tink key proto.
 struct ProtoReader<'a> {
     buf: &'a [u8],
@@ -478,26 +494,26 @@ impl<'a> ProtoReader<'a> {
         self.pos >= self.buf.len()
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, ProtoError> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err("truncated varint".into());
+                return Err(ProtoError::TruncatedVarint);
             };
             self.pos += 1;
             // The 10th byte may only carry the top bit of a u64.
             if i == 9 && b > 1 {
-                return Err("varint overflows 64 bits".into());
+                return Err(ProtoError::VarintOverflow);
             }
             value |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err("varint longer than 10 bytes".into())
+        Err(ProtoError::VarintTooLong)
     }
 
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], ProtoError> {
         let left = self.buf.len() - self.pos;
         match usize::try_from(n) {
             Ok(n) if n <= left => {
@@ -505,23 +521,23 @@ impl<'a> ProtoReader<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            _ => Err(format!("field of {n} bytes with only {left} left")),
+            _ => Err(ProtoError::Short { n, left }),
         }
     }
 
-    fn length_delimited(&mut self) -> Result<&'a [u8], String> {
+    fn length_delimited(&mut self) -> Result<&'a [u8], ProtoError> {
         let n = self.varint()?;
         self.take(n)
     }
 
     /// Skips the value of an unknown field.
-    fn skip(&mut self, wire: u64) -> Result<(), String> {
+    fn skip(&mut self, wire: u64) -> Result<(), ProtoError> {
         match wire {
             0 => self.varint().map(drop),
             1 => self.take(8).map(drop),
             2 => self.length_delimited().map(drop),
             5 => self.take(4).map(drop),
-            w => Err(format!("unsupported wire type {w}")),
+            w => Err(ProtoError::WireType(w)),
         }
     }
 }

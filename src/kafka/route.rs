@@ -409,12 +409,21 @@ pub enum Requirement {
     Tag(String),
 }
 
-impl std::str::FromStr for Requirement {
-    type Err = String;
+/// A `require` entry that is neither a field context nor `tag:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequirementError {
+    #[error("\"{0}\" names no tag: write tag:NAME")]
+    NoTag(String),
+    #[error("\"{0}\" is neither <record full name>.<field> nor tag:NAME")]
+    NotAField(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for Requirement {
+    type Err = RequirementError;
+
+    fn from_str(s: &str) -> Result<Self, RequirementError> {
         match s.strip_prefix("tag:") {
-            Some("") => Err(format!("\"{s}\" names no tag: write tag:NAME")),
+            Some("") => Err(RequirementError::NoTag(s.to_string())),
             Some(tag) => Ok(Requirement::Tag(tag.to_string())),
             None if s
                 .rsplit_once('.')
@@ -422,16 +431,14 @@ impl std::str::FromStr for Requirement {
             {
                 Ok(Requirement::Field(s.to_string()))
             }
-            None => Err(format!(
-                "\"{s}\" is neither <record full name>.<field> nor tag:NAME"
-            )),
+            None => Err(RequirementError::NotAField(s.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for Requirement {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = RequirementError;
+    fn try_from(s: String) -> Result<Self, RequirementError> {
         s.parse()
     }
 }
@@ -505,7 +512,7 @@ mod tests {
         );
         assert_eq!("tag:PII".parse(), Ok(Requirement::Tag("PII".into())));
         for bad in ["ssn", "tag:", ".ssn", "Customer."] {
-            let e = bad.parse::<Requirement>().unwrap_err();
+            let e = bad.parse::<Requirement>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
         assert_eq!(Requirement::Tag("PII".into()).to_string(), "tag:PII");

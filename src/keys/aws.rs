@@ -9,6 +9,7 @@
 //! hyper + rustls on ring. The SDK's own retries are off: [`super::Resilient`]
 //! retries, so attempts are counted and bounded in one place.
 
+use super::provider::SettingError;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -41,24 +42,26 @@ impl AwsConfig {
         }
     }
 
-    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, (&'static str, String)> {
+    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, SettingError> {
         match self.key_id.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Ok(super::provider::KekRef {
                 provider: PROVIDER,
                 name: k.strip_prefix("aws:").unwrap_or(k).to_string(),
             }),
-            None => Err((
-                "key_id",
-                "provider \"aws\" needs the KMS key that wraps data keys: a key id, alias/NAME or ARN"
-                    .into(),
-            )),
+            None => Err(SettingError {
+                key: "key_id",
+                msg: "provider \"aws\" needs the KMS key that wraps data keys: a key id, alias/NAME or ARN",
+            }),
         }
     }
 
-    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(super) fn validate(&self) -> Result<(), SettingError> {
         match &self.endpoint_url {
             Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                Err(("endpoint_url", "must be an http:// or https:// URL".into()))
+                Err(SettingError {
+                    key: "endpoint_url",
+                    msg: "must be an http:// or https:// URL",
+                })
             }
             _ => Ok(()),
         }
@@ -118,14 +121,13 @@ impl super::driver::KmsDriver for AwsDriver {
         ]
     }
 
-    fn check_confluent_key_id(&self, kms_key_id: &str) -> Result<(), String> {
+    fn check_confluent_key_id(&self, kms_key_id: &str) -> Result<(), super::driver::KeyIdRefused> {
         if is_aws_key(kms_key_id) {
             Ok(())
         } else {
-            Err(
-                "aws-kms needs the key's full ARN (Confluent's clients find the region in it)"
-                    .into(),
-            )
+            Err(super::driver::KeyIdRefused(
+                "aws-kms needs the key's full ARN (Confluent's clients find the region in it)",
+            ))
         }
     }
 

@@ -24,6 +24,11 @@ use async_trait::async_trait;
 use super::kms::{Kms, KmsError};
 use super::provider::KmsConfig;
 
+/// A key id a driver's KMS would not accept: what it needs instead, for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyIdRefused(pub &'static str);
+
 /// What a KMS provider must do for both formats.
 #[async_trait]
 pub trait KmsDriver: Send + Sync + 'static {
@@ -45,8 +50,8 @@ pub trait KmsDriver: Send + Sync + 'static {
         false
     }
 
-    /// Checks a Confluent KEK's `kmsKeyId` for this KMS type: the hint on `Err`.
-    fn check_confluent_key_id(&self, _kms_key_id: &str) -> Result<(), String> {
+    /// Checks a Confluent KEK's `kmsKeyId` for this KMS type.
+    fn check_confluent_key_id(&self, _kms_key_id: &str) -> Result<(), KeyIdRefused> {
         Ok(())
     }
 

@@ -78,10 +78,12 @@ impl KeysetEntry {
         .into()
     }
 
-    fn key_id(&self) -> Result<KeyId, String> {
-        let v = hex::decode(&self.id).map_err(|_| format!("key id \"{}\" is not hex", self.id))?;
-        v.try_into()
-            .map_err(|_| format!("key id \"{}\" is not 16 bytes", self.id))
+    fn key_id(&self) -> Result<KeyId, KeysetError> {
+        let bad = || KeysetError::KeyId(self.id.clone());
+        hex::decode(&self.id)
+            .map_err(|_| bad())?
+            .try_into()
+            .map_err(|_| bad())
     }
 }
 
@@ -111,6 +113,8 @@ pub enum KeysetError {
     File { path: PathBuf, msg: String },
     #[error("{0}")]
     Missing(String),
+    #[error("key id \"{0}\" is not 16 bytes in hex")]
+    KeyId(String),
     #[error("keyset key {id} ({purpose} domain {domain}): {source}")]
     Unwrap {
         id: String,
@@ -152,7 +156,7 @@ impl Keyset {
         let mut seen = HashMap::new();
         let mut ids = HashMap::new();
         for k in &ks.keys {
-            k.key_id().map_err(&err)?;
+            k.key_id().map_err(|e| err(e.to_string()))?;
             if let Some(prev) = seen.insert((k.purpose, k.domain.clone(), k.version), &k.id) {
                 return Err(err(format!(
                     "{} domain {} version {} appears twice (keys {prev} and {})",
@@ -389,7 +393,7 @@ impl KeyMaterial {
                 .decrypt_data_key(&wrapped, &e.context())
                 .await
                 .map_err(fail)?;
-            let id = e.key_id().map_err(KeysetError::Missing)?;
+            let id = e.key_id()?;
             let bad = |_| fail(KmsError::InvalidCiphertext);
             let active = keyset
                 .active(e.purpose, &e.domain)

@@ -5,6 +5,7 @@
 //!
 //! Wrapped blob: `0x01 || fingerprint(8) || nonce(12) || ciphertext || tag(16)`.
 
+use super::provider::SettingError;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -40,9 +41,12 @@ impl Default for LocalConfig {
 }
 
 impl LocalConfig {
-    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, (&'static str, String)> {
+    pub(super) fn kek_ref(&self) -> Result<super::provider::KekRef, SettingError> {
         if self.kek_file.as_os_str().is_empty() {
-            return Err(("kek_file", "must name a file".into()));
+            return Err(SettingError {
+                key: "kek_file",
+                msg: "must name a file",
+            });
         }
         Ok(super::provider::KekRef {
             provider: PROVIDER,

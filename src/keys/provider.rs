@@ -88,21 +88,29 @@ impl ProviderConfig {
         }
     }
 
-    /// The default KEK: `(config key, reference)`.
-    fn default_kek(&self) -> Result<KekRef, (&'static str, String)> {
+    /// The default KEK.
+    fn default_kek(&self) -> Result<KekRef, SettingError> {
         match self {
             ProviderConfig::Local(c) => c.kek_ref(),
             ProviderConfig::Aws(c) => c.kek_ref(),
         }
     }
 
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), SettingError> {
         self.default_kek().map(drop)?;
         match self {
             ProviderConfig::Local(_) => Ok(()),
             ProviderConfig::Aws(c) => c.validate(),
         }
     }
+}
+
+/// A provider's setting under `[kms]` that is missing or wrong, and what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("kms.{key}: {msg}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub msg: &'static str,
 }
 
 /// `[kms]`: the provider and its keys, plus what every provider shares.
@@ -203,7 +211,7 @@ impl KmsConfig {
         use crate::config::invalid;
         self.provider
             .validate()
-            .map_err(|(k, m)| invalid(format!("kms.{k}"), m))?;
+            .map_err(|e| invalid(format!("kms.{}", e.key), e.msg))?;
         for (i, k) in self.decrypt_keks.iter().enumerate() {
             self.kek_ref(k)
                 .map_err(|e| invalid(format!("kms.decrypt_keks[{i}]"), e.to_string()))?;
@@ -262,7 +270,7 @@ pub async fn open_ring<'s>(
     let default = config
         .provider
         .default_kek()
-        .map_err(|(k, m)| KmsError::Config(format!("kms.{k}: {m}")))?;
+        .map_err(|e| KmsError::Config(e.to_string()))?;
     let mut ring = KeyRing::new(opener.open(&default).await?);
     for (scope, kek) in scoped {
         let r = reference(config, &format!("kek of scope {scope}"), kek)?;
@@ -279,14 +287,12 @@ pub async fn open_ring<'s>(
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<KmsConfig, String> {
+    fn parse(s: &str) -> Result<KmsConfig, toml::de::Error> {
         #[derive(Deserialize)]
         struct W {
             kms: KmsConfig,
         }
-        toml::from_str::<W>(s)
-            .map(|w| w.kms)
-            .map_err(|e| e.to_string())
+        toml::from_str::<W>(s).map(|w| w.kms)
     }
 
     #[test]
@@ -314,13 +320,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.retries, 7);
-        let e = parse("[kms]\nprovider = \"aws\"\nkek_file = \"k\"\n").unwrap_err();
+        let e = parse("[kms]\nprovider = \"aws\"\nkek_file = \"k\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kek_file"), "{e}");
-        let e = parse("[kms]\nkey_id = \"alias/k\"\n").unwrap_err();
+        let e = parse("[kms]\nkey_id = \"alias/k\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key_id"), "{e}");
-        let e = parse("[kms]\nprovider = \"vault\"\n").unwrap_err();
+        let e = parse("[kms]\nprovider = \"vault\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vault") && e.contains("local, aws"), "{e}");
-        let e = parse("[kms]\ntimeout_seconds = \"x\"\n").unwrap_err();
+        let e = parse("[kms]\ntimeout_seconds = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid type"), "{e}");
     }
 

@@ -217,7 +217,7 @@ pub fn produce(
                 Ok(false) => break 'run,
                 Err(e) => {
                     report.failed += 1;
-                    report.first_error = Some(e);
+                    report.first_error = Some(format!("cannot send to {}: {e}", spec.topic));
                     break 'run;
                 }
             }
@@ -272,14 +272,14 @@ struct Sender<'a> {
 impl Sender<'_> {
     /// Queues one record, waiting while the producer queue is full. Ok(false): gave
     /// up waiting because of a stop request or the end of the run's time; Err: the
-    /// producer refused the record (the message says why; it holds no values).
+    /// producer refused the record (librdkafka's error; it holds no values).
     fn send(
         &mut self,
         seq: u64,
         ts: u64,
         key: &[u8],
         value: Option<&[u8]>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, KafkaError> {
         let seq_text = seq.to_string();
         let ts_text = ts.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(4)
@@ -322,7 +322,7 @@ impl Sender<'_> {
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(format!("cannot send to {}: {e}", self.spec.topic)),
+                Err((e, _)) => return Err(e),
             }
         }
     }

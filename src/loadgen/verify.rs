@@ -51,7 +51,7 @@ pub struct Expectations {
     raw: Option<Arc<Inspector>>,
     /// Confluent framing: output schemas by id, from the registry.
     registry: Option<Arc<SchemaRegistry>>,
-    by_id: HashMap<u32, Result<Arc<Inspector>, String>>,
+    by_id: HashMap<u32, Result<Arc<Inspector>, Verdict>>,
 }
 
 impl Expectations {
@@ -86,7 +86,7 @@ impl Expectations {
     /// asked again for the next record.
     async fn inspector(&mut self, id: u32) -> Result<Arc<Inspector>, Verdict> {
         if let Some(i) = self.by_id.get(&id) {
-            return i.clone().map_err(Verdict::Unencrypted);
+            return i.clone();
         }
         let Some(reg) = &self.registry else {
             return Err(Verdict::Malformed(
@@ -116,8 +116,9 @@ impl Expectations {
             }
             Err(e) => return Err(Verdict::Malformed(format!("output schema id {id}: {e}"))),
         };
+        let found = found.map_err(Verdict::Unencrypted);
         self.by_id.insert(id, found.clone());
-        found.map_err(Verdict::Unencrypted)
+        found
     }
 
     /// Checks one output value; `tombstone`: the load generator sent a tombstone.
@@ -157,6 +158,7 @@ impl Expectations {
     }
 }
 
+#[derive(Clone)]
 enum Verdict {
     Tombstone,
     Encrypted(u64),

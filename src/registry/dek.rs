@@ -172,13 +172,16 @@ pub enum DekVersion {
 impl DekVersion {
     /// The path segment; a number below 1 is refused (`-1` would silently
     /// mean "latest" to the server, and be cached as if it were a version).
-    fn segment(self) -> Result<String, String> {
+    fn segment(self, what: &str) -> Result<String, RegistryError> {
         match self {
             DekVersion::Latest => Ok("-1".into()),
             DekVersion::Number(n) if n >= 1 => Ok(n.to_string()),
-            DekVersion::Number(n) => Err(format!(
-                "DEK version {n}: versions start at 1 (use DekVersion::Latest for the latest)"
-            )),
+            DekVersion::Number(n) => Err(RegistryError::Refused {
+                what: what.to_string(),
+                message: format!(
+                    "DEK version {n}: versions start at 1 (use DekVersion::Latest for the latest)"
+                ),
+            }),
         }
     }
 }
@@ -414,12 +417,7 @@ impl SchemaRegistry {
     ) -> Result<Option<Dek>, RegistryError> {
         let what = format!("DEK of subject {subject} under KEK {kek}");
         let algorithm = check_algorithm(algorithm, &what)?;
-        let segment = version
-            .segment()
-            .map_err(|message| RegistryError::Refused {
-                what: what.clone(),
-                message,
-            })?;
+        let segment = version.segment(&what)?;
         let what = format!("{what}, version {segment}, {algorithm}");
         let fetch = async {
             let path = format!(
@@ -566,10 +564,10 @@ mod tests {
 
     #[test]
     fn versions_and_algorithms_are_checked_before_any_request() {
-        assert_eq!(DekVersion::Latest.segment().unwrap(), "-1");
-        assert_eq!(DekVersion::Number(7).segment().unwrap(), "7");
-        assert!(DekVersion::Number(0).segment().is_err());
-        assert!(DekVersion::Number(-1).segment().is_err());
+        assert_eq!(DekVersion::Latest.segment("t").unwrap(), "-1");
+        assert_eq!(DekVersion::Number(7).segment("t").unwrap(), "7");
+        assert!(DekVersion::Number(0).segment("t").is_err());
+        assert!(DekVersion::Number(-1).segment("t").is_err());
         for a in DEK_ALGORITHMS {
             assert_eq!(known_algorithm(a), Some(a));
         }

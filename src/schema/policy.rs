@@ -164,20 +164,35 @@ fn resolve(spec: &PolicySpec, cfg: &SelectionConfig) -> FieldPolicy {
     }
 }
 
+/// What is wrong with one marking, before the caller places it at a schema path.
+#[derive(Debug, thiserror::Error)]
+enum MarkingError {
+    #[error(
+        "\"sensitive\" must be true, false or {{\"mode\": \"randomized\"|\"deterministic\", \
+         \"domain\": ..., \"blind_index\": ...}}: {0}"
+    )]
+    Attribute(serde_json::Error),
+    #[error("\"sensitive\" must be true, false or an object, found {0}")]
+    AttributeType(Json),
+    #[error("\"confluent:tags\" must be an array of strings")]
+    Tags,
+    #[error("no field \"{step}\" here (fields: {fields}); fix the path")]
+    NoField { step: String, fields: String },
+    #[error("\"{step}\" is not a record, so it has no field \"{next}\"")]
+    NotRecord { step: String, next: String },
+    #[error("empty field path")]
+    EmptyPath,
+}
+
 /// Reads a field's `"sensitive"` attribute.
-fn attribute_policy(v: &Json) -> Result<Option<PolicySpec>, String> {
+fn attribute_policy(v: &Json) -> Result<Option<PolicySpec>, MarkingError> {
     match v {
         Json::Bool(true) => Ok(Some(PolicySpec::default())),
         Json::Bool(false) | Json::Null => Ok(None),
-        Json::Object(_) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
-            format!(
-                "\"sensitive\" must be true, false or {{\"mode\": \"randomized\"|\"deterministic\", \
-                 \"domain\": ..., \"blind_index\": ...}}: {e}"
-            )
-        }),
-        other => Err(format!(
-            "\"sensitive\" must be true, false or an object, found {other}"
-        )),
+        Json::Object(_) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(MarkingError::Attribute),
+        other => Err(MarkingError::AttributeType(other.clone())),
     }
 }
 
@@ -311,7 +326,7 @@ impl Selector<'_> {
                 }
                 if let Some(v) = f.json.get("sensitive") {
                     if let Some(spec) =
-                        attribute_policy(v).map_err(|m| self.perr(path.clone(), m))?
+                        attribute_policy(v).map_err(|m| self.perr(path.clone(), m.to_string()))?
                     {
                         if spec.domain.is_some() && spec.mode != Some(Mode::Deterministic) {
                             return Err(self.perr(
@@ -370,7 +385,7 @@ impl Selector<'_> {
                     anonymous_markings(ty, &mut found);
                     for m in found {
                         for (spec, source) in marking_policies(m, cfg, None)
-                            .map_err(|e| self.perr(path.clone(), e))?
+                            .map_err(|e| self.perr(path.clone(), e.to_string()))?
                         {
                             self.put((id, i), resolve(&spec, cfg), source, path.clone())?;
                         }
@@ -427,7 +442,7 @@ impl Selector<'_> {
             }
             for m in marks {
                 for (spec, source) in marking_policies(&m, cfg, Some(&name))
-                    .map_err(|e| self.perr(names[0].clone(), e))?
+                    .map_err(|e| self.perr(names[0].clone(), e.to_string()))?
                 {
                     self.put(users[0], resolve(&spec, cfg), source, names[0].clone())?;
                 }
@@ -483,7 +498,7 @@ fn marking_policies(
     m: &serde_json::Map<String, Json>,
     cfg: &SelectionConfig,
     named: Option<&str>,
-) -> Result<Vec<(PolicySpec, Source)>, String> {
+) -> Result<Vec<(PolicySpec, Source)>, MarkingError> {
     let mut out = Vec::new();
     let source = Source::TypeAttribute(named.map(str::to_string));
     if let Some(v) = m.get("sensitive") {
@@ -492,13 +507,9 @@ fn marking_policies(
         }
     }
     if let Some(tags) = m.get("confluent:tags") {
-        let tags = tags
-            .as_array()
-            .ok_or("\"confluent:tags\" must be an array of strings")?;
+        let tags = tags.as_array().ok_or(MarkingError::Tags)?;
         for t in tags {
-            let t = t
-                .as_str()
-                .ok_or("\"confluent:tags\" must be an array of strings")?;
+            let t = t.as_str().ok_or(MarkingError::Tags)?;
             if let Some(spec) = cfg.tags.get(t) {
                 out.push((spec.clone(), Source::Tag(t.into())));
             }
@@ -789,7 +800,7 @@ fn resolve_path(
     tree: &SchemaTree,
     start: NodeId,
     path: &str,
-) -> Result<Vec<(NodeId, usize)>, String> {
+) -> Result<Vec<(NodeId, usize)>, MarkingError> {
     let steps: Vec<&str> = path.split('.').collect();
     let mut candidates = vec![start];
     for (n, step) in steps.iter().enumerate() {
@@ -809,10 +820,10 @@ fn resolve_path(
                 .filter_map(|c| tree.record(*c))
                 .flat_map(|r| r.fields.iter().map(|f| f.name.clone()))
                 .collect();
-            return Err(format!(
-                "no field \"{step}\" here (fields: {}); fix the path",
-                names.join(", ")
-            ));
+            return Err(MarkingError::NoField {
+                step: step.to_string(),
+                fields: names.join(", "),
+            });
         }
         if n + 1 == steps.len() {
             return Ok(hits);
@@ -824,13 +835,13 @@ fn resolve_path(
             }
         }
         if candidates.is_empty() {
-            return Err(format!(
-                "\"{step}\" is not a record, so it has no field \"{}\"",
-                steps[n + 1]
-            ));
+            return Err(MarkingError::NotRecord {
+                step: step.to_string(),
+                next: steps[n + 1].to_string(),
+            });
         }
     }
-    Err("empty field path".into())
+    Err(MarkingError::EmptyPath)
 }
 
 #[cfg(test)]
