@@ -239,17 +239,16 @@ impl EncryptPlan {
             ),
         })?;
 
-        let mut rows = Vec::new();
-        collect_rows(
-            &tree,
-            &actions,
-            &selection,
-            tree.root,
-            String::new(),
-            &mut Vec::new(),
+        let mut rows = Rows {
+            tree: &tree,
+            actions: &actions,
+            selection: &selection,
             cfg,
-            &mut rows,
-        );
+            on_stack: Vec::new(),
+            rows: Vec::new(),
+        };
+        rows.collect(tree.root, String::new());
+        let rows = rows.rows;
         Ok(EncryptPlan {
             tree,
             actions,
@@ -1043,89 +1042,65 @@ fn check_no_index_inside_encrypted(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn collect_rows(
-    tree: &SchemaTree,
-    actions: &[Vec<FieldAction>],
-    selection: &super::policy::Selection,
-    id: NodeId,
-    path: String,
-    on_stack: &mut Vec<NodeId>,
-    cfg: &PlanConfig,
-    rows: &mut Vec<PlanRow>,
-) {
-    if on_stack.contains(&id) || rows.len() > 10_000 {
-        return;
-    }
-    match tree.node(id) {
-        Node::Record(r) => {
-            on_stack.push(id);
-            for (i, f) in r.fields.iter().enumerate() {
-                let p = if path.is_empty() {
-                    f.name.clone()
-                } else {
-                    format!("{path}.{}", f.name)
-                };
-                match &actions[id][i] {
-                    FieldAction::Encrypt(ef) => rows.push(PlanRow {
-                        path: p,
-                        type_name: tree.type_name(f.node),
-                        mode: ef.mode,
-                        domain: ef.domain.clone(),
-                        index_field: ef.index.as_ref().map(|ix| {
-                            (
-                                format!("{}{}", f.name, cfg.blind_index_suffix),
-                                ix.domain.clone(),
-                            )
+/// The plan's rows (one per encrypted field, as `describe` shows them), collected
+/// by walking the schema from the root.
+struct Rows<'a> {
+    tree: &'a SchemaTree,
+    actions: &'a [Vec<FieldAction>],
+    selection: &'a super::policy::Selection,
+    cfg: &'a PlanConfig,
+    /// Records on the path from the root: a recursive type is listed once.
+    on_stack: Vec<NodeId>,
+    rows: Vec<PlanRow>,
+}
+
+impl Rows<'_> {
+    fn collect(&mut self, id: NodeId, path: String) {
+        if self.on_stack.contains(&id) || self.rows.len() > 10_000 {
+            return;
+        }
+        match self.tree.node(id) {
+            Node::Record(r) => {
+                self.on_stack.push(id);
+                for (i, f) in r.fields.iter().enumerate() {
+                    let p = if path.is_empty() {
+                        f.name.clone()
+                    } else {
+                        format!("{path}.{}", f.name)
+                    };
+                    match &self.actions[id][i] {
+                        FieldAction::Encrypt(ef) => self.rows.push(PlanRow {
+                            path: p,
+                            type_name: self.tree.type_name(f.node),
+                            mode: ef.mode,
+                            domain: ef.domain.clone(),
+                            index_field: ef.index.as_ref().map(|ix| {
+                                (
+                                    format!("{}{}", f.name, self.cfg.blind_index_suffix),
+                                    ix.domain.clone(),
+                                )
+                            }),
+                            source: self
+                                .selection
+                                .get(&(id, i))
+                                .map(|s| s.source.clone())
+                                .unwrap_or(Source::Attribute),
                         }),
-                        source: selection
-                            .get(&(id, i))
-                            .map(|s| s.source.clone())
-                            .unwrap_or(Source::Attribute),
-                    }),
-                    FieldAction::Recurse => {
-                        collect_rows(tree, actions, selection, f.node, p, on_stack, cfg, rows)
+                        FieldAction::Recurse => self.collect(f.node, p),
+                        FieldAction::Copy => {}
                     }
-                    FieldAction::Copy => {}
+                }
+                self.on_stack.pop();
+            }
+            Node::Union(bs) => {
+                for b in bs {
+                    self.collect(*b, path.clone());
                 }
             }
-            on_stack.pop();
+            Node::Array(i) => self.collect(*i, format!("{path}[]")),
+            Node::Map(v) => self.collect(*v, format!("{path}{{}}")),
+            _ => {}
         }
-        Node::Union(bs) => {
-            for b in bs {
-                collect_rows(
-                    tree,
-                    actions,
-                    selection,
-                    *b,
-                    path.clone(),
-                    on_stack,
-                    cfg,
-                    rows,
-                );
-            }
-        }
-        Node::Array(i) => collect_rows(
-            tree,
-            actions,
-            selection,
-            *i,
-            format!("{path}[]"),
-            on_stack,
-            cfg,
-            rows,
-        ),
-        Node::Map(v) => collect_rows(
-            tree,
-            actions,
-            selection,
-            *v,
-            format!("{path}{{}}"),
-            on_stack,
-            cfg,
-            rows,
-        ),
-        _ => {}
     }
 }
 

@@ -185,39 +185,54 @@ impl<'a> RecordHandler<DecState<'a>> for Decryptor {
         st: &mut DecState<'a>,
         depth: usize,
     ) -> Result<(), TransformError> {
-        encrypted_record(
-            self,
-            &self.plan,
-            node,
-            cur,
-            out,
-            st,
-            depth,
-            |f, cur, out, st, depth| self.field(f, cur, out, st, depth),
-        )
+        encrypted_record(self, node, cur, out, st, depth)
     }
+}
+
+impl<'a> EncryptedFields<DecState<'a>> for Decryptor {
+    fn plan(&self) -> &DecryptPlan {
+        &self.plan
+    }
+
+    fn encrypted(
+        &self,
+        f: &DecryptField,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut DecState<'a>,
+        depth: usize,
+    ) -> Result<(), TransformError> {
+        self.field(f, cur, out, st, depth)
+    }
+}
+
+/// A walker over an encrypted schema's records: what it does with each
+/// encrypted field (decrypt it, or only look at its header).
+pub(crate) trait EncryptedFields<S>: RecordHandler<S> {
+    fn plan(&self) -> &DecryptPlan;
+
+    fn encrypted(
+        &self,
+        f: &DecryptField,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+        st: &mut S,
+        depth: usize,
+    ) -> Result<(), TransformError>;
 }
 
 /// Walks one record of an encrypted schema: copies plain fields (descending where
 /// something below is encrypted), skips blind-index fields, and hands each encrypted
 /// field to `field`. Shared by decryption and keyless inspection.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encrypted_record<S, H: RecordHandler<S>>(
+pub(crate) fn encrypted_record<S, H: EncryptedFields<S>>(
     h: &H,
-    plan: &DecryptPlan,
     node: NodeId,
     cur: &mut Cursor<'_>,
     out: &mut Vec<u8>,
     st: &mut S,
     depth: usize,
-    field: impl Fn(
-        &DecryptField,
-        &mut Cursor<'_>,
-        &mut Vec<u8>,
-        &mut S,
-        usize,
-    ) -> Result<(), TransformError>,
 ) -> Result<(), TransformError> {
+    let plan = h.plan();
     let Some(r) = plan.tree.record(node) else {
         return Ok(());
     };
@@ -226,7 +241,7 @@ pub(crate) fn encrypted_record<S, H: RecordHandler<S>>(
             DecryptAction::Copy => copy_value(&plan.tree, f.node, cur, out, depth + 1),
             DecryptAction::Recurse => value(h, f.node, cur, out, st, depth + 1),
             DecryptAction::Decrypt(df) => super::check_depth(&plan.tree, depth + 1, cur)
-                .and_then(|_| field(df, cur, out, st, depth + 1)),
+                .and_then(|_| h.encrypted(df, cur, out, st, depth + 1)),
             DecryptAction::Drop => walk(&plan.tree, f.node, cur, &mut Discard, depth + 1)
                 .map(|_| ())
                 .map_err(TransformError::from),

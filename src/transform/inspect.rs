@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::decrypt::encrypted_record;
+use super::decrypt::{encrypted_record, EncryptedFields};
 use super::{run, RecordHandler, TransformError, TransformErrorKind};
 use crate::avro::binary::Cursor;
 use crate::crypto::format::Header;
@@ -114,15 +114,23 @@ impl<'a> RecordHandler<Visit<'a>> for Inspector {
         st: &mut Visit<'a>,
         depth: usize,
     ) -> Result<(), TransformError> {
-        encrypted_record(
-            self,
-            &self.plan,
-            node,
-            cur,
-            out,
-            st,
-            depth,
-            |f, cur, _, st, _| self.field(f, cur, st),
-        )
+        encrypted_record(self, node, cur, out, st, depth)
+    }
+}
+
+impl<'a> EncryptedFields<Visit<'a>> for Inspector {
+    fn plan(&self) -> &DecryptPlan {
+        &self.plan
+    }
+
+    fn encrypted(
+        &self,
+        f: &DecryptField,
+        cur: &mut Cursor<'_>,
+        _: &mut Vec<u8>,
+        st: &mut Visit<'a>,
+        _: usize,
+    ) -> Result<(), TransformError> {
+        self.field(f, cur, st)
     }
 }
