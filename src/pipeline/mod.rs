@@ -53,7 +53,7 @@ use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::kafka::route::Router;
 use crate::registry::SchemaRegistry;
-use lane::{Lane, LaneState};
+use lane::{Lane, LaneState, Shared};
 use produce::{AckContext, LaneProducer, Sender};
 use rebalance::LaneContext;
 use record::Transformer;
@@ -75,6 +75,23 @@ pub enum PipelineError {
     },
     #[error("exactly-once transaction failed: {0}")]
     Transaction(String),
+}
+
+impl PipelineError {
+    /// A record's error, at the record's position.
+    pub(crate) fn at<M: rdkafka::message::Message>(
+        record: &M,
+        code: crate::codes::Code,
+        msg: String,
+    ) -> Self {
+        PipelineError::Record {
+            topic: record.topic().to_string(),
+            partition: record.partition(),
+            offset: record.offset(),
+            code,
+            msg,
+        }
+    }
 }
 
 /// Counters of one run, for reports and tests.
@@ -215,6 +232,11 @@ pub async fn run(
     let transformer = Arc::new(
         Transformer::new(engine.clone(), config, registry).map_err(|e| setup(e.to_string()))?,
     );
+    let shared = Shared {
+        transformer: transformer.clone(),
+        router: router.clone(),
+        metrics: metrics.clone(),
+    };
     let server = if config.metrics.listen.is_empty() {
         None
     } else {
@@ -269,14 +291,7 @@ pub async fn run(
         let lane = Lane {
             consumer: Arc::new(consumer),
             events,
-            state: LaneState::new(
-                id,
-                sender,
-                transformer.clone(),
-                router.clone(),
-                metrics.clone(),
-                &config.pipeline,
-            ),
+            state: LaneState::new(id, sender, &shared, &config.pipeline),
         };
         running.spawn(lane.run(cancel.child_token()));
     }

@@ -27,6 +27,43 @@ use super::produce::LaneProducer;
 use super::rebalance::LaneContext;
 use super::PipelineError;
 
+/// Exactly-once: a lane's transaction state. The lane owns it (`LaneState::txn`,
+/// `None` under at-least-once); only this module and the acknowledgement of a
+/// record change it.
+pub struct Txn {
+    /// How often the open transaction commits (`pipeline.transaction_interval_ms`).
+    interval: Duration,
+    /// Records acknowledged in the open transaction.
+    acked: u64,
+}
+
+impl Txn {
+    pub fn new(interval: Duration) -> Self {
+        Txn { interval, acked: 0 }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// A record of the open transaction was acknowledged.
+    pub fn acked(&mut self) {
+        self.acked += 1;
+    }
+}
+
+/// Records acknowledged in the lane's open transaction.
+fn acked(s: &LaneState) -> u64 {
+    s.txn.as_ref().map_or(0, |t| t.acked)
+}
+
+/// A new transaction begins: nothing is acknowledged in it yet.
+fn reset(s: &mut LaneState) {
+    if let Some(t) = s.txn.as_mut() {
+        t.acked = 0;
+    }
+}
+
 fn txn_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
     move |e| PipelineError::Transaction(format!("{what}: {e}"))
 }
@@ -130,7 +167,7 @@ async fn commit_except(
     revoked: Option<&TopicPartitionList>,
 ) -> Result<(), PipelineError> {
     let offsets = s.tracker.uncommitted();
-    if offsets.is_empty() && s.sent_in_txn == 0 {
+    if offsets.is_empty() && acked(s) == 0 {
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
@@ -156,7 +193,7 @@ async fn commit_except(
                 .with_label_values(&["committed"])
                 .inc();
             s.stats.transactions += 1;
-            tracing::debug!(records = s.sent_in_txn, partitions = offsets.len(), "transaction committed");
+            tracing::debug!(records = acked(s), partitions = offsets.len(), "transaction committed");
         }
         Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
             tracing::warn!(error = %e, "transaction commit failed; aborting and rewinding to the last commit");
@@ -169,7 +206,7 @@ async fn commit_except(
             )))
         }
     }
-    s.sent_in_txn = 0;
+    reset(s);
     s.sender
         .producer
         .begin_transaction()
@@ -198,7 +235,7 @@ async fn abort(s: &mut LaneState) -> Result<(), PipelineError> {
         .map_err(|e| PipelineError::Transaction(e.to_string()))?
         .map_err(txn_err("abort failed"))?;
     s.metrics.transactions.with_label_values(&["aborted"]).inc();
-    s.sent_in_txn = 0;
+    reset(s);
     Ok(())
 }
 
