@@ -6,6 +6,8 @@
 //! nothing is shared between records on the way. `pipeline.workers` lanes run side
 //! by side (partitions spread over them by the group).
 //!
+//! - [`clients`]: librdkafka settings and one lane's consumer and producer;
+//! - [`lane`]: the stages of one lane and its state machine ([`lane`]'s `phase`);
 //! - [`record`]: the transform step — a consumed record in, an outcome out
 //!   (output, dead letter, or an infrastructure failure), callable without a broker;
 //! - [`produce`]: fitting outputs to their topics' size limits ([`limits`]) and
@@ -29,6 +31,7 @@
 //! one cancellation: lanes stop consuming, drain up to
 //! `pipeline.drain_timeout_seconds`, commit and return.
 
+mod clients;
 pub mod config;
 pub mod floor;
 pub mod lane;
@@ -43,8 +46,6 @@ pub mod transaction;
 use std::future::Future;
 use std::sync::Arc;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +53,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::kafka::route::Router;
+use crate::observe::kafka::KafkaLog;
 use crate::registry::SchemaRegistry;
-use lane::{Lane, LaneState, Shared};
-use produce::{AckContext, LaneProducer, Sender};
-use rebalance::LaneContext;
+pub use clients::lanes;
+pub(crate) use clients::{client_config, client_error};
+use lane::Shared;
+use produce::LaneProducer;
 use record::Transformer;
 
 /// Why the pipeline stopped with an error.
@@ -112,218 +115,47 @@ impl RunStats {
     }
 }
 
-/// The librdkafka settings common to consumer and producer: fieldcrypt's defaults,
-/// then the user's pass-through properties (which may override the defaults but
-/// not the managed keys, refused by config validation).
-pub(crate) fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in defaults {
-        c.set(*k, *v);
-    }
-    for (k, v) in &config.kafka.properties {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("client.id", &config.kafka.client_id);
-    c.set_log_level(crate::observe::kafka::log_level());
-    c
-}
-
-/// A Kafka client that librdkafka would not create: when it refused one of the
-/// user's `kafka.properties`, the error names that key.
-pub(crate) fn client_error(config: &Config, e: KafkaError) -> PipelineError {
-    if let KafkaError::ClientConfig(_, desc, key, _) = &e {
-        // The value is left out: it may be a credential (sasl.password).
-        let msg = format!("librdkafka refused it: {desc}");
-        return PipelineError::Setup(if config.kafka.properties.contains_key(key) {
-            format!(
-                "config key kafka.properties.\"{key}\": {msg} (librdkafka's properties: https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md)"
-            )
-        } else {
-            format!("Kafka client setting {key}: {msg}")
-        });
-    }
-    if let KafkaError::ClientCreation(msg) = &e {
-        if let Some(k) = config
-            .kafka
-            .properties
-            .keys()
-            .find(|k| msg.contains(&format!("\"{k}\"")) || msg.contains(k.as_str()))
-        {
-            return PipelineError::Setup(format!(
-                "config key kafka.properties.\"{k}\": librdkafka refused it: {msg} (its properties: https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md)"
-            ));
-        }
-        return PipelineError::Setup(format!("cannot create the Kafka client: {msg}"));
-    }
-    PipelineError::Kafka(e)
-}
-
-/// The consumer settings fieldcrypt chooses (the user's `kafka.properties` win).
-/// Incremental rebalancing (KIP-429): a join or leave moves only the partitions
-/// that change owner while the others keep flowing; both delivery modes settle
-/// revoked partitions before they go. Under the KIP-848 protocol
-/// (`group.protocol = "consumer"`) the broker assigns, and librdkafka refuses a
-/// client-side strategy, so none is set.
-fn consumer_defaults(config: &Config) -> Vec<(&'static str, &'static str)> {
-    let mut d = vec![
-        ("auto.offset.reset", "earliest"),
-        ("statistics.interval.ms", "5000"),
-    ];
-    let kip848 = config
-        .kafka
-        .properties
-        .get("group.protocol")
-        .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"));
-    if !kip848 {
-        d.push(("partition.assignment.strategy", "cooperative-sticky"));
-    }
-    d
-}
-
-/// This instance's `transactional.id`.
-fn transactional_id(config: &Config) -> String {
-    if let Some(id) = &config.pipeline.transactional_id {
-        return id.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{}-{host}-{}", config.kafka.group_id, std::process::id())
-}
-
-/// How many lanes: `pipeline.workers`, or one per two cores (at least one).
-pub fn lanes(config: &Config) -> usize {
-    match config.pipeline.workers {
-        0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
-        n => n,
-    }
-}
-
 /// Runs until `shutdown` resolves (then drains and commits) or a fatal error.
 pub async fn run(
     engine: Arc<Engine>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, PipelineError> {
-    let setup = |e: String| PipelineError::Setup(e);
     let metrics = engine.metrics().clone();
     metrics.set_max_topics(config.metrics.max_topics);
-    let registry = match &config.schema_registry.url {
-        Some(_) => Some(Arc::new(
-            SchemaRegistry::new(&config.schema_registry, metrics.clone())
-                .map_err(|e| setup(e.to_string()))?,
-        ) as Arc<dyn crate::registry::Registry>),
-        None => None,
-    };
-    let router = Arc::new(Router::new(&config.routes).map_err(|e| setup(e.to_string()))?);
-    let kafka = Arc::new(crate::observe::kafka::KafkaLog::new(
+    let kafka = Arc::new(KafkaLog::new(
         &config.kafka.bootstrap_servers,
         metrics.clone(),
     ));
-    for r in &config.routes {
-        // Literal routes' series exist from start-up; a regex route's topics get
-        // theirs when first assigned.
-        if !r.source.starts_with('^') {
-            let target = router.route(&r.source).ok().map(|d| d.target.clone());
-            metrics.prepare_route(&r.source, target.as_deref());
-        }
-    }
-    let transformer = Arc::new(
-        Transformer::new(engine.clone(), config, registry).map_err(|e| setup(e.to_string()))?,
-    );
-    let shared = Shared {
-        transformer: transformer.clone(),
-        router: router.clone(),
-        metrics: metrics.clone(),
-    };
+    let shared = shared(engine, config, &metrics)?;
     let server = if config.metrics.listen.is_empty() {
         None
     } else {
         Some(
             crate::observe::server::serve(&config.metrics.listen, metrics.clone())
                 .await
-                .map_err(|e| setup(e.to_string()))?,
+                .map_err(|e| PipelineError::Setup(e.to_string()))?,
         )
     };
-    let eos = config.pipeline.delivery == Delivery::ExactlyOnce;
     let n = lanes(config);
-    let subs = router.subscriptions();
+    let subs = shared.router.subscriptions();
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
     let cancel = CancellationToken::new();
     let mut running = tokio::task::JoinSet::new();
     let mut watch_client: Option<Arc<LaneProducer>> = None;
     for id in 0..n {
-        let mut pc = client_config(config, &[("linger.ms", "5")]);
-        pc.set("enable.idempotence", "true").set("acks", "all");
-        if eos {
-            pc.set(
-                "transactional.id",
-                format!("{}-{id}", transactional_id(config)),
-            );
-        }
-        let producer: Arc<LaneProducer> = Arc::new(
-            pc.create_with_context(AckContext::new(kafka.clone()))
-                .map_err(|e| client_error(config, e))?,
-        );
-        if id == 0 {
-            watch_client = Some(producer.clone());
-        }
-        if eos {
-            transaction::init(&producer).await?;
-        }
-        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let consumer: StreamConsumer<LaneContext> =
-            client_config(config, &consumer_defaults(config))
-                .set("group.id", &config.kafka.group_id)
-                .set("enable.auto.commit", if eos { "false" } else { "true" })
-                .set("enable.auto.offset.store", "false")
-                // Records of aborted upstream transactions must never be encrypted and passed on.
-                .set("isolation.level", "read_committed")
-                .create_with_context(LaneContext::new(events_tx, metrics.clone(), kafka.clone()))
-                .map_err(|e| client_error(config, e))?;
-        consumer.subscribe(&subs)?;
-        let sender = Sender::new(
-            producer,
-            limits::Limits::new(config)?,
-            config.pipeline.dead_letter_payload,
-        );
-        let lane = Lane {
-            consumer: Arc::new(consumer),
-            events,
-            state: LaneState::new(id, sender, &shared, &config.pipeline),
-        };
+        let lane = clients::new_lane(config, id, &shared, &kafka, &subs).await?;
+        watch_client.get_or_insert_with(|| lane.state.sender.producer.clone());
         running.spawn(lane.run(cancel.child_token()));
     }
-    let routes: Vec<String> = config
-        .routes
-        .iter()
-        .map(|r| format!("{} -> {}", r.source, r.target))
-        .collect();
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        mode = transformer.operation(),
-        delivery = if eos { "exactly-once" } else { "at-least-once" },
-        workers = n,
-        group_id = %config.kafka.group_id,
-        bootstrap_servers = %config.kafka.bootstrap_servers,
-        routes = ?routes,
-        listen = %server.as_ref().map_or_else(|| "off".to_string(), |s| s.addr.to_string()),
-        crypto = crate::crypto::accel::path().describe(),
-        "fieldcrypt {} started: {} {} route(s), {}, {n} worker(s), AES on the {} path; metrics and health on {}",
-        env!("CARGO_PKG_VERSION"),
-        transformer.operation(),
-        routes.len(),
-        if eos { "exactly-once" } else { "at-least-once" },
-        crate::crypto::accel::path().describe(),
-        server.as_ref().map_or_else(|| "no listener".to_string(), |s| format!("http://{}", s.addr)),
+    log_started(
+        config,
+        &shared.transformer,
+        n,
+        server.as_ref().map(|s| s.addr),
     );
-    tokio::pin!(shutdown);
-    let mut stats = RunStats::default();
-    let mut failure: Option<PipelineError> = None;
-    let mut stopping = false;
     // Its own task: a metadata request to unreachable brokers takes its whole
-    // timeout, and the loop below must keep answering signals meanwhile.
+    // timeout, and the supervisor must keep answering signals meanwhile.
     let watcher = watch_client.map(|client| {
         let routes = config.routes.clone();
         let kafka = kafka.clone();
@@ -335,34 +167,7 @@ pub async fn run(
             }
         })
     });
-    let progress_every = std::time::Duration::from_secs(config.metrics.progress_seconds.max(1));
-    let mut progress_tick = tokio::time::interval(progress_every);
-    progress_tick.reset();
-    let progress_on = config.metrics.progress_seconds > 0;
-    let mut progress = Progress::new(&metrics);
-    while !running.is_empty() {
-        tokio::select! {
-            _ = &mut shutdown, if !stopping => {
-                stopping = true;
-                cancel.cancel();
-            }
-            _ = progress_tick.tick(), if !stopping && progress_on => progress.log(&metrics),
-            Some(ended) = running.join_next() => {
-                match ended {
-                    Ok(Ok(s)) => stats.add(&s),
-                    Ok(Err(e)) => {
-                        failure.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(setup(format!("a lane ended unexpectedly: {e}")));
-                    }
-                }
-                // One lane failing stops them all (fail closed, nothing half-done).
-                cancel.cancel();
-                stopping = true;
-            }
-        }
-    }
+    let (stats, failure) = supervise(running, shutdown, &cancel, config, &metrics).await;
     if let Some(w) = watcher {
         w.abort();
     }
@@ -377,6 +182,116 @@ pub async fn run(
         }
         None => Ok(stats),
     }
+}
+
+/// What every lane shares: the router, the transformer (with the registry
+/// client, when one is configured) and the metrics, whose series exist from
+/// start-up for literal routes (a regex route's topics get theirs when first
+/// assigned).
+fn shared(
+    engine: Arc<Engine>,
+    config: &Config,
+    metrics: &Arc<crate::observe::Metrics>,
+) -> Result<Shared, PipelineError> {
+    let setup = |e: String| PipelineError::Setup(e);
+    let registry = match &config.schema_registry.url {
+        Some(_) => Some(Arc::new(
+            SchemaRegistry::new(&config.schema_registry, metrics.clone())
+                .map_err(|e| setup(e.to_string()))?,
+        ) as Arc<dyn crate::registry::Registry>),
+        None => None,
+    };
+    let router = Arc::new(Router::new(&config.routes).map_err(|e| setup(e.to_string()))?);
+    for r in config.routes.iter().filter(|r| !r.source.starts_with('^')) {
+        let target = router.route(&r.source).ok().map(|d| d.target.clone());
+        metrics.prepare_route(&r.source, target.as_deref());
+    }
+    let transformer =
+        Transformer::new(engine, config, registry).map_err(|e| setup(e.to_string()))?;
+    Ok(Shared {
+        transformer: Arc::new(transformer),
+        router,
+        metrics: metrics.clone(),
+    })
+}
+
+/// The start-up line: version, mode, delivery, lanes, routes, AES path, listener.
+fn log_started(
+    config: &Config,
+    transformer: &Transformer,
+    n: usize,
+    listen: Option<std::net::SocketAddr>,
+) {
+    let routes: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| format!("{} -> {}", r.source, r.target))
+        .collect();
+    let delivery = match config.pipeline.delivery {
+        Delivery::ExactlyOnce => "exactly-once",
+        _ => "at-least-once",
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        mode = transformer.operation(),
+        delivery,
+        workers = n,
+        group_id = %config.kafka.group_id,
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        routes = ?routes,
+        listen = %listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        crypto = crate::crypto::accel::path().describe(),
+        "fieldcrypt {} started: {} {} route(s), {delivery}, {n} worker(s), AES on the {} path; metrics and health on {}",
+        env!("CARGO_PKG_VERSION"),
+        transformer.operation(),
+        routes.len(),
+        crate::crypto::accel::path().describe(),
+        listen.map_or_else(|| "no listener".to_string(), |a| format!("http://{a}")),
+    );
+}
+
+/// Waits for the lanes: `shutdown` or one lane ending (with an error or not)
+/// cancels them all — fail closed, nothing half-done — and the progress line is
+/// logged meanwhile. The lanes' totals, and the first failure.
+async fn supervise(
+    mut running: tokio::task::JoinSet<Result<RunStats, PipelineError>>,
+    shutdown: impl Future<Output = ()>,
+    cancel: &CancellationToken,
+    config: &Config,
+    metrics: &crate::observe::Metrics,
+) -> (RunStats, Option<PipelineError>) {
+    tokio::pin!(shutdown);
+    let mut stats = RunStats::default();
+    let mut failure: Option<PipelineError> = None;
+    let mut stopping = false;
+    let progress_every = std::time::Duration::from_secs(config.metrics.progress_seconds.max(1));
+    let mut progress_tick = tokio::time::interval(progress_every);
+    progress_tick.reset();
+    let progress_on = config.metrics.progress_seconds > 0;
+    let mut progress = Progress::new(metrics);
+    while !running.is_empty() {
+        tokio::select! {
+            _ = &mut shutdown, if !stopping => {
+                stopping = true;
+                cancel.cancel();
+            }
+            _ = progress_tick.tick(), if !stopping && progress_on => progress.log(metrics),
+            Some(ended) = running.join_next() => {
+                match ended {
+                    Ok(Ok(s)) => stats.add(&s),
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(PipelineError::Setup(format!("a lane ended unexpectedly: {e}")));
+                    }
+                }
+                cancel.cancel();
+                stopping = true;
+            }
+        }
+    }
+    (stats, failure)
 }
 
 /// The sum of a counter family over all its label values.
@@ -466,36 +381,5 @@ fn error_code(e: &PipelineError) -> crate::codes::Code {
         PipelineError::Setup(_) => Code::Setup,
         PipelineError::Record { code, .. } => *code,
         PipelineError::Transaction(_) => Code::Transaction,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strategy(props: &[(&str, &str)]) -> Option<String> {
-        let mut config = Config::default();
-        for (k, v) in props {
-            config.kafka.properties.insert(k.to_string(), v.to_string());
-        }
-        client_config(&config, &consumer_defaults(&config))
-            .get("partition.assignment.strategy")
-            .map(str::to_string)
-    }
-
-    #[test]
-    fn consumers_rebalance_incrementally_unless_told_otherwise() {
-        assert_eq!(strategy(&[]).as_deref(), Some("cooperative-sticky"));
-        // The user's choice wins.
-        assert_eq!(
-            strategy(&[("partition.assignment.strategy", "range")]).as_deref(),
-            Some("range")
-        );
-        // KIP-848: the broker assigns; librdkafka refuses a client-side strategy.
-        assert_eq!(strategy(&[("group.protocol", "Consumer")]), None);
-        assert_eq!(
-            strategy(&[("group.protocol", "classic")]).as_deref(),
-            Some("cooperative-sticky")
-        );
     }
 }

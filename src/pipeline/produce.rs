@@ -191,6 +191,44 @@ impl Out {
     }
 }
 
+/// Why an output could not be sent as it is — the record's own fault, so it is
+/// dead-lettered instead (and a dead letter shrunk until it fits).
+enum Refusal {
+    /// Larger than the topic's limit, by fieldcrypt's own estimate.
+    TooLarge,
+    /// librdkafka or the brokers refused it for what it is.
+    Broker(Code, KafkaError),
+}
+
+impl Refusal {
+    fn code(&self) -> Code {
+        match self {
+            Refusal::TooLarge => Code::RecordTooLarge,
+            Refusal::Broker(code, _) => *code,
+        }
+    }
+
+    /// For the dead letter that replaces the output.
+    fn message(&self, topic: &str, size: usize, limit: usize) -> String {
+        match self {
+            Refusal::TooLarge => format!(
+                "the output record ({size} bytes) exceeds the limit of {limit} bytes for topic {topic} (its max.message.bytes, or the producer's message.max.bytes)"
+            ),
+            Refusal::Broker(_, e) => format!("cannot produce to {topic}: {e}"),
+        }
+    }
+
+    /// When even the smallest dead letter is refused.
+    fn last(&self, topic: &str, limit: usize) -> String {
+        match self {
+            Refusal::TooLarge => format!(
+                "even a dead letter without payload, key or original headers exceeds {limit} bytes for topic {topic}"
+            ),
+            Refusal::Broker(_, e) => format!("cannot produce to {topic}: {e}"),
+        }
+    }
+}
+
 /// Whether a produce or delivery error is about the record itself (too large,
 /// invalid), so the record becomes a dead letter, rather than about the brokers.
 pub fn record_error(e: &KafkaError) -> Option<Code> {
@@ -285,59 +323,42 @@ impl Sender {
             };
             let (limit, partitions) = self.topic(topic).await;
             let size = out.size(msg, buf);
-            if size > limit {
-                if !out.to_dead_letter {
-                    let m = format!(
-                        "the output record ({size} bytes) exceeds the limit of {limit} bytes for topic {topic} (its max.message.bytes, or the producer's message.max.bytes)"
-                    );
-                    out = Out::dead_letter(msg, Code::RecordTooLarge, &m, self.dead_letter_payload);
-                    message = Some(m);
-                    continue;
-                }
-                if out.shrink(limit, size) {
-                    continue;
-                }
-                return Err(SendError::Record {
-                    code: Code::RecordTooLarge,
-                    msg: format!("even a dead letter without payload, key or original headers exceeds {limit} bytes for topic {topic}"),
-                });
-            }
-            // Keep the input partition when the target has enough partitions, so
-            // per-key order holds end to end; otherwise the partitioner hashes the key.
-            let partition = if out.to_dead_letter {
-                None
+            let refusal = if size > limit {
+                Refusal::TooLarge
             } else {
-                partitions
-                    .filter(|n| msg.partition() < *n)
-                    .map(|_| msg.partition())
-            };
-            match self
-                .produce(msg, buf, topic, &mut out, partition, token)
-                .await
-            {
-                Ok(()) => {
-                    return Ok(Sent {
-                        bytes: size,
-                        code: out.code,
-                        message,
-                    })
-                }
-                Err(e) => match record_error(&e) {
-                    // librdkafka's own checks disagree with our estimate: same path.
-                    Some(code) if !out.to_dead_letter => {
-                        let m = format!("cannot produce to {topic}: {e}");
-                        out = Out::dead_letter(msg, code, &m, self.dead_letter_payload);
-                        message = Some(m);
-                    }
-                    Some(_) if out.shrink(limit, size) => {}
-                    Some(code) => {
-                        return Err(SendError::Record {
-                            code,
-                            msg: format!("cannot produce to {topic}: {e}"),
+                // Keep the input partition when the target has enough partitions, so
+                // per-key order holds end to end; otherwise the partitioner hashes the key.
+                let partition = partitions
+                    .filter(|n| !out.to_dead_letter && msg.partition() < *n)
+                    .map(|_| msg.partition());
+                match self
+                    .produce(msg, buf, topic, &mut out, partition, token)
+                    .await
+                {
+                    Ok(()) => {
+                        return Ok(Sent {
+                            bytes: size,
+                            code: out.code,
+                            message,
                         })
                     }
-                    None => return Err(SendError::Kafka(e)),
-                },
+                    // librdkafka's own checks disagree with our estimate: same path.
+                    Err(e) => match record_error(&e) {
+                        Some(code) => Refusal::Broker(code, e),
+                        None => return Err(SendError::Kafka(e)),
+                    },
+                }
+            };
+            // The record's own fault: its dead letter instead, then smaller ones.
+            if !out.to_dead_letter {
+                let m = refusal.message(topic, size, limit);
+                out = Out::dead_letter(msg, refusal.code(), &m, self.dead_letter_payload);
+                message = Some(m);
+            } else if !out.shrink(limit, size) {
+                return Err(SendError::Record {
+                    code: refusal.code(),
+                    msg: refusal.last(topic, limit),
+                });
             }
         }
     }
