@@ -30,9 +30,10 @@
 //!   registered under the target subject).
 //! - [`pipeline`]: `fieldcrypt run`, lanes of consume → transform → produce →
 //!   acknowledge (rdkafka): the transform step (`pipeline::record`: resolve →
-//!   value codec → outcome, one file per value format), size limits,
-//!   offsets, rebalances and transactions in their own files; at-least-once or
-//!   exactly-once; dead letters.
+//!   value codec → outcome, one file per value format), the lane's state machine
+//!   and stages (`pipeline::lane`: phase, take, settle, outage, membership), size
+//!   limits, offsets, rebalances and transactions in their own files;
+//!   at-least-once or exactly-once; dead letters.
 //! - [`loadgen`]: `fieldcrypt loadgen` and `check`: synthetic records at a target
 //!   rate, and a verifier of the target topic (missing, duplicates, unencrypted,
 //!   end-to-end latency).
@@ -46,7 +47,8 @@
 //! - [`sample`]: random schema-conforming records (demo, bench, tests).
 //! - [`bench`]: the throughput benchmark behind `fieldcrypt bench`, and beside it the
 //!   primitives micro-benchmark (`bench::primitives`) its crypto cost is judged by.
-//! - `cli` (binary only): the `fieldcrypt` command line.
+//! - `cli` (binary only): the `fieldcrypt` command line, one file per command
+//!   (`cli::args` holds the grammar).
 //!
 //! Where new things go (CONTRIBUTING.md has the files of each): a KMS provider in
 //! `keys/` with its driver in `keys::driver`; a ciphertext version in

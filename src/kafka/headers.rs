@@ -200,6 +200,9 @@ mod tests {
             ]
         );
         // librdkafka keeps "a\0b" whole but hands it back as the C string "a".
+        // This is also the canary of `read`'s layout assumption (a header's value
+        // right after its name and NUL): if librdkafka stored them otherwise, the
+        // ordinary headers above would be refused and this one let through.
         let hs = OwnedHeaders::new()
             .insert(Header {
                 key: "ok",
