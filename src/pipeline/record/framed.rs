@@ -54,6 +54,14 @@ impl Part {
             Part::Value => "value",
         }
     }
+
+    /// The dead-letter code of framing that does not parse.
+    fn bad_framing(self) -> Code {
+        match self {
+            Part::Key => Code::BadKeyFraming,
+            Part::Value => Code::BadFraming,
+        }
+    }
 }
 
 /// What one schema id became, before it is cached: codec and output id, or a
@@ -70,16 +78,11 @@ impl Transformer {
         target: &str,
         out: &mut Vec<u8>,
     ) -> Step<(Arc<dyn ValueCodec>, &'a [u8])> {
-        let (id, datum) =
-            wire::parse(bytes).or_else(|e| record(Code::BadFraming, format!("value: {e}")))?;
         let reg = self.registry()?;
-        let f = self
-            .framed(reg, &rc.framed_values, (id, target), Part::Value, |s| {
-                self.build_value(rc, s, reg, source, target)
-            })
-            .await?;
-        wire::frame_header(f.out_id, out);
-        Ok((f.codec.clone(), datum))
+        let build = |s| self.build_value(rc, s, reg, source, target);
+        let cache = &rc.framed_values;
+        self.framed(reg, cache, Part::Value, (bytes, target), out, build)
+            .await
     }
 
     /// A framed key's plan and datum; `out` gets the output's framing.
@@ -91,13 +94,31 @@ impl Transformer {
         target: &str,
         out: &mut Vec<u8>,
     ) -> Step<(Plan, &'a [u8])> {
-        let (id, datum) =
-            wire::parse(bytes).or_else(|e| record(Code::BadKeyFraming, format!("key: {e}")))?;
         let reg = self.registry()?;
+        let build = |s| self.build_key(rc, s, reg, source, target);
+        self.framed(reg, &rc.framed_keys, Part::Key, (bytes, target), out, build)
+            .await
+    }
+
+    /// A framed key's or value's codec and datum: the schema id read from its
+    /// framing, the codec cached for it or built, and the output's framing in `out`.
+    async fn framed<'a, C: Clone, F, Fut>(
+        &self,
+        reg: &dyn Registry,
+        cache: &FramedCache<C>,
+        part: Part,
+        (bytes, target): (&'a [u8], &str),
+        out: &mut Vec<u8>,
+        build: F,
+    ) -> Step<(C, &'a [u8])>
+    where
+        F: FnOnce(Arc<RegisteredSchema>) -> Fut,
+        Fut: Future<Output = Outcome<C>>,
+    {
+        let (id, datum) = wire::parse(bytes)
+            .or_else(|e| record(part.bad_framing(), format!("{}: {e}", part.name())))?;
         let f = self
-            .framed(reg, &rc.framed_keys, (id, target), Part::Key, |s| {
-                self.build_key(rc, s, reg, source, target)
-            })
+            .cached_or_built(reg, cache, (id, target), part, build)
             .await?;
         wire::frame_header(f.out_id, out);
         Ok((f.codec.clone(), datum))
@@ -105,7 +126,7 @@ impl Transformer {
 
     /// The cached answer for schema id `id` on its way to `target`, or `build`'s
     /// for its writer schema, fetched (and checked for size) first.
-    async fn framed<C, F, Fut>(
+    async fn cached_or_built<C, F, Fut>(
         &self,
         reg: &dyn Registry,
         cache: &FramedCache<C>,
