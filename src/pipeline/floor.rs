@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
@@ -40,13 +42,12 @@ impl ProducerContext for Acks {
     }
 }
 
-/// Forwards until `shutdown` resolves.
-pub async fn run(
+/// The floor's producer (as `run`'s, idempotent) and consumer, subscribed to the
+/// routes' sources.
+fn clients(
     config: &Config,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<RunStats, PipelineError> {
-    let router = Router::new(&config.routes).map_err(|e| PipelineError::Setup(e.to_string()))?;
+    router: &Router,
+) -> Result<(BaseProducer<Acks>, StreamConsumer), PipelineError> {
     let producer: BaseProducer<Acks> = client_config(config, &[("linger.ms", "5")])
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -60,6 +61,78 @@ pub async fn run(
     let subs = router.subscriptions();
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
     consumer.subscribe(&subs)?;
+    Ok((producer, consumer))
+}
+
+/// Produces a consumed record's bytes to `target`, same partition, with its
+/// source position as the delivery opaque; a full queue is served and retried.
+fn forward(
+    producer: &BaseProducer<Acks>,
+    m: &BorrowedMessage<'_>,
+    src: Arc<str>,
+    target: &str,
+) -> Result<(), PipelineError> {
+    let mut rec = BaseRecord::with_opaque_to(target, Box::new((src, m.partition(), m.offset())))
+        .partition(m.partition());
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Some(p) = m.payload() {
+        rec = rec.payload(p);
+    }
+    if let Some(h) = m.headers() {
+        rec = rec.headers(h.detach());
+    }
+    if let Some(ts) = m.timestamp().to_millis() {
+        rec = rec.timestamp(ts);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                // Serve deliveries, then try again.
+                rec = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(PipelineError::Kafka(e)),
+        }
+    }
+}
+
+/// Collects delivery reports and stores each delivered record's offset; how many
+/// settled. A failed delivery stops the floor.
+fn settle(
+    producer: &BaseProducer<Acks>,
+    consumer: &StreamConsumer,
+) -> Result<usize, PipelineError> {
+    producer.poll(Duration::ZERO);
+    let acks = std::mem::take(
+        &mut *producer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    for (t, p, o, ok) in &acks {
+        if !ok {
+            return Err(PipelineError::Setup(format!(
+                "delivery from {t}/{p}@{o} failed"
+            )));
+        }
+        // One partition in, the same partition out: deliveries come in order.
+        let _ = consumer.store_offset(t, *p, *o);
+    }
+    Ok(acks.len())
+}
+
+/// Forwards until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<RunStats, PipelineError> {
+    let router = Router::new(&config.routes).map_err(|e| PipelineError::Setup(e.to_string()))?;
+    let (producer, consumer) = clients(config, &router)?;
     let _server = match config.metrics.listen.as_str() {
         "" => None,
         l => Some(
@@ -94,48 +167,17 @@ pub async fn run(
                         t
                     }
                 };
-                let mut rec = BaseRecord::with_opaque_to(&target, Box::new((src, m.partition(), m.offset())))
-                    .partition(m.partition());
-                if let Some(k) = m.key() { rec = rec.key(k); }
-                if let Some(p) = m.payload() { rec = rec.payload(p); }
-                if let Some(h) = m.headers() { rec = rec.headers(h.detach()); }
-                if let Some(ts) = m.timestamp().to_millis() { rec = rec.timestamp(ts); }
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((_, r)) => {
-                            // Queue full: serve deliveries, then try again.
-                            rec = r;
-                            producer.poll(Duration::from_millis(5));
-                        }
-                    }
-                }
+                forward(&producer, &m, src, &target)?;
                 in_flight += 1;
                 stats.consumed += 1;
                 consumed.inc();
                 bytes_in.inc_by((m.payload_len() + m.key().map_or(0, <[u8]>::len)) as u64);
             }
         }
-        producer.poll(Duration::ZERO);
-        let acks = std::mem::take(
-            &mut *producer
-                .context()
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (t, p, o, ok) in acks {
-            in_flight -= 1;
-            if !ok {
-                return Err(PipelineError::Setup(format!(
-                    "delivery from {t}/{p}@{o} failed"
-                )));
-            }
-            // One partition in, the same partition out: deliveries come in order.
-            let _ = consumer.store_offset(&t, p, o);
-            stats.produced += 1;
-            produced.inc();
-        }
+        let settled = settle(&producer, &consumer)?;
+        in_flight -= settled;
+        stats.produced += settled as u64;
+        produced.inc_by(settled as u64);
     }
     producer
         .flush(Timeout::After(Duration::from_secs(10)))

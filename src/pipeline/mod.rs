@@ -154,19 +154,7 @@ pub async fn run(
         n,
         server.as_ref().map(|s| s.addr),
     );
-    // Its own task: a metadata request to unreachable brokers takes its whole
-    // timeout, and the supervisor must keep answering signals meanwhile.
-    let watcher = watch_client.map(|client| {
-        let routes = config.routes.clone();
-        let kafka = kafka.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(topics::WATCH_INTERVAL);
-            loop {
-                every.tick().await;
-                watch_topics(client.clone(), &routes, &kafka).await;
-            }
-        })
-    });
+    let watcher = watch_client.map(|client| spawn_watcher(client, config, &kafka));
     let (stats, failure) = supervise(running, shutdown, &cancel, config, &metrics).await;
     if let Some(w) = watcher {
         w.abort();
@@ -182,6 +170,25 @@ pub async fn run(
         }
         None => Ok(stats),
     }
+}
+
+/// Looks at the routes' topics every [`topics::WATCH_INTERVAL`], on its own task:
+/// a metadata request to unreachable brokers takes its whole timeout, and the
+/// supervisor must keep answering signals meanwhile.
+fn spawn_watcher(
+    client: Arc<LaneProducer>,
+    config: &Config,
+    kafka: &Arc<KafkaLog>,
+) -> tokio::task::JoinHandle<()> {
+    let routes = config.routes.clone();
+    let kafka = kafka.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(topics::WATCH_INTERVAL);
+        loop {
+            every.tick().await;
+            watch_topics(client.clone(), &routes, &kafka).await;
+        }
+    })
 }
 
 /// What every lane shares: the router, the transformer (with the registry
